@@ -1,0 +1,1 @@
+"""CircuitForge core: shared building blocks for CircuitForge products."""

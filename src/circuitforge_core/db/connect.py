@@ -1,0 +1,307 @@
+"""get_db: open one SQLite file as a hardened connection.
+
+Owns the connection-open sequence and the choice of every pragma, each one
+a small named step below with the reason for it. Does not own transactions
+(transaction.py), migrations (migrations.py) or pooling.
+
+Transaction control is pinned to the same behaviour on every supported
+Python: ``isolation_level="IMMEDIATE"`` with, on 3.12+, ``autocommit`` held at
+``LEGACY_TRANSACTION_CONTROL``. No transaction is open after connect (so
+``PRAGMA foreign_keys`` and the WAL switch work), and the implicit transaction
+that Python opens before an INSERT/UPDATE/DELETE is ``BEGIN IMMEDIATE``: it
+takes the write lock up front, so a second writer waits on the busy timeout
+instead of failing with SQLITE_BUSY mid-transaction. ``commit()``,
+``rollback()`` and ``with db:`` keep working as products expect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import OpenError
+
+logger = logging.getLogger("circuitforge_core.db")
+
+#: SQLite releases before this one carry the WAL-reset bug, which can corrupt a
+#: WAL database when two connections write and checkpoint at the same moment.
+#: https://sqlite.org/wal.html#walresetbug
+FIRST_SQLITE_WITHOUT_WAL_RESET_BUG = (3, 51, 3)
+
+DEFAULT_BUSY_TIMEOUT = 5.0
+DEFAULT_CACHE_SIZE_KIB = 8192
+DEFAULT_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+# On 3.12+ pin the legacy transaction control explicitly: its default is
+# announced to change, and autocommit=False would keep a transaction open from
+# connect on, silently ignoring PRAGMA foreign_keys and refusing WAL.
+_TRANSACTION_CONTROL: dict[str, Any] = {}
+if sys.version_info >= (3, 12):
+    _TRANSACTION_CONTROL["autocommit"] = sqlite3.LEGACY_TRANSACTION_CONTROL
+
+
+class Connection(sqlite3.Connection):
+    """A ``sqlite3.Connection`` that remembers which file it opened, and how.
+
+    ``path`` is the absolute path of the database file, ``readonly`` whether it
+    was opened read-only and ``busy_timeout`` the seconds a writer waits for
+    the lock. Everything else is the standard connection.
+    """
+
+    path: str
+    readonly: bool
+    busy_timeout: float
+
+
+def get_db(
+    path: str | os.PathLike[str],
+    *,
+    readonly: bool = False,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    cache_size_kib: int = DEFAULT_CACHE_SIZE_KIB,
+    mmap_size: int = 0,
+    journal_size_limit: int = DEFAULT_JOURNAL_SIZE_LIMIT,
+    synchronous: str = "NORMAL",
+) -> Connection:
+    """Open the SQLite database at ``path``, creating it and its folders if missing.
+
+    The connection is in WAL mode (checked), enforces foreign keys, waits up
+    to ``busy_timeout`` seconds for a lock, and may be handed between threads
+    (never used by two at once). ``readonly=True`` opens an existing file
+    read-only and never creates one. Raises ``OpenError`` naming the path when
+    the file cannot be opened as a database.
+    """
+    _log_library_version_once()
+    fspath = _checked_path(path)
+    deadline = time.monotonic() + busy_timeout
+    db = _connect(fspath, readonly=readonly, busy_timeout=busy_timeout)
+    try:
+        db.path = fspath
+        db.readonly = readonly
+        db.busy_timeout = busy_timeout
+        _translate_open_errors(fspath, lambda: _ensure_wal(db, fspath, deadline))
+        pragmas = [
+            _synchronous(synchronous),
+            _foreign_keys(),
+            _journal_size_limit(journal_size_limit),
+            _cache_size(cache_size_kib),
+            _mmap_size(mmap_size),
+            _temp_store(),
+        ]
+        if readonly:
+            pragmas.append(_query_only())
+        _translate_open_errors(fspath, lambda: db.executescript("".join(pragmas)))
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+# -- the pragmas, one reason each ------------------------------------------------
+
+
+def _ensure_wal(db: Connection, path: str, deadline: float) -> None:
+    """WAL: readers never block the writer and a commit needs no fsync.
+
+    The mode is stored in the file, so it is only switched when not already
+    on. Several processes opening a brand-new file at once can get "database is
+    locked" while one of them switches; that is retried until the busy
+    timeout. https://sqlite.org/wal.html
+    """
+    while True:
+        try:
+            mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode == "wal" or db.readonly:
+                return
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                raise
+            if time.monotonic() >= deadline:
+                raise OpenError(
+                    path,
+                    f"{path}: could not switch the database to WAL mode: it stayed locked by "
+                    f"another connection for the whole busy timeout. Retry, or raise "
+                    f"busy_timeout.",
+                ) from exc
+            time.sleep(0.005)
+            continue
+        if mode != "wal":
+            raise OpenError(
+                path,
+                f"{path}: SQLite refused WAL mode (journal mode stays {mode!r}). WAL needs a "
+                f"local filesystem with shared memory; keep the database on a local disk, "
+                f"not a network share.",
+            )
+        return
+
+
+def _synchronous(level: str) -> str:
+    """NORMAL: in WAL mode it never corrupts, and fsyncs only at checkpoints.
+
+    A power loss may roll back the last commits; an application crash loses
+    nothing. Pass ``synchronous="FULL"`` where every commit must survive power
+    loss. https://sqlite.org/pragma.html#pragma_synchronous
+    """
+    if level.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+        raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {level!r}")
+    return f"PRAGMA synchronous={level.upper()};"
+
+
+def _foreign_keys() -> str:
+    """ON: SQLite ships with foreign keys unenforced, for compatibility only.
+
+    https://sqlite.org/foreignkeys.html#fk_enable
+    """
+    return "PRAGMA foreign_keys=ON;"
+
+
+def _journal_size_limit(size: int) -> str:
+    """64 MiB (Rails 8): a checkpoint rewinds the WAL but never shrinks it.
+
+    Without a limit one large transaction leaves a large -wal file on disk.
+    https://sqlite.org/pragma.html#pragma_journal_size_limit
+    """
+    return f"PRAGMA journal_size_limit={int(size)};"
+
+
+def _cache_size(kib: int) -> str:
+    """8 MiB per connection by default (Rails 8 uses 2000 pages, about as much).
+
+    The page cache is per connection, so pools of many files pass less and let
+    the operating system's page cache do the sharing.
+    https://sqlite.org/pragma.html#pragma_cache_size
+    """
+    return f"PRAGMA cache_size={-int(kib)};"
+
+
+def _mmap_size(size: int) -> str:
+    """0 by default: an I/O error on a memory-mapped file kills the process.
+
+    A SIGBUS takes down every request the process serves, for a read speed-up
+    only; Rails' 128 MiB is an opt-in here. https://sqlite.org/mmap.html
+    """
+    return f"PRAGMA mmap_size={int(size)};"
+
+
+def _temp_store() -> str:
+    """MEMORY: sorts and temporary indexes stay off the disk.
+
+    https://sqlite.org/pragma.html#pragma_temp_store
+    """
+    return "PRAGMA temp_store=MEMORY;"
+
+
+def _query_only() -> str:
+    """Read-only connections refuse writes at the SQL level too."""
+    return "PRAGMA query_only=ON;"
+
+
+# -- opening the file --------------------------------------------------------------
+
+
+def _checked_path(path: str | os.PathLike[str]) -> str:
+    """The absolute path of a database file, refusing in-memory names."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+    raw = os.fspath(path)
+    if raw in ("", ":memory:"):
+        raise OpenError(
+            raw,
+            f"get_db needs the path of a database file, not {raw!r}: in-memory databases "
+            f"cannot use WAL. Use a file in a temporary folder instead.",
+        )
+    return os.path.abspath(raw)
+
+
+def _connect(path: str, *, readonly: bool, busy_timeout: float) -> Connection:
+    if os.path.isdir(path):
+        raise OpenError(path, f"{path} is a folder; pass the path of a database file.")
+    if readonly:
+        if not os.path.exists(path):
+            raise OpenError(path, f"{path} does not exist; readonly=True never creates a database.")
+    else:
+        parent = os.path.dirname(path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise OpenError(
+                path, f"{path}: cannot create its folder {parent}: {exc.strerror or exc}."
+            ) from exc
+    uri = Path(path).as_uri() + ("?mode=ro" if readonly else "?mode=rwc")
+    try:
+        db = sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=busy_timeout,
+            isolation_level="IMMEDIATE",
+            check_same_thread=False,
+            factory=Connection,
+            **_TRANSACTION_CONTROL,
+        )
+    except sqlite3.Error as exc:
+        raise OpenError(path, _why_unopenable(path, readonly, exc)) from exc
+    assert isinstance(db, Connection)
+    return db
+
+
+def _why_unopenable(path: str, readonly: bool, exc: sqlite3.Error) -> str:
+    """Turn SQLite's 'unable to open database file' into the actual reason."""
+    if os.path.exists(path) and not os.access(path, os.R_OK | (0 if readonly else os.W_OK)):
+        need = "read" if readonly else "read and write"
+        return f"{path}: permission denied; the service user must be able to {need} it."
+    parent = os.path.dirname(path)
+    if not readonly and not os.access(parent, os.W_OK | os.X_OK):
+        return (
+            f"{path}: its folder {parent} is not writable; SQLite needs to create the "
+            f"-wal and -shm files beside the database."
+        )
+    return f"{path}: cannot open the database ({exc}). Check the path and its permissions."
+
+
+def _translate_open_errors(path: str, step: Any) -> None:
+    """Run one open step, naming the file in what goes wrong."""
+    try:
+        step()
+    except OpenError:
+        raise
+    except sqlite3.DatabaseError as exc:
+        message = str(exc)
+        if "file is not a database" in message or "malformed" in message:
+            raise OpenError(
+                path,
+                f"{path} is not a usable SQLite database (SQLite says: {message}). Check "
+                f"the path, or restore the file from a backup.",
+            ) from exc
+        if "unable to open" in message or "readonly" in message or "disk I/O" in message:
+            raise OpenError(path, _why_unopenable(path, False, exc)) from exc
+        raise OpenError(path, f"{path}: cannot open the database ({message}).") from exc
+
+
+_version_logged = threading.Event()
+
+
+def _log_library_version_once() -> None:
+    """Log the SQLite library in use, and warn once if it has the WAL-reset bug."""
+    if _version_logged.is_set():
+        return
+    _version_logged.set()
+    logger.info("SQLite library %s (Python %s)", sqlite3.sqlite_version, sys.version.split()[0])
+    if sqlite3.sqlite_version_info < FIRST_SQLITE_WITHOUT_WAL_RESET_BUG:
+        wanted = ".".join(map(str, FIRST_SQLITE_WITHOUT_WAL_RESET_BUG))
+        logger.warning(
+            "SQLite %s is older than %s and has the WAL-reset bug, which can corrupt a WAL "
+            "database under concurrent writes and checkpoints "
+            "(https://sqlite.org/wal.html#walresetbug). Upgrade the SQLite library.",
+            sqlite3.sqlite_version,
+            wanted,
+        )

@@ -1,0 +1,110 @@
+"""The exception tree of circuitforge_core.db.
+
+Every error this package raises on its own account derives from ``DBError``.
+Errors from SQL that callers run on their own connections stay ``sqlite3``
+errors: we translate only at our own boundaries (opening a file, running a
+migration), always chaining the original with ``raise ... from exc``.
+
+    DBError
+    ├── OpenError                  a database file cannot be opened as asked
+    ├── EncryptionUnavailableError a key was given but encryption cannot be used
+    ├── TransactionError           transaction() was misused (block ended it)
+    └── MigrationError             a migration cannot be planned or applied
+        ├── MigrationSourceError       the folder or a file cannot be read
+        ├── MigrationRefusedError      a file breaks a rule; nothing ran
+        ├── MigrationModifiedError     an applied file was edited afterwards
+        ├── MigrationFailedError       a statement failed; the file rolled back
+        └── ForeignKeyViolationError   the file left dangling references
+
+Each message says what happened, to which file, and what to do next.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class DBError(Exception):
+    """Base class of every error raised by circuitforge_core.db itself."""
+
+
+class OpenError(DBError):
+    """A database file cannot be opened the way it was asked for."""
+
+    def __init__(self, path: str | os.PathLike[str], message: str) -> None:
+        self.path = os.fspath(path)
+        super().__init__(message)
+
+
+class EncryptionUnavailableError(DBError):
+    """A key was given, but this install cannot open encrypted databases."""
+
+
+class TransactionError(DBError):
+    """A transaction() block ended its own transaction, breaking atomicity."""
+
+
+class MigrationError(DBError):
+    """A migration cannot be planned or applied.
+
+    ``name`` is the migration file concerned, when there is one.
+    """
+
+    def __init__(self, message: str, *, name: str | None = None) -> None:
+        self.name = name
+        super().__init__(message)
+
+
+class MigrationSourceError(MigrationError):
+    """The migrations folder or one of its files cannot be read."""
+
+
+class MigrationRefusedError(MigrationError):
+    """A file breaks a rule that makes it unsafe to run; nothing of it ran.
+
+    ``line`` is the 1-based line of the offending statement, when there is one.
+    """
+
+    def __init__(self, message: str, *, name: str, line: int | None = None) -> None:
+        self.line = line
+        super().__init__(message, name=name)
+
+
+class MigrationModifiedError(MigrationError):
+    """A migration that was already applied has been edited since."""
+
+
+class MigrationFailedError(MigrationError):
+    """A statement of a migration failed; everything the file did was undone.
+
+    ``line`` is where the failing statement starts, ``statement`` its text and
+    ``sqlite_message`` SQLite's own words.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        name: str,
+        line: int,
+        statement: str,
+        sqlite_message: str,
+    ) -> None:
+        self.line = line
+        self.statement = statement
+        self.sqlite_message = sqlite_message
+        super().__init__(message, name=name)
+
+
+class ForeignKeyViolationError(MigrationError):
+    """A migration would leave rows whose foreign keys point at nothing.
+
+    ``violations`` holds ``(table, rowid, parent_table)`` triples, at most a
+    handful of them, as reported by ``PRAGMA foreign_key_check``.
+    """
+
+    def __init__(
+        self, message: str, *, name: str, violations: list[tuple[str, int | None, str]]
+    ) -> None:
+        self.violations = violations
+        super().__init__(message, name=name)

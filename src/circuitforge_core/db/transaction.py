@@ -1,0 +1,112 @@
+"""transaction(): one BEGIN IMMEDIATE block, nesting as savepoints.
+
+Owns how a block of work becomes atomic. Does not own connections.
+
+Why IMMEDIATE: a deferred transaction that reads and then writes must
+upgrade its lock, and SQLite answers SQLITE_BUSY at once instead of waiting
+(the busy handler could deadlock there). Taking the write lock up front makes
+a second writer wait on the busy timeout instead.
+
+Why a lock of our own: SQLite's busy handler polls with back-off and no
+queue, so under contention one writer can starve while others barge in.
+Threads of one process that write the same file through ``transaction()``
+first queue on an in-process lock, one per file, with the connection's busy
+timeout as the deadline; the busy handler is then left to waits across
+processes only. Lock order: this per-file lock, then SQLite's write lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from .connect import Connection
+from .errors import TransactionError
+
+ConnectionT = TypeVar("ConnectionT", bound=sqlite3.Connection)
+
+_savepoint_numbers = itertools.count(1)
+_writer_locks: dict[str, threading.Lock] = {}
+_writer_locks_guard = threading.Lock()
+
+
+@contextmanager
+def transaction(db: ConnectionT) -> Iterator[ConnectionT]:
+    """Run the block in one ``BEGIN IMMEDIATE`` transaction.
+
+    Commits when the block ends, rolls back if it raises. Inside an open
+    transaction it becomes a savepoint instead: its failure undoes only its
+    own work and the exception still propagates. Do not call ``commit()`` or
+    ``rollback()`` inside the block; that raises ``TransactionError``.
+    """
+    if db.in_transaction:
+        with _savepoint(db):
+            yield db
+        return
+    lock = _writer_lock(db)
+    if lock is not None and not lock.acquire(timeout=_busy_timeout(db)):
+        raise sqlite3.OperationalError(
+            f"database is locked: {getattr(db, 'path', '?')}: other threads of this process "
+            f"kept writing it for longer than the busy timeout"
+        )
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        if not db.in_transaction:
+            raise TransactionError(
+                "the transaction() block ended the transaction itself (commit() or rollback() "
+                "inside it); its work is no longer atomic. Let the block commit by ending."
+            )
+        try:
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+@contextmanager
+def _savepoint(db: sqlite3.Connection) -> Iterator[None]:
+    name = f"cf_savepoint_{next(_savepoint_numbers)}"
+    db.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:
+            db.execute(f"ROLLBACK TO {name}")
+            db.execute(f"RELEASE {name}")
+        raise
+    if not db.in_transaction:
+        raise TransactionError(
+            "a nested transaction() block ended the outer transaction itself (commit() or "
+            "rollback() inside it). Let the blocks commit by ending."
+        )
+    db.execute(f"RELEASE {name}")
+
+
+def _writer_lock(db: sqlite3.Connection) -> threading.Lock | None:
+    """The in-process lock for the file behind ``db`` (None if unknown)."""
+    path = getattr(db, "path", None) if isinstance(db, Connection) else None
+    if path is None:
+        return None
+    lock = _writer_locks.get(path)
+    if lock is None:
+        with _writer_locks_guard:
+            lock = _writer_locks.setdefault(path, threading.Lock())
+    return lock
+
+
+def _busy_timeout(db: sqlite3.Connection) -> float:
+    return float(getattr(db, "busy_timeout", 5.0))
