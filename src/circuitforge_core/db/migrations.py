@@ -316,6 +316,8 @@ def run_migrations(
     migrations_dir: MigrationsDir,
     *,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    on_start: Callable[[str], None] | None = None,
+    on_applied: Callable[[str, float], None] | None = None,
 ) -> list[str]:
     """Apply the folder's ``*.sql`` files not yet applied, in filename order.
 
@@ -325,7 +327,8 @@ def run_migrations(
     processes at once: each file is applied exactly once, and a caller waits
     up to ``lock_timeout`` seconds for another caller's migration to finish.
     A repeated call on an unchanged database and folder costs a few ``stat``
-    calls and no SQL.
+    calls and no SQL. ``on_start(name)`` is called before a file is applied
+    and ``on_applied(name, seconds)`` after it committed (for progress display).
     """
     if db.in_transaction:
         raise MigrationError(
@@ -351,16 +354,22 @@ def run_migrations(
 
     applied = []
     for plan in plans:
-        if _apply(db, plan, db_path, deadline):
+        if on_start is not None:
+            on_start(plan.file.name)
+        started = time.perf_counter()
+        if _apply(db, plan, db_path, deadline, started):
             applied.append(plan.file.name)
+            if on_applied is not None:
+                on_applied(plan.file.name, time.perf_counter() - started)
     if signature is not None:
         _up_to_date[cache_key] = _signature(db_path, migrations_dir)
     return applied
 
 
-def _apply(db: sqlite3.Connection, plan: _Plan, db_path: str | None, deadline: float) -> bool:
+def _apply(
+    db: sqlite3.Connection, plan: _Plan, db_path: str | None, deadline: float, started: float
+) -> bool:
     """Apply one file; False if another caller applied it first."""
-    started = time.perf_counter()
     if plan.file.no_transaction:
         done = _apply_outside_transaction(db, plan, db_path, deadline, started)
     else:

@@ -1,0 +1,58 @@
+"""Shared fixtures: real SQLite files in temporary folders, a clean environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Environment variables the library (or its later parts) may read; tests never
+# inherit them from the machine they run on.
+LIBRARY_ENV_VARS = ("CLOUD_DATA_ROOT", "CLOUD_MODE", "CF_SERVER_SECRET", "CF_DB_PATH")
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in LIBRARY_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """Where a fresh database file may be created."""
+    return tmp_path / "data" / "app.db"
+
+
+@pytest.fixture
+def migrations_dir(tmp_path: Path) -> Path:
+    """An empty migrations folder."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def write_migration(migrations_dir: Path):  # type: ignore[no-untyped-def]
+    """Write ``name`` with ``text`` (str, or bytes written as they are) into the folder."""
+
+    def write(name: str, text: str | bytes) -> Path:
+        path = migrations_dir / name
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def chdir_tmp(tmp_path: Path) -> Iterator[Path]:
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        yield tmp_path
+    finally:
+        os.chdir(old)
