@@ -1,0 +1,1 @@
+"""Benchmarks for circuitforge_core.db: `make bench` (python -m bench)."""
