@@ -71,19 +71,21 @@ def get_db(
     mmap_size: int = 0,
     journal_size_limit: int = DEFAULT_JOURNAL_SIZE_LIMIT,
     synchronous: str = "NORMAL",
+    factory: type[Connection] = Connection,
 ) -> Connection:
     """Open the SQLite database at ``path``, creating it and its folders if missing.
 
     The connection is in WAL mode (checked), enforces foreign keys, waits up
     to ``busy_timeout`` seconds for a lock, and may be handed between threads
     (never used by two at once). ``readonly=True`` opens an existing file
-    read-only and never creates one. Raises ``OpenError`` naming the path when
-    the file cannot be opened as a database.
+    read-only and never creates one. ``factory`` is the ``Connection`` subclass
+    to make (the pool passes one that tracks its cursors). Raises ``OpenError``
+    naming the path when the file cannot be opened as a database.
     """
     _log_library_version_once()
     fspath = _checked_path(path)
     deadline = time.monotonic() + busy_timeout
-    db = _connect(fspath, readonly=readonly, busy_timeout=busy_timeout)
+    db = _connect(fspath, readonly=readonly, busy_timeout=busy_timeout, factory=factory)
     try:
         db.path = fspath
         db.readonly = readonly
@@ -223,7 +225,9 @@ def _checked_path(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(raw)
 
 
-def _connect(path: str, *, readonly: bool, busy_timeout: float) -> Connection:
+def _connect(
+    path: str, *, readonly: bool, busy_timeout: float, factory: type[Connection] = Connection
+) -> Connection:
     if os.path.isdir(path):
         raise OpenError(path, f"{path} is a folder; pass the path of a database file.")
     if readonly:
@@ -245,7 +249,7 @@ def _connect(path: str, *, readonly: bool, busy_timeout: float) -> Connection:
             timeout=busy_timeout,
             isolation_level="IMMEDIATE",
             check_same_thread=False,
-            factory=Connection,
+            factory=factory,
             **_TRANSACTION_CONTROL,
         )
     except sqlite3.Error as exc:
