@@ -327,7 +327,7 @@ def run_migrations(
     processes at once: each file is applied exactly once, and a caller waits
     up to ``lock_timeout`` seconds for another caller's migration to finish.
     A repeated call on an unchanged database and folder costs a few ``stat``
-    calls and no SQL. ``on_start(name)`` is called before a file is applied
+    calls and one ``PRAGMA schema_version``. ``on_start(name)`` is called before a file is applied
     and ``on_applied(name, seconds)`` after it committed (for progress display).
     """
     if db.in_transaction:
@@ -336,7 +336,7 @@ def run_migrations(
         )
     db_path = _database_path(db)
     cache_key = (db_path, _source_key(migrations_dir))
-    signature = _signature(db_path, migrations_dir)
+    signature = _signature(db, db_path, migrations_dir)
     if signature is not None and _up_to_date.get(cache_key) == signature:
         return []
 
@@ -362,7 +362,7 @@ def run_migrations(
             if on_applied is not None:
                 on_applied(plan.file.name, time.perf_counter() - started)
     if signature is not None:
-        _up_to_date[cache_key] = _signature(db_path, migrations_dir)
+        _up_to_date[cache_key] = _signature(db, db_path, migrations_dir)
     return applied
 
 
@@ -670,8 +670,10 @@ def _database_path(db: sqlite3.Connection) -> str | None:
 # -- the repeated-call shortcut ------------------------------------------------------
 
 # (database path, folder key) -> signature of both when they were last seen
-# fully migrated. A hit means nothing can be pending: the folder is unchanged,
-# and the database file is the same one (same inode, unchanged since).
+# fully migrated. A hit means nothing can be pending: the folder is unchanged
+# (names, sizes, mtimes), and the database is the same file (device, inode)
+# with the same schema (its schema cookie, which every DDL bumps and which a
+# restored backup would not share). Checkpoints do not disturb it.
 _up_to_date: dict[tuple[str | None, str], object] = {}
 
 
@@ -681,7 +683,9 @@ def _source_key(migrations_dir: MigrationsDir) -> str:
     return f"{type(migrations_dir).__qualname__}:{migrations_dir}"
 
 
-def _signature(db_path: str | None, migrations_dir: MigrationsDir) -> object | None:
+def _signature(
+    db: sqlite3.Connection, db_path: str | None, migrations_dir: MigrationsDir
+) -> object | None:
     """What must stay the same for a previous 'nothing pending' to still hold."""
     if db_path is None:
         return None
@@ -699,7 +703,8 @@ def _signature(db_path: str | None, migrations_dir: MigrationsDir) -> object | N
                 )
     except OSError:
         return None
-    return (db_stat.st_dev, db_stat.st_ino, db_stat.st_ctime_ns, files)
+    schema_version = db.execute("PRAGMA schema_version").fetchone()[0]
+    return (db_stat.st_dev, db_stat.st_ino, schema_version, files)
 
 
 def _check_unmodified(

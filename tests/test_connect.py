@@ -1,0 +1,335 @@
+"""get_db: the pragmas it promises, the files it creates, and its errors on bad input."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from circuitforge_core.db import Connection, OpenError, get_db
+from circuitforge_core.db import connect as connect_module
+
+
+def pragma(db: sqlite3.Connection, name: str) -> object:
+    return db.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+def test_defaults_are_applied_and_checked(db_path: Path) -> None:
+    """A new connection is WAL, enforces foreign keys and carries the production pragmas."""
+    db = get_db(db_path)
+    try:
+        assert isinstance(db, sqlite3.Connection)
+        assert isinstance(db, Connection)
+        assert pragma(db, "journal_mode") == "wal"
+        assert pragma(db, "foreign_keys") == 1
+        assert pragma(db, "busy_timeout") == 5000
+        assert pragma(db, "synchronous") == 1  # NORMAL
+        assert pragma(db, "journal_size_limit") == 64 * 1024 * 1024
+        assert pragma(db, "cache_size") == -8192
+        assert pragma(db, "mmap_size") == 0
+        assert pragma(db, "temp_store") == 2  # MEMORY
+        assert db.in_transaction is False
+        assert db.path == str(db_path)
+        assert db.readonly is False
+    finally:
+        db.close()
+
+
+def test_settings_can_be_chosen(db_path: Path) -> None:
+    """busy_timeout, cache, mmap, journal limit and synchronous are per call."""
+    db = get_db(
+        db_path,
+        busy_timeout=1.5,
+        cache_size_kib=2048,
+        mmap_size=1 << 20,
+        journal_size_limit=1 << 20,
+        synchronous="full",
+    )
+    try:
+        assert pragma(db, "busy_timeout") == 1500
+        assert pragma(db, "cache_size") == -2048
+        assert pragma(db, "journal_size_limit") == 1 << 20
+        assert pragma(db, "synchronous") == 2
+        assert db.busy_timeout == 1.5
+    finally:
+        db.close()
+
+
+def test_bad_synchronous_is_refused(db_path: Path) -> None:
+    """An unknown synchronous level is a ValueError, not a silently ignored pragma."""
+    with pytest.raises(ValueError, match="synchronous"):
+        get_db(db_path, synchronous="SOMETIMES")
+
+
+def test_creates_file_and_missing_folders(tmp_path: Path) -> None:
+    """The file and every missing parent folder are created; str paths work too."""
+    path = tmp_path / "a" / "b" / "c" / "app.db"
+    db = get_db(str(path))
+    db.close()
+    assert path.is_file()
+
+
+def test_relative_path_is_made_absolute(chdir_tmp: Path) -> None:
+    """A relative path is resolved once, so the connection knows its file wherever cwd goes."""
+    db = get_db("rel.db")
+    try:
+        assert db.path == str(chdir_tmp / "rel.db")
+    finally:
+        db.close()
+
+
+def test_path_with_uri_characters(tmp_path: Path) -> None:
+    """Characters that mean something in a URI (?, #, %, spaces) stay part of the file name."""
+    path = tmp_path / "we?ird #name %20.db"
+    db = get_db(path)
+    db.execute("CREATE TABLE t (x)")
+    db.close()
+    assert path.is_file()
+
+
+def test_implicit_transaction_takes_the_write_lock(db_path: Path) -> None:
+    """A plain INSERT opens BEGIN IMMEDIATE: a second writer waits instead of failing."""
+    first = get_db(db_path)
+    second = get_db(db_path, busy_timeout=5)
+    try:
+        first.execute("CREATE TABLE t (x)")
+        first.commit()
+        first.execute("SELECT * FROM t").fetchall()
+        first.execute("INSERT INTO t VALUES (1)")  # holds the write lock now
+        released = threading.Timer(0.3, first.commit)
+        released.start()
+        second.execute("INSERT INTO t VALUES (2)")  # waits on the busy timeout, then succeeds
+        second.commit()
+        released.join(5)
+        assert second.execute("SELECT count(*) FROM t").fetchone()[0] == 2
+    finally:
+        first.close()
+        second.close()
+
+
+def test_trace_shows_begin_immediate(db_path: Path) -> None:
+    """The implicit transaction is literally BEGIN IMMEDIATE, on every Python version."""
+    db = get_db(db_path)
+    seen: list[str] = []
+    try:
+        db.execute("CREATE TABLE t (x)")
+        db.set_trace_callback(seen.append)
+        db.execute("INSERT INTO t VALUES (1)")
+        db.commit()
+    finally:
+        db.close()
+    assert seen[0].upper() == "BEGIN IMMEDIATE"
+
+
+def test_commit_rollback_and_with_still_work(db_path: Path) -> None:
+    """Product code written for the old module (commit, rollback, with db) behaves as before."""
+    db = get_db(db_path)
+    try:
+        db.execute("CREATE TABLE t (x)")
+        db.execute("INSERT INTO t VALUES (1)")
+        db.rollback()
+        db.execute("INSERT INTO t VALUES (2)")
+        db.commit()
+        with db:
+            db.execute("INSERT INTO t VALUES (3)")
+        with pytest.raises(ZeroDivisionError), db:
+            db.execute("INSERT INTO t VALUES (4)")
+            _ = 1 / 0
+        assert [r[0] for r in db.execute("SELECT x FROM t ORDER BY x")] == [2, 3]
+    finally:
+        db.close()
+
+
+def test_usable_from_another_thread(db_path: Path) -> None:
+    """check_same_thread is off: a connection may be handed to another thread."""
+    db = get_db(db_path)
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(pragma(db, "foreign_keys")))
+    worker.start()
+    worker.join(5)
+    db.close()
+    assert not worker.is_alive()
+    assert result == [1]
+
+
+def test_readonly_opens_existing_and_refuses_writes(db_path: Path) -> None:
+    """readonly=True reads an existing database and refuses to write it."""
+    db = get_db(db_path)
+    db.execute("CREATE TABLE t (x)")
+    db.execute("INSERT INTO t VALUES (1)")
+    db.commit()
+    db.close()
+    ro = get_db(db_path, readonly=True)
+    try:
+        assert ro.readonly is True
+        assert ro.execute("SELECT x FROM t").fetchall() == [(1,)]
+        with pytest.raises(sqlite3.OperationalError):
+            ro.execute("INSERT INTO t VALUES (2)")
+    finally:
+        ro.close()
+
+
+def test_readonly_never_creates(tmp_path: Path) -> None:
+    """readonly=True on a missing file raises OpenError naming it and creates nothing."""
+    path = tmp_path / "missing" / "app.db"
+    with pytest.raises(OpenError, match="does not exist") as info:
+        get_db(path, readonly=True)
+    assert str(path) in str(info.value)
+    assert info.value.path == str(path)
+    assert not path.parent.exists()
+
+
+def test_folder_is_refused(tmp_path: Path) -> None:
+    """A folder given as the database raises OpenError naming it."""
+    with pytest.raises(OpenError, match="is a folder") as info:
+        get_db(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_not_a_database_is_refused_untouched(tmp_path: Path) -> None:
+    """A file that is not a database raises OpenError naming it, and is left as it was."""
+    path = tmp_path / "notes.db"
+    junk = b"This is a text file, not SQLite.\n" * 200
+    path.write_bytes(junk)
+    with pytest.raises(OpenError, match="not a usable SQLite database") as info:
+        get_db(path)
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == junk
+    assert not Path(str(path) + "-wal").exists()
+
+
+def test_parent_is_a_file(tmp_path: Path) -> None:
+    """A path whose parent is a regular file raises OpenError naming the path."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    with pytest.raises(OpenError) as info:
+        get_db(blocker / "app.db")
+    assert str(blocker / "app.db") in str(info.value)
+
+
+def test_in_memory_names_are_refused() -> None:
+    """':memory:' and '' are refused with a hint: WAL needs a file."""
+    for name in (":memory:", ""):
+        with pytest.raises(OpenError, match="temporary folder"):
+            get_db(name)
+
+
+def test_wrong_path_type() -> None:
+    """A path that is neither str nor PathLike is a TypeError."""
+    with pytest.raises(TypeError):
+        get_db(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not hasattr(os, "setuid"), reason="needs POSIX users")
+def test_unreadable_file_names_the_path() -> None:
+    """A file the service user may not read raises OpenError naming it (run as another user)."""
+    # pytest's own temporary folders are private to root; this one must be traversable.
+    folder = Path(tempfile.mkdtemp(prefix="cf-db-perm-"))
+    try:
+        _check_unreadable(folder)
+    finally:
+        shutil.rmtree(folder)
+
+
+def _check_unreadable(tmp_path: Path) -> None:
+    path = tmp_path / "private.db"
+    db = get_db(path)
+    db.execute("CREATE TABLE t (x)")
+    db.commit()
+    db.close()
+    path.chmod(0o600)
+    tmp_path.chmod(0o755)
+    script = (
+        "import sys\n"
+        "from circuitforge_core.db import get_db, OpenError\n"
+        "try:\n"
+        "    get_db(sys.argv[1])\n"
+        "except OpenError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n"
+    )
+    preexec = None
+    python = sys.executable
+    src = Path(connect_module.__file__).parents[2]
+    if os.geteuid() == 0:
+        # Root reads everything; the child drops to 'nobody' so the check is real,
+        # which needs an interpreter and a source tree that 'nobody' can reach.
+        def preexec() -> None:
+            os.setgid(65534)
+            os.setuid(65534)
+
+        python = next(
+            (p for p in (sys.executable, "/usr/bin/python3") if _reachable_by_others(Path(p))),
+            "",
+        )
+        if not python or not _reachable_by_others(src):
+            pytest.skip("no interpreter and source tree that another user can reach")
+    result = subprocess.run(
+        [python, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        preexec_fn=preexec,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    assert str(path) in result.stdout
+    assert "permission denied" in result.stdout
+
+
+def test_wal_reset_bug_warning_logged_once(
+    db_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SQLite version is logged once per process, with a warning below 3.51.3."""
+    monkeypatch.setattr(connect_module, "_version_logged", threading.Event())
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 40, 1))
+    with caplog.at_level(logging.INFO, logger="circuitforge_core.db"):
+        get_db(db_path).close()
+        get_db(db_path).close()
+    infos = [r for r in caplog.records if r.getMessage().startswith("SQLite library ")]
+    warnings = [r for r in caplog.records if "WAL-reset bug" in r.getMessage()]
+    assert len(infos) == 1
+    assert len(warnings) == 1
+    assert warnings[0].levelno == logging.WARNING
+
+
+def test_no_warning_on_a_fixed_library(
+    db_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No WAL-reset warning when the library is 3.51.3 or newer."""
+    monkeypatch.setattr(connect_module, "_version_logged", threading.Event())
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 51, 3))
+    with caplog.at_level(logging.INFO, logger="circuitforge_core.db"):
+        get_db(db_path).close()
+    assert not [r for r in caplog.records if "WAL-reset bug" in r.getMessage()]
+
+
+def test_existing_rollback_journal_database_is_switched_to_wal(db_path: Path) -> None:
+    """A database created by the old module (rollback journal) becomes WAL on open."""
+    db_path.parent.mkdir(parents=True)
+    old = sqlite3.connect(db_path)
+    old.execute("CREATE TABLE t (x)")
+    old.commit()
+    old.close()
+    db = get_db(db_path)
+    try:
+        assert pragma(db, "journal_mode") == "wal"
+    finally:
+        db.close()
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """True if every folder above ``path`` lets other users through (and the file exists)."""
+    resolved = path.resolve()
+    if not resolved.exists():
+        return False
+    return all(parent.stat().st_mode & 0o001 for parent in resolved.parents)
