@@ -9,6 +9,7 @@ Depends on the standard library only.
 """
 
 from .base import get_connection
+from .cipher import decrypt_database, derive_user_key, encrypt_database, rekey_database
 from .connect import Connection, get_db
 from .errors import (
     DBError,
@@ -38,9 +39,13 @@ __all__ = [
     "MigrationStatus",
     "OpenError",
     "TransactionError",
+    "decrypt_database",
+    "derive_user_key",
+    "encrypt_database",
     "get_connection",
     "get_db",
     "migration_status",
+    "rekey_database",
     "run_migrations",
     "transaction",
 ]

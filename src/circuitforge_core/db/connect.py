@@ -23,8 +23,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from . import cipher
+from .cipher import Key
 from .errors import OpenError
 
 logger = logging.getLogger("circuitforge_core.db")
@@ -72,6 +74,7 @@ def get_db(
     journal_size_limit: int = DEFAULT_JOURNAL_SIZE_LIMIT,
     synchronous: str = "NORMAL",
     factory: type[Connection] = Connection,
+    key: Key | None = None,
 ) -> Connection:
     """Open the SQLite database at ``path``, creating it and its folders if missing.
 
@@ -81,16 +84,32 @@ def get_db(
     read-only and never creates one. ``factory`` is the ``Connection`` subclass
     to make (the pool passes one that tracks its cursors). Raises ``OpenError``
     naming the path when the file cannot be opened as a database.
+
+    With ``key`` (a passphrase ``str`` or a raw 32-byte key, see cipher.py)
+    the file is opened through SQLCipher (``pip install
+    'circuitforge-core[sqlcipher]'``), encrypted, with the same pragmas; the
+    connection is then a ``sqlcipher3`` connection with the same methods and
+    attributes, though not a ``sqlite3.Connection``. A wrong key raises
+    ``OpenError``; a missing driver ``EncryptionUnavailableError``, before
+    anything is written.
     """
     _log_library_version_once()
     fspath = _checked_path(path)
     deadline = time.monotonic() + busy_timeout
-    db = _connect(fspath, readonly=readonly, busy_timeout=busy_timeout, factory=factory)
+    if key is None:
+        db = _connect(fspath, readonly=readonly, busy_timeout=busy_timeout, factory=factory)
+    elif factory is not Connection:
+        raise TypeError(
+            "factory= makes plain sqlite3 connections; it cannot be combined with key= "
+            "(encrypted connections come from sqlcipher3)"
+        )
+    else:
+        db = _connect_encrypted(fspath, key, readonly=readonly, busy_timeout=busy_timeout)
     try:
         db.path = fspath
         db.readonly = readonly
         db.busy_timeout = busy_timeout
-        _translate_open_errors(fspath, lambda: _ensure_wal(db, fspath, deadline))
+        _translate_open_errors(db, fspath, lambda: _ensure_wal(db, fspath, deadline))
         pragmas = [
             _synchronous(synchronous),
             _foreign_keys(),
@@ -101,7 +120,7 @@ def get_db(
         ]
         if readonly:
             pragmas.append(_query_only())
-        _translate_open_errors(fspath, lambda: db.executescript("".join(pragmas)))
+        _translate_open_errors(db, fspath, lambda: db.executescript("".join(pragmas)))
     except BaseException:
         db.close()
         raise
@@ -125,7 +144,7 @@ def _ensure_wal(db: Connection, path: str, deadline: float) -> None:
             if mode == "wal" or db.readonly:
                 return
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        except sqlite3.OperationalError as exc:
+        except db.OperationalError as exc:  # sqlite3's or sqlcipher3's
             if exc.sqlite_errorcode & 0xFF not in (_SQLITE_BUSY, _SQLITE_LOCKED):
                 raise
             if time.monotonic() >= deadline:
@@ -228,20 +247,7 @@ def _checked_path(path: str | os.PathLike[str]) -> str:
 def _connect(
     path: str, *, readonly: bool, busy_timeout: float, factory: type[Connection] = Connection
 ) -> Connection:
-    if os.path.isdir(path):
-        raise OpenError(path, f"{path} is a folder; pass the path of a database file.")
-    if readonly:
-        if not os.path.exists(path):
-            raise OpenError(path, f"{path} does not exist; readonly=True never creates a database.")
-    else:
-        parent = os.path.dirname(path)
-        try:
-            os.makedirs(parent, exist_ok=True)
-        except OSError as exc:
-            raise OpenError(
-                path, f"{path}: cannot create its folder {parent}: {exc.strerror or exc}."
-            ) from exc
-    uri = Path(path).as_uri() + ("?mode=ro" if readonly else "?mode=rwc")
+    uri = _prepare_path(path, readonly=readonly)
     try:
         db = sqlite3.connect(
             uri,
@@ -258,7 +264,58 @@ def _connect(
     return db
 
 
-def _why_unopenable(path: str, readonly: bool, exc: sqlite3.Error) -> str:
+def _connect_encrypted(path: str, key: Key, *, readonly: bool, busy_timeout: float) -> Connection:
+    """Open through sqlcipher3 and apply the key before any other statement.
+
+    The key and the driver are checked before any folder or file is created.
+    sqlcipher3 (0.6.4) has no ``autocommit`` keyword: its only mode is the
+    legacy transaction control we pin on the standard library.
+    """
+    literal = cipher.key_literal(key)
+    driver = cipher.load_driver(path)
+    existed = os.path.exists(path)
+    uri = _prepare_path(path, readonly=readonly)
+    try:
+        db = driver.connect(
+            uri,
+            uri=True,
+            timeout=busy_timeout,
+            isolation_level="IMMEDIATE",
+            check_same_thread=False,
+            factory=cipher.connection_class(driver),
+        )
+    except driver.Error as exc:
+        raise OpenError(path, _why_unopenable(path, readonly, exc)) from exc
+    try:
+        _translate_open_errors(db, path, lambda: cipher.apply_key(db, path, key, literal))
+    except BaseException:
+        db.close()
+        if not existed and os.path.exists(path) and os.path.getsize(path) == 0:
+            os.remove(path)  # we created it and wrote nothing: leave no trace
+        raise
+    # Typed as Connection: same methods and attributes (see get_db's docstring).
+    return cast(Connection, db)
+
+
+def _prepare_path(path: str, *, readonly: bool) -> str:
+    """Refuse folders and (read-only) missing files, create folders; the URI to open."""
+    if os.path.isdir(path):
+        raise OpenError(path, f"{path} is a folder; pass the path of a database file.")
+    if readonly:
+        if not os.path.exists(path):
+            raise OpenError(path, f"{path} does not exist; readonly=True never creates a database.")
+    else:
+        parent = os.path.dirname(path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise OpenError(
+                path, f"{path}: cannot create its folder {parent}: {exc.strerror or exc}."
+            ) from exc
+    return Path(path).as_uri() + ("?mode=ro" if readonly else "?mode=rwc")
+
+
+def _why_unopenable(path: str, readonly: bool, exc: Exception) -> str:
     """Turn SQLite's 'unable to open database file' into the actual reason."""
     if os.path.exists(path) and not os.access(path, os.R_OK | (0 if readonly else os.W_OK)):
         need = "read" if readonly else "read and write"
@@ -272,19 +329,19 @@ def _why_unopenable(path: str, readonly: bool, exc: sqlite3.Error) -> str:
     return f"{path}: cannot open the database ({exc}). Check the path and its permissions."
 
 
-def _translate_open_errors(path: str, step: Any) -> None:
+def _translate_open_errors(db: Connection, path: str, step: Any) -> None:
     """Run one open step, naming the file in what goes wrong."""
     try:
         step()
     except OpenError:
         raise
-    except sqlite3.DatabaseError as exc:
+    except db.DatabaseError as exc:  # sqlite3's or sqlcipher3's
         message = str(exc)
         if "file is not a database" in message or "malformed" in message:
             raise OpenError(
                 path,
                 f"{path} is not a usable SQLite database (SQLite says: {message}). Check "
-                f"the path, or restore the file from a backup.",
+                f"the path, give its key if it is encrypted, or restore the file from a backup.",
             ) from exc
         if "unable to open" in message or "readonly" in message or "disk I/O" in message:
             raise OpenError(path, _why_unopenable(path, False, exc)) from exc

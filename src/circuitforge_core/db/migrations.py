@@ -32,7 +32,6 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Literal
 
-from .connect import Connection
 from .errors import (
     ForeignKeyViolationError,
     MigrationError,
@@ -404,7 +403,7 @@ def _apply_in_transaction(
         _record(db, plan.file, started)
         try:
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except db.Error as exc:  # sqlite3's or sqlcipher3's
             raise MigrationFailedError(
                 f"migration {name} could not commit: {exc}. Nothing of it was applied; fix the "
                 f"file and run the migrations again.",
@@ -453,7 +452,7 @@ def _execute(
 ) -> None:
     try:
         db.execute(statement.sql).close()
-    except sqlite3.Error as exc:
+    except db.Error as exc:  # sqlite3's or sqlcipher3's
         note = (
             " This file runs outside a transaction: the statements before this one stay "
             "applied, so make the file safe to run again before retrying."
@@ -509,7 +508,7 @@ def _immediate(db: sqlite3.Connection, deadline: float) -> Iterator[None]:
         try:
             db.execute("BEGIN IMMEDIATE")
             break
-        except sqlite3.OperationalError as exc:
+        except db.OperationalError as exc:  # sqlite3's or sqlcipher3's
             if exc.sqlite_errorcode & 0xFF not in (_SQLITE_BUSY, _SQLITE_LOCKED):
                 raise
             if time.monotonic() >= deadline:
@@ -659,8 +658,9 @@ def _file_lock(db_path: str | None, deadline: float) -> Iterator[None]:
 
 def _database_path(db: sqlite3.Connection) -> str | None:
     """The file behind the connection's main database, None for in-memory ones."""
-    if isinstance(db, Connection):
-        return db.path
+    path = getattr(db, "path", None)  # ours, plain or encrypted (not a sqlite3.Connection)
+    if isinstance(path, str):
+        return path
     for _seq, schema, filename in db.execute("PRAGMA database_list"):
         if schema == "main":
             return str(filename) or None

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from .connect import Connection
 from .errors import TransactionError
 
 ConnectionT = TypeVar("ConnectionT", bound=sqlite3.Connection)
@@ -49,7 +48,7 @@ def transaction(db: ConnectionT) -> Iterator[ConnectionT]:
         return
     lock = _writer_lock(db)
     if lock is not None and not lock.acquire(timeout=_busy_timeout(db)):
-        raise sqlite3.OperationalError(
+        raise db.OperationalError(  # sqlite3's or sqlcipher3's
             f"database is locked: {getattr(db, 'path', '?')}: other threads of this process "
             f"kept writing it for longer than the busy timeout"
         )
@@ -98,8 +97,8 @@ def _savepoint(db: sqlite3.Connection) -> Iterator[None]:
 
 def _writer_lock(db: sqlite3.Connection) -> threading.Lock | None:
     """The in-process lock for the file behind ``db`` (None if unknown)."""
-    path = getattr(db, "path", None) if isinstance(db, Connection) else None
-    if path is None:
+    path = getattr(db, "path", None)  # ours, plain or encrypted (not a sqlite3.Connection)
+    if not isinstance(path, str):
         return None
     lock = _writer_locks.get(path)
     if lock is None:
