@@ -9,6 +9,10 @@ migration), always chaining the original with ``raise ... from exc``.
     ├── OpenError                  a database file cannot be opened as asked
     ├── EncryptionUnavailableError a key was given but encryption cannot be used
     ├── TransactionError           transaction() was misused (block ended it)
+    ├── PoolTimeoutError           (also TimeoutError) no connection free in time
+    ├── PoolClosedError            the pool or registry was closed, or the file is being dropped
+    ├── NoDatabaseError            (also LookupError) no request database and no default
+    ├── UnsafePathError            (also ValueError) a user id or sub-path could leave the root
     └── MigrationError             a migration cannot be planned or applied
         ├── MigrationSourceError       the folder or a file cannot be read
         ├── MigrationRefusedError      a file breaks a rule; nothing ran
@@ -42,6 +46,40 @@ class EncryptionUnavailableError(DBError):
 
 class TransactionError(DBError):
     """A transaction() block ended its own transaction, breaking atomicity."""
+
+
+class PoolTimeoutError(DBError, TimeoutError):
+    """Every connection the pool may open was busy for the whole wait.
+
+    ``path`` is the database file (None when the process-wide cap of a
+    registry was the limit), ``limit`` the number of connections that were
+    all busy and ``timeout`` the seconds waited.
+    """
+
+    def __init__(self, message: str, *, path: str | None, limit: int, timeout: float) -> None:
+        self.path = path
+        self.limit = limit
+        self.timeout = timeout
+        super().__init__(message)
+
+
+class PoolClosedError(DBError):
+    """A connection was asked of a pool or registry that is closed, or of a file being dropped."""
+
+
+class NoDatabaseError(DBError, LookupError):
+    """No database was chosen for this request or thread, and there is no default to use."""
+
+
+class UnsafePathError(DBError, ValueError):
+    """A user id or product sub-path was refused: it could leave or confuse the data root.
+
+    ``value`` is the refused text.
+    """
+
+    def __init__(self, message: str, *, value: str) -> None:
+        self.value = value
+        super().__init__(message)
 
 
 class MigrationError(DBError):
