@@ -53,6 +53,7 @@ MIN_SERVER_SECRET_BYTES = 16
 # for a bytes key, so both go through one quoting path.
 _RAW_KEY_TEXT = re.compile(r"[xX]'(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{96})'")
 _PLAIN_HEADER = b"SQLite format 3\x00"
+_TEMP_PREFIX = ".{name}.cf-db-"  # + verb-random.tmp: the copy a conversion builds
 _SQLITE_NOTADB = 26
 
 # HKDF parameters for derive_user_key. Changing any of them makes every
@@ -317,12 +318,15 @@ def _convert(
     if not os.path.isfile(fspath):
         raise OpenError(fspath, f"{fspath} does not exist (or is not a file); nothing to {verb}.")
     folder, name = os.path.split(fspath)
-    temp = os.path.join(folder, f".{name}.cf-db-{verb}-{secrets.token_hex(4)}.tmp")
+    temp = os.path.join(
+        folder, f"{_TEMP_PREFIX.format(name=name)}{verb}-{secrets.token_hex(4)}.tmp"
+    )
 
     try:
         holder = _open(driver, fspath, old_key, old_literal, busy_timeout)
         try:
             was_wal = _take_exclusive_writer(holder, fspath, verb)
+            _remove_leftovers(folder, name)
             try:
                 rows = _export(
                     driver, fspath, old_key, old_literal, temp, new_literal, busy_timeout
@@ -513,6 +517,20 @@ def _fsync(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _remove_leftovers(folder: str, name: str) -> None:
+    """Delete copies left by a conversion that was killed before its rename.
+
+    Only called while holding the file's write lock, which any running
+    conversion of the same file would hold instead.
+    """
+    prefix = _TEMP_PREFIX.format(name=name)
+    with os.scandir(folder) as entries:
+        stale = [entry.path for entry in entries if entry.name.startswith(prefix)]
+    for path in stale:
+        logger.info("removing %s, left by an interrupted conversion", path)
+        _remove_quietly(path)
 
 
 def _release(holder: Any, *, restore_wal: bool) -> None:
