@@ -13,6 +13,8 @@ migration), always chaining the original with ``raise ... from exc``.
     ├── PoolClosedError            the pool or registry was closed, or the file is being dropped
     ├── NoDatabaseError            (also LookupError) no request database and no default
     ├── UnsafePathError            (also ValueError) a user id or sub-path could leave the root
+    ├── SettingsError              (also ValueError) an environment variable cannot be used
+    ├── BackupError                a backup could not be written (DEST left as it was)
     └── MigrationError             a migration cannot be planned or applied
         ├── MigrationSourceError       the folder or a file cannot be read
         ├── MigrationRefusedError      a file breaks a rule; nothing ran
@@ -79,6 +81,24 @@ class UnsafePathError(DBError, ValueError):
 
     def __init__(self, message: str, *, value: str) -> None:
         self.value = value
+        super().__init__(message)
+
+
+class SettingsError(DBError, ValueError):
+    """An environment variable the package reads holds a value it cannot use."""
+
+
+class BackupError(DBError):
+    """A backup could not be written; its destination was left as it was.
+
+    ``path`` is the destination. ``problems`` holds what the integrity check
+    of the copy reported, when that is why (the database itself is damaged);
+    it is empty for every other reason.
+    """
+
+    def __init__(self, message: str, *, path: str, problems: list[str] | None = None) -> None:
+        self.path = path
+        self.problems = list(problems or [])
         super().__init__(message)
 
 

@@ -1,0 +1,550 @@
+"""Cloud mode: which database a request uses, where per-user files live, their pools.
+
+Owns three things products need when one process serves many per-user
+SQLite files, kept apart by lifetime:
+
+- request lifetime: ``request_db``, the ContextVar naming this request's
+  database file, with ``current_db_path()`` and ``use_db()``;
+- per-user paths: ``user_db_path()`` joins a data root, a user id and the
+  product's sub-path, refusing anything that could leave or confuse the root,
+  and creates folders 0700 and the file 0600;
+- app lifetime: ``PoolRegistry``, one ``ConnectionPool`` per file under a
+  process-wide cap on open connections, with LRU eviction of idle ones and
+  ``drop_database()`` for account deletion;
+
+plus ``Settings.from_env()``, the only place the package reads environment
+variables. Does not know who the user is (the product's resolver does), nor
+anything about ASGI (asgi.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import unicodedata
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from .connect import Connection
+from .errors import (
+    NoDatabaseError,
+    OpenError,
+    PoolClosedError,
+    SettingsError,
+    UnsafePathError,
+)
+from .migrations import DEFAULT_LOCK_TIMEOUT, MigrationsDir
+from .pool import (
+    DEFAULT_POOL_TIMEOUT,
+    ConnectionPool,
+    PooledConnection,
+    RowFactory,
+    _Budget,
+)
+
+logger = logging.getLogger("circuitforge_core.db")
+
+# -- settings: the one place environment variables are read --------------------------
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where a product's databases live, from the environment.
+
+    ``cloud_mode`` (``CLOUD_MODE``, default off): one database per user under
+    ``data_root`` (``CLOUD_DATA_ROOT``, an absolute path, required in cloud
+    mode). ``db_path`` (``CF_DB_PATH``): the local-mode database, None when
+    unset so the product's own default applies.
+    """
+
+    cloud_mode: bool = False
+    data_root: Path | None = None
+    db_path: Path | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read ``CLOUD_MODE``, ``CLOUD_DATA_ROOT`` and ``CF_DB_PATH`` (from ``os.environ``)."""
+        env = os.environ if environ is None else environ
+        raw_mode = env.get("CLOUD_MODE", "").strip().lower()
+        if raw_mode not in _TRUE | _FALSE:
+            raise SettingsError(
+                f"CLOUD_MODE={env['CLOUD_MODE']!r} is neither on nor off; set it to 1 or 0 "
+                f"(true/false, yes/no and on/off also work)."
+            )
+        cloud_mode = raw_mode in _TRUE
+        raw_root = env.get("CLOUD_DATA_ROOT", "")
+        data_root = Path(raw_root) if raw_root else None
+        if data_root is not None and not data_root.is_absolute():
+            raise SettingsError(
+                f"CLOUD_DATA_ROOT={raw_root!r} is a relative path; set it to the absolute path "
+                f"of the folder holding the per-user databases."
+            )
+        if cloud_mode and data_root is None:
+            raise SettingsError(
+                "CLOUD_MODE is on but CLOUD_DATA_ROOT is not set; set it to the absolute path "
+                "of the folder holding the per-user databases."
+            )
+        raw_db = env.get("CF_DB_PATH", "")
+        return cls(cloud_mode, data_root, Path(raw_db) if raw_db else None)
+
+
+# -- the request context ---------------------------------------------------------------
+
+#: The database file of the current request: set by the middleware (or
+#: ``use_db``) for one request, None outside one. It follows ``await`` and is
+#: copied into the threads Starlette/FastAPI run sync endpoints in. A plain
+#: ``threading.Thread`` or ``ThreadPoolExecutor.submit`` starts without it.
+request_db: ContextVar[str | None] = ContextVar("circuitforge_core.db.request_db", default=None)
+
+
+def current_db_path(default: str | os.PathLike[str] | None = None) -> str:
+    """This request's database, else ``default`` (local mode's one file).
+
+    Raises ``NoDatabaseError`` when neither is there (a background thread
+    that was not given its database, in cloud mode): never a silent fallback
+    to some shared file.
+    """
+    path = request_db.get()
+    if path is not None:
+        return path
+    if default is not None:
+        return os.fspath(default)
+    raise NoDatabaseError(
+        "no database is chosen here: request_db is not set (outside a request, or in a thread "
+        "that did not inherit the request's context) and no default was given. Pass the "
+        "database path explicitly, or run the code inside `with use_db(path):`."
+    )
+
+
+@contextlib.contextmanager
+def use_db(path: str | os.PathLike[str] | None) -> Iterator[str | None]:
+    """Make ``path`` this context's database for the block, then restore the previous one.
+
+    ``use_db(None)`` clears it for the block.
+    """
+    value = None if path is None else os.fspath(path)
+    token = request_db.set(value)
+    try:
+        yield value
+    finally:
+        request_db.reset(token)
+
+
+# -- safe per-user paths -----------------------------------------------------------------
+
+MAX_NAME_LENGTH = 128
+_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.@+=")
+_SEPARATORS = {"/", "\\", ":"}  # POSIX, Windows, and Windows drives / classic Mac OS
+# Control and format characters (NUL, newlines, bidi overrides, zero-width):
+# named in the error so a log reader sees what was there.
+_CONTROL_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}
+
+
+def user_db_path(
+    root: str | os.PathLike[str],
+    user_id: str,
+    product_path: str,
+    *,
+    create: bool = True,
+) -> Path:
+    """``root/user_id/product_path``, once it is certain to stay inside ``root``.
+
+    ``user_id`` is one folder name; ``product_path`` is a file name or a few
+    ``/``-separated names (``"kiwi.db"``, ``"snipe/user.db"``). Each name may
+    use ASCII letters, digits and ``_ - . @ + =``, up to 128 characters, and
+    may not start with ``.`` or ``-`` nor end with ``.``; anything else
+    (empty, ``..``, separators of any platform, NUL and control characters,
+    other characters) raises ``UnsafePathError``, as does a path that resolves
+    outside ``root`` through a symbolic link. ``root`` must exist. With
+    ``create``, missing folders are made 0700 and a missing database file
+    0600 (its -wal and -shm inherit that mode), whatever the umask.
+    """
+    root_path = Path(os.path.abspath(os.fspath(root)))
+    _check_name(user_id, "user id")
+    if not isinstance(product_path, str) or not product_path:
+        raise UnsafePathError(
+            f"the product sub-path {product_path!r} is empty or not text; pass a file name "
+            f"such as 'app.db' or 'product/app.db'.",
+            value=str(product_path),
+        )
+    parts = product_path.split("/")
+    if len(parts) > 4:
+        raise UnsafePathError(
+            f"the product sub-path {_shown(product_path)} has {len(parts)} levels; use at most 4.",
+            value=product_path,
+        )
+    for part in parts:
+        _check_name(part, "product sub-path part", whole=product_path)
+    path = root_path.joinpath(user_id, *parts)
+    if not root_path.is_dir():
+        raise OpenError(
+            root_path,
+            f"the data root {root_path} does not exist (or is not a folder); create it (mode "
+            f"0700, owned by the service user) or fix CLOUD_DATA_ROOT.",
+        )
+    real_root = os.path.realpath(root_path)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root or real == real_root:
+        raise UnsafePathError(
+            f"{path} resolves to {real}, outside the data root {real_root} (a symbolic link "
+            f"inside the root?); refusing to use it. Remove the link.",
+            value=user_id,
+        )
+    if create and not os.path.exists(path):
+        _create_private(root_path, path)
+    return path
+
+
+def _check_name(name: object, what: str, *, whole: str | None = None) -> None:
+    """Refuse one path component that could leave or confuse the root."""
+    if not isinstance(name, str):
+        raise UnsafePathError(
+            f"the {what} must be text, not {type(name).__name__}; convert it with str() first.",
+            value=repr(name),
+        )
+    shown = _shown(name) + (f" (in {_shown(whole)})" if whole is not None else "")
+    problem = None
+    if not name:
+        problem = "is empty"
+    elif name in (".", ".."):
+        problem = "names the current or parent folder"
+    elif len(name) > MAX_NAME_LENGTH:
+        problem = f"is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}"
+    elif bad := next((c for c in name if c in _SEPARATORS), None):
+        problem = f"contains the path separator {bad!r}"
+    elif bad := next((c for c in name if unicodedata.category(c) in _CONTROL_CATEGORIES), None):
+        problem = f"contains the control character U+{ord(bad):04X}"
+    elif bad := next((c for c in name if c not in _NAME_CHARACTERS), None):
+        problem = f"contains {bad!r}; names may use only ASCII letters, digits and _ - . @ + ="
+    elif name[0] in ".-":
+        problem = f"starts with {name[0]!r} (a hidden file, or an option to command-line tools)"
+    elif name.endswith("."):
+        problem = "ends with '.' (which Windows tools strip, merging it with another name)"
+    if problem is not None:
+        raise UnsafePathError(
+            f"refusing the {what} {shown}: it {problem}. Check where this value comes from; "
+            f"a user id from a session is never like this.",
+            value=name,
+        )
+
+
+def _shown(text: str) -> str:
+    """A printable, bounded rendering of untrusted text for messages."""
+    return ascii(text if len(text) <= 80 else text[:77] + "...")
+
+
+def _create_private(root: Path, path: Path) -> None:
+    """Create the missing folders (0700) and an empty database file (0600) under ``root``."""
+    folder = root
+    for name in path.relative_to(root).parts[:-1]:
+        folder = folder / name
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # os.open's mode is filtered by the umask too
+    finally:
+        os.close(fd)
+
+
+# -- the registry of pools --------------------------------------------------------------
+
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_MAX_PER_DATABASE = 4
+
+#: ``get_db`` settings for many small per-user files. cache_size 2 MiB (SQLite's
+#: own default): the page cache is per connection, and 256 connections at the
+#: single-file 8 MiB would be 2 GiB. mmap_size 0: an I/O error on a mapped file
+#: is a SIGBUS that kills every request of the process, and each mapping also
+#: counts against vm.max_map_count. journal_size_limit 4 MiB: what a WAL stays
+#: near with default checkpoints; a big transaction's WAL shrinks back to it.
+CLOUD_CONNECT_KWARGS: Mapping[str, Any] = MappingProxyType(
+    {"cache_size_kib": 2048, "mmap_size": 0, "journal_size_limit": 4 * 1024 * 1024}
+)
+
+MigrationsFor = MigrationsDir | Callable[[str], MigrationsDir | None] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryStats:
+    """Current counts across every file of a registry."""
+
+    databases: int
+    open: int
+    idle: int
+    busy: int
+    max_connections: int
+    evictions: int
+    migration_runs: int
+
+
+class PoolRegistry:
+    """One ``ConnectionPool`` per database file, under a process-wide cap.
+
+    ``with registry.connection(path) as db:`` checks out a connection to
+    ``path``. At most ``max_connections`` connections are open across all
+    files (each WAL connection holds up to 3 file descriptors) and at most
+    ``max_per_database`` to one file. Opening one more when the cap is reached
+    closes the least recently used idle connection of another file; busy
+    connections are never closed under their user; with none idle the caller
+    waits up to ``timeout`` seconds, then gets ``PoolTimeoutError``. Each file
+    has its ``migrations`` applied once per process, before first use (a
+    callable maps a path to its folder). ``connect_kwargs`` go to ``get_db``
+    (default: ``CLOUD_CONNECT_KWARGS``). ``close()`` closes every connection.
+    """
+
+    def __init__(
+        self,
+        *,
+        migrations: MigrationsFor = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_database: int = DEFAULT_MAX_PER_DATABASE,
+        timeout: float = DEFAULT_POOL_TIMEOUT,
+        connect_kwargs: Mapping[str, Any] = CLOUD_CONNECT_KWARGS,
+        row_factory: RowFactory = None,
+        migration_lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> None:
+        if max_connections < 1 or max_per_database < 1:
+            raise ValueError("max_connections and max_per_database must be at least 1")
+        self.migrations = migrations
+        self.max_connections = max_connections
+        self.max_per_database = min(max_per_database, max_connections)
+        self.timeout = timeout
+        self.connect_kwargs = dict(connect_kwargs)
+        self.row_factory = row_factory
+        self.migration_lock_timeout = migration_lock_timeout
+        self._budget = _Budget(max_connections, evicts=True)
+        self._pools: dict[str, ConnectionPool] = {}
+        self._dropping: set[str] = set()
+        self._closed = False
+        _warn_if_too_few_file_descriptors(max_connections)
+
+    # -- connections -----------------------------------------------------------------
+
+    def connection(self, path: str | os.PathLike[str]) -> _RegistryCheckout:
+        """``with registry.connection(path) as db:``: a pooled connection to ``path``."""
+        return _RegistryCheckout(self, os.path.abspath(os.fspath(path)))
+
+    def pool(self, path: str | os.PathLike[str]) -> ConnectionPool:
+        """The pool for ``path``, made on first use (no file is opened until a checkout)."""
+        key = os.path.abspath(os.fspath(path))
+        pool = self._pools.get(key)
+        if pool is not None:
+            return pool
+        with self._budget.lock:
+            self._check_open(key)
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = self._new_pool(key)
+                self._pools[key] = pool
+            return pool
+
+    def _new_pool(self, path: str) -> ConnectionPool:
+        migrations = self.migrations(path) if callable(self.migrations) else self.migrations
+        return ConnectionPool(
+            path,
+            migrations=migrations,
+            max_size=self.max_per_database,
+            timeout=self.timeout,
+            connect_kwargs=self.connect_kwargs,
+            row_factory=self.row_factory,
+            migration_lock_timeout=self.migration_lock_timeout,
+            _budget=self._budget,
+        )
+
+    def _check_open(self, key: str) -> None:
+        if self._closed:
+            raise PoolClosedError(
+                f"{key}: the pool registry is closed (the service is shutting down); no new "
+                f"connections are handed out."
+            )
+        if key in self._dropping:
+            raise PoolClosedError(
+                f"{key} is being deleted (drop_database); no new connections to it are handed out."
+            )
+
+    # -- retiring files --------------------------------------------------------------
+
+    def evict(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> None:
+        """Close every connection to ``path``, waiting up to ``timeout`` for busy ones.
+
+        Use before replacing the file (a restore) or moving it. The next use
+        opens it afresh and checks its migrations again.
+        """
+        key = os.path.abspath(os.fspath(path))
+        with self._budget.lock:
+            pool = self._pools.pop(key, None)
+        if pool is not None:
+            pool._close_and_wait(time.monotonic() + (self.timeout if timeout is None else timeout))
+
+    def drop_database(
+        self, path: str | os.PathLike[str], *, timeout: float | None = None
+    ) -> list[str]:
+        """Delete one database for good (account deletion); returns the files removed.
+
+        Every connection of this process to it is closed first (waiting up to
+        ``timeout`` for busy ones; new checkouts are refused meanwhile), then
+        the -wal, -shm and -journal files go before the database itself (a
+        stray -wal would be replayed into a new file of the same name), then
+        ``<db>.migrate-lock``. Other processes must have closed theirs.
+        """
+        key = os.path.abspath(os.fspath(path))
+        with self._budget.lock:
+            self._check_open(key)
+            self._dropping.add(key)
+            pool = self._pools.pop(key, None)
+        try:
+            if pool is not None:
+                deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+                pool._close_and_wait(deadline)
+            return _remove_database_files(key)
+        finally:
+            with self._budget.lock:
+                self._dropping.discard(key)
+
+    def close(self) -> None:
+        """Close every connection: idle ones now, busy ones as they come back."""
+        with self._budget.lock:
+            if self._closed:
+                return
+            self._closed = True
+            pools = list(self._pools.values())
+            self._pools.clear()
+        for pool in pools:
+            pool.close()
+
+    # -- introspection ---------------------------------------------------------------
+
+    def stats(self) -> RegistryStats:
+        with self._budget.lock:
+            pools = list(self._pools.values())
+            return RegistryStats(
+                databases=len(pools),
+                open=self._budget.open,
+                idle=len(self._budget.idle),
+                busy=sum(pool._busy for pool in pools),
+                max_connections=self.max_connections,
+                evictions=self._budget.evictions,
+                migration_runs=sum(pool._counts["migration_runs"] for pool in pools),
+            )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> PoolRegistry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<PoolRegistry {len(self._pools)} databases, {self._budget.open}/"
+            f"{self.max_connections} connections open{' (closed)' if self._closed else ''}>"
+        )
+
+    def __del__(self) -> None:
+        budget = getattr(self, "_budget", None)
+        if budget is not None and not self._closed and budget.open:
+            warnings.warn(
+                f"PoolRegistry was garbage-collected with {budget.open} open connection(s); "
+                f"call close() at shutdown (or use it as a context manager).",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
+            )
+
+
+class _RegistryCheckout:
+    """The context manager ``PoolRegistry.connection()`` returns."""
+
+    __slots__ = ("_conn", "_path", "_pool", "_registry")
+
+    def __init__(self, registry: PoolRegistry, path: str) -> None:
+        self._registry = registry
+        self._path = path
+        self._pool: ConnectionPool | None = None
+        self._conn: PooledConnection | None = None
+
+    def __enter__(self) -> Connection:
+        pool = self._registry.pool(self._path)
+        try:
+            conn = pool._checkout()
+        except PoolClosedError:
+            # evict() retired this pool between lookup and checkout: use the new one.
+            if self._registry._pools.get(self._path) is pool or self._registry.closed:
+                raise
+            pool = self._registry.pool(self._path)
+            conn = pool._checkout()
+        self._pool, self._conn = pool, conn
+        return conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        pool, conn = self._pool, self._conn
+        self._pool = self._conn = None
+        if pool is not None and conn is not None:
+            pool._checkin(conn, exc)
+
+
+def _remove_database_files(path: str) -> list[str]:
+    removed = []
+    for name in (path + "-wal", path + "-shm", path + "-journal", path, path + ".migrate-lock"):
+        try:
+            os.remove(name)
+        except FileNotFoundError:
+            continue
+        removed.append(name)
+    with contextlib.suppress(OSError):  # make the removal durable; not possible everywhere
+        fd = os.open(os.path.dirname(path), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    logger.info("dropped database %s (%d files removed)", path, len(removed))
+    return removed
+
+
+_fd_limit_checked = threading.Event()
+
+
+def _warn_if_too_few_file_descriptors(max_connections: int) -> None:
+    """Warn once when the process cannot hold the cap's file descriptors."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 3 * max_connections + 64
+    if soft != resource.RLIM_INFINITY and soft < needed and not _fd_limit_checked.is_set():
+        _fd_limit_checked.set()
+        logger.warning(
+            "the open-file limit (%d) is below what %d pooled connections may need (%d: 3 per "
+            "connection plus sockets); raise `ulimit -n` or lower max_connections",
+            soft,
+            max_connections,
+            needed,
+        )
