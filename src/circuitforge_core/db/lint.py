@@ -1,0 +1,481 @@
+"""Lint a migrations folder: the conventions, checked before a file ships.
+
+Owns the convention checks and the reason each one matters. Does not run
+migrations against a real database, print, or parse arguments (cli.py does).
+
+The rules that make the runner refuse a file (statements that cannot run in
+a transaction, stray ``BEGIN``/``COMMIT``) come from migrations.py itself, so
+lint and the runner cannot disagree: a file lint passes is a file the runner
+plans. Whether SQLite can parse a statement is asked of SQLite: the files are
+replayed in order into a scratch in-memory database, each statement executed
+so that later statements see the tables earlier ones created. Once one
+statement fails, the rest are only compiled (``EXPLAIN``), and only syntax
+errors are reported for them, since a missing table is then expected.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from importlib.resources.abc import Traversable
+from typing import Literal
+
+from .errors import MigrationRefusedError, MigrationSourceError
+from .migrations import (
+    _BEGIN,
+    _END,
+    NO_TRANSACTION_MARKER,
+    MigrationFile,
+    MigrationsDir,
+    _as_traversable,
+    _is_foreign_keys_pragma,
+    _needs_no_transaction,
+    _normalised,
+    _plan,
+    _short,
+)
+from .sqlsplit import Statement, split_sql
+
+Severity = Literal["error", "warning"]
+
+#: Seconds one statement may run while the folder is replayed; a migration that
+#: generates millions of rows is cut short there rather than slowing lint down.
+REPLAY_STATEMENT_BUDGET = 2.0
+
+_NUMBERED = re.compile(r"(\d+)(.*)\Z", re.DOTALL)
+_GOOD_NAME_PART = re.compile(r"_[a-z0-9_]+\Z")
+_SYNTAX_ERRORS = ("syntax error", "incomplete input", "unrecognized token")
+# Statements the replay compiles but never executes: they would touch other
+# files (ATTACH, VACUUM INTO) or the replay's own transaction state.
+_COMPILE_ONLY = {"ATTACH", "DETACH", "VACUUM", "BEGIN", "COMMIT", "END", "ROLLBACK"} | {
+    "SAVEPOINT",
+    "RELEASE",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LintFinding:
+    """One thing ``lint_migrations`` found.
+
+    ``file`` is the file name inside the folder, ``line`` the 1-based line of
+    the statement concerned (None when the finding is about the name or the
+    whole file), ``code`` a stable short name of the rule (what
+    ``ignore=`` takes), ``message`` what is wrong there and ``why`` why it
+    matters. ``severity`` is ``"error"`` when the runner would refuse or fail
+    the file, run files out of their numbered order, or break running code;
+    ``"warning"`` when it works today but is risky or worth a look.
+    """
+
+    severity: Severity
+    file: str
+    line: int | None
+    code: str
+    message: str
+    why: str
+
+
+_WHY = {
+    "order": "Files run in file-name order and names compare character by character, so "
+    "`10_x.sql` runs before `9_y.sql`. A fresh database then gets its migrations in the wrong "
+    "order. Rename files that are not applied anywhere yet; an applied file keeps its name (the "
+    "name is what _migrations records).",
+    "mixed-width": "The order is still right, but with numbers of different widths it breaks as "
+    "soon as a number gains a digit. Use one width (zero-padded, e.g. 001) for new files.",
+    "not-padded": "Files run in file-name order: the file after 9_x.sql would be numbered 10 and "
+    "run before 2_x.sql. Zero-padded numbers (001, 002, ...) keep name order and number order "
+    "the same. Rename files only while they are not applied anywhere.",
+    "duplicate-number": "The runner applies both, in name order, so it works; but two files "
+    "with one number usually come from two branches that were developed without seeing each "
+    "other, and each may assume a schema the other changes. Check they are independent, and "
+    "renumber the one not yet applied anywhere.",
+    "no-number": "Files run in file-name order; without a leading number this file's place "
+    "among the others is an accident of its name, and it sorts after every numbered file.",
+    "name-style": "The file name is the migration's identity in _migrations forever. Names made "
+    "of a number, `_`, and lower-case letters, digits and `_` sort predictably and mean the "
+    "same file on case-insensitive file systems.",
+    "ignored-file": "The runner reads only files ending exactly in `.sql`; this one is never "
+    "applied.",
+    "invalid-utf8": "The runner refuses the whole folder until the file is valid UTF-8, so no "
+    "migration can run.",
+    "syntax": "SQLite cannot parse this statement, so the file fails when it is applied and "
+    "every later migration stays pending.",
+    "replay-failed": "Replayed in order on an empty database, this statement fails, so a new "
+    "user's database cannot be created from these files. (It may pass on databases that "
+    "already hold objects the earlier files do not create.)",
+    "rename-column": "Products run several versions side by side during a deploy; a process "
+    "still running the previous version uses the old column name and fails. Add the new "
+    "column, copy the values, move the code over, and drop the old column in a later release.",
+    "create-if-not-exists": "Without IF NOT EXISTS the file fails on a database that already "
+    "holds the object (created by an old app version at startup, or while repairing a database "
+    "by hand), and every later migration stays pending behind it.",
+    "transaction-control": "The runner wraps each file in one transaction; a COMMIT, ROLLBACK "
+    "or BEGIN inside it would split the file's atomicity, so the runner refuses the file. "
+    "SAVEPOINT, RELEASE and ROLLBACK TO are fine.",
+    "wrapping-transaction": "The runner already wraps the file in one transaction and drops a "
+    "BEGIN ... COMMIT pair around the whole file; the pair is redundant.",
+    "needs-no-transaction": "SQLite refuses or silently ignores this statement inside a "
+    "transaction, so the runner refuses the file. Put it in a file of its own whose first line "
+    f"is `{NO_TRANSACTION_MARKER}`.",
+    "needless-no-transaction": f"`{NO_TRANSACTION_MARKER}` makes the file run statement by "
+    "statement without a transaction: if one statement fails, the ones before it stay applied. "
+    "Nothing in this file needs that; remove the line to get an atomic file.",
+    "empty": "An empty file is recorded as applied; the change you add to it later then counts "
+    "as an edit of an applied migration, which the runner refuses.",
+    "refused": "The runner refuses this file, so no migration after it can run.",
+}
+
+
+def lint_migrations(
+    migrations_dir: MigrationsDir, *, ignore: Collection[str] = ()
+) -> list[LintFinding]:
+    """The findings for the folder's migration files, by file name then line.
+
+    ``ignore`` holds rule codes to leave out everywhere (``"rename-column"``)
+    or for one file (``"004_rename.sql:rename-column"``), for findings in files
+    that are already applied and can no longer change. Raises
+    ``MigrationSourceError`` when the folder cannot be listed.
+    """
+    folder = _as_traversable(migrations_dir)
+    try:
+        entries = sorted(
+            (entry for entry in folder.iterdir() if entry.is_file()), key=lambda e: e.name
+        )
+    except (OSError, ValueError) as exc:
+        raise MigrationSourceError(
+            f"cannot list the migrations folder {folder}: {exc}. Check the path."
+        ) from exc
+    findings: list[LintFinding] = []
+    add = _collector(findings)
+    sql_entries = [entry for entry in entries if entry.name.endswith(".sql")]
+    for entry in entries:
+        name = entry.name
+        if not name.endswith(".sql") and name.lower().endswith(".sql"):
+            add("warning", name, None, "ignored-file", f"{name} does not end in `.sql` exactly")
+    _check_names([entry.name for entry in sql_entries], add)
+    replay = _Replay()
+    try:
+        for entry in sql_entries:
+            file = _read(entry, folder, add)
+            if file is None:
+                replay.stop()
+                continue
+            _check_file(file, add)
+            replay.run(file, add)
+    finally:
+        replay.close()
+    ignored = set(ignore)
+    kept = [
+        finding
+        for finding in findings
+        if finding.code not in ignored and f"{finding.file}:{finding.code}" not in ignored
+    ]
+    return sorted(kept, key=lambda f: (f.file, f.line or 0))
+
+
+Add = Callable[[Severity, str, int | None, str, str], None]
+
+
+def _collector(findings: list[LintFinding]) -> Add:
+    def add(severity: Severity, file: str, line: int | None, code: str, message: str) -> None:
+        findings.append(LintFinding(severity, file, line, code, message, _WHY[code]))
+
+    return add
+
+
+# -- names ---------------------------------------------------------------------------
+
+
+def _check_names(names: list[str], add: Add) -> None:
+    """Numbers present, one width, unique, and name order equal to number order."""
+    numbered: list[tuple[str, str]] = []  # (file name, digits), in name order
+    for name in names:
+        match = _NUMBERED.match(name.removesuffix(".sql"))
+        if match is None:
+            add("error", name, None, "no-number", f"{name} does not start with a number")
+            continue
+        digits, rest = match.groups()
+        numbered.append((name, digits))
+        if not _GOOD_NAME_PART.match(rest):
+            add(
+                "warning",
+                name,
+                None,
+                "name-style",
+                f"{name} is not named NNN_name.sql with a lower-case [a-z0-9_] name",
+            )
+    _check_order(numbered, add)
+    _check_widths(numbered, add)
+    _check_duplicates(numbered, add)
+
+
+def _check_order(numbered: list[tuple[str, str]], add: Add) -> None:
+    for index, (name, digits) in enumerate(numbered):
+        later_but_smaller = next(
+            (other for other, d in numbered[index + 1 :] if int(d) < int(digits)), None
+        )
+        if later_but_smaller is not None:
+            add(
+                "error",
+                name,
+                None,
+                "order",
+                f"{name} runs before {later_but_smaller} although its number is higher",
+            )
+
+
+def _check_widths(numbered: list[tuple[str, str]], add: Add) -> None:
+    widths = Counter(len(digits) for _, digits in numbered)
+    if len(widths) > 1:
+        usual = max(widths, key=lambda width: (widths[width], width))
+        for name, digits in numbered:
+            if len(digits) != usual:
+                add(
+                    "warning",
+                    name,
+                    None,
+                    "mixed-width",
+                    f"{name}: its number has {len(digits)} digits, most files use {usual}",
+                )
+    elif widths:
+        (width,) = widths
+        if width < 3 and not any(digits.startswith("0") for _, digits in numbered):
+            first = numbered[0][0]
+            add(
+                "warning",
+                first,
+                None,
+                "not-padded",
+                f"numbers are not zero-padded ({first} ...): use 3 digits, 001_name.sql",
+            )
+
+
+def _check_duplicates(numbered: list[tuple[str, str]], add: Add) -> None:
+    first_with: dict[int, str] = {}
+    for name, digits in numbered:
+        number = int(digits)
+        if number in first_with:
+            add(
+                "warning",
+                name,
+                None,
+                "duplicate-number",
+                f"{name} has the same number as {first_with[number]}",
+            )
+        else:
+            first_with[number] = name
+
+
+# -- one file ------------------------------------------------------------------------
+
+
+def _read(entry: Traversable, folder: Traversable, add: Add) -> MigrationFile | None:
+    """The file as the runner reads it, or None (and a finding) when it cannot be decoded."""
+    try:
+        raw = entry.read_bytes()
+    except OSError as exc:
+        raise MigrationSourceError(
+            f"cannot read migration {entry.name} in {folder}: {exc}.", name=entry.name
+        ) from exc
+    try:
+        return _normalised(entry.name, raw, folder)
+    except MigrationSourceError as exc:
+        cause = exc.__cause__
+        assert isinstance(cause, UnicodeDecodeError)
+        # Positions in the file as it is on disk, BOM included.
+        offset = cause.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        line = raw[:offset].count(b"\n") + 1
+        add(
+            "error",
+            entry.name,
+            line,
+            "invalid-utf8",
+            f"byte {offset} ({raw[offset : offset + 1].hex()}) on line {line} is not valid "
+            f"UTF-8; save the file as UTF-8",
+        )
+        return None
+
+
+def _check_file(file: MigrationFile, add: Add) -> None:
+    statements = split_sql(file.text)
+    if not statements:
+        add("warning", file.name, None, "empty", f"{file.name} holds no statement")
+        return
+    for statement in statements:
+        _check_rename_column(file, statement, add)
+        _check_create(file, statement, add)
+    refused_lines: set[int] = set()
+    if file.no_transaction:
+        _check_marker_needed(file, statements, add)
+    else:
+        refused_lines = _check_transactional(file, statements, add)
+    try:
+        _plan(file)
+    except MigrationRefusedError as exc:
+        # The runner's own verdict, in case it knows a rule the checks above do not.
+        if exc.line not in refused_lines:
+            add("error", file.name, exc.line, "refused", str(exc))
+
+
+def _check_rename_column(file: MigrationFile, statement: Statement, add: Add) -> None:
+    head = statement.head(8)
+    if head[:2] != ("ALTER", "TABLE") or "RENAME" not in head:
+        return
+    after = head[head.index("RENAME") + 1 :]
+    if after[:1] == ("TO",) or not after:  # RENAME TO renames the table
+        return
+    add(
+        "error",
+        file.name,
+        statement.line,
+        "rename-column",
+        f"`{_short(statement.sql)}` renames a column",
+    )
+
+
+_CREATE_KINDS = {"TABLE", "INDEX", "VIEW", "TRIGGER"}
+
+
+def _check_create(file: MigrationFile, statement: Statement, add: Add) -> None:
+    head = statement.head(8)
+    if head[:1] != ("CREATE",):
+        return
+    position = 1
+    for optional in ("TEMP", "TEMPORARY", "UNIQUE", "VIRTUAL"):
+        if position < len(head) and head[position] == optional:
+            position += 1
+    if position >= len(head) or head[position] not in _CREATE_KINDS:
+        return
+    if head[position + 1 : position + 4] == ("IF", "NOT", "EXISTS"):
+        return
+    add(
+        "warning",
+        file.name,
+        statement.line,
+        "create-if-not-exists",
+        f"`{_short(statement.sql, 60)}` has no IF NOT EXISTS",
+    )
+
+
+def _check_transactional(file: MigrationFile, statements: list[Statement], add: Add) -> set[int]:
+    """What the runner's planner refuses, every occurrence instead of the first.
+
+    Returns the lines of the statements it reported as refused.
+    """
+    refused: set[int] = set()
+    kept = [s for s in statements if not _is_foreign_keys_pragma(s.head(6))]
+    misplaced_marker = _marker_below_first_line(file.text)
+    for statement in kept:
+        if _needs_no_transaction(statement.head(6)):
+            hint = (
+                f"; the `{NO_TRANSACTION_MARKER}` line must be the very first line"
+                if misplaced_marker
+                else ""
+            )
+            add(
+                "error",
+                file.name,
+                statement.line,
+                "needs-no-transaction",
+                f"`{_short(statement.sql)}` cannot run inside a transaction{hint}",
+            )
+            refused.add(statement.line)
+    if len(kept) >= 2 and kept[0].head(1)[0] in _BEGIN and kept[-1].head(1)[0] in _END:
+        add(
+            "warning",
+            file.name,
+            kept[0].line,
+            "wrapping-transaction",
+            "the whole file is wrapped in BEGIN ... COMMIT",
+        )
+        kept = kept[1:-1]
+    for statement in kept:
+        head = statement.head(3)
+        if head[0] in _BEGIN | _END or (head[0] == "ROLLBACK" and "TO" not in head):
+            add(
+                "error",
+                file.name,
+                statement.line,
+                "transaction-control",
+                f"`{_short(statement.sql)}` inside a file the runner wraps in a transaction",
+            )
+            refused.add(statement.line)
+    return refused
+
+
+def _marker_below_first_line(text: str) -> bool:
+    lines = text.split("\n")[1:]
+    return any(" ".join(line.split()).lower() == NO_TRANSACTION_MARKER for line in lines)
+
+
+def _check_marker_needed(file: MigrationFile, statements: list[Statement], add: Add) -> None:
+    """A no-transaction file should hold something that needs it (or manages its own)."""
+    for statement in statements:
+        head = statement.head(6)
+        if (
+            _needs_no_transaction(head)
+            or _is_foreign_keys_pragma(head)
+            or head[0] in _BEGIN | _END | {"ROLLBACK"}
+        ):
+            return
+    add(
+        "warning",
+        file.name,
+        1,
+        "needless-no-transaction",
+        "no statement in this file needs to run outside a transaction",
+    )
+
+
+# -- replay --------------------------------------------------------------------------
+
+
+class _Replay:
+    """An in-memory database the files are replayed into, in order.
+
+    Foreign keys stay off (SQLite's default): the runner checks them itself,
+    and seed rows of an empty database would only produce noise.
+    """
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect(":memory:", isolation_level=None)
+        self._executing = True
+        self._deadline = 0.0
+        self._db.set_progress_handler(self._over_budget, 10_000)
+
+    def _over_budget(self) -> int:
+        return int(time.monotonic() > self._deadline)
+
+    def stop(self) -> None:
+        """From now on only compile: the schema no longer follows the files."""
+        self._executing = False
+
+    def close(self) -> None:
+        self._db.close()
+
+    def run(self, file: MigrationFile, add: Add) -> None:
+        for statement in split_sql(file.text):
+            keyword = statement.head(1)[0]
+            execute = self._executing and keyword not in _COMPILE_ONLY
+            sql = statement.sql if execute or keyword == "EXPLAIN" else "EXPLAIN " + statement.sql
+            self._deadline = time.monotonic() + REPLAY_STATEMENT_BUDGET
+            try:
+                self._db.execute(sql).fetchall()
+            except (sqlite3.Error, sqlite3.Warning) as exc:  # Warning: "one statement at a time"
+                message = str(exc)
+                if any(marker in message for marker in _SYNTAX_ERRORS):
+                    add("error", file.name, statement.line, "syntax", f"SQLite says: {message}")
+                elif message == "interrupted":
+                    pass  # over the time budget: not a finding, but the schema is now unknown
+                elif execute:
+                    add(
+                        "warning",
+                        file.name,
+                        statement.line,
+                        "replay-failed",
+                        f"`{_short(statement.sql)}` fails on a fresh database: {message}",
+                    )
+                self.stop()

@@ -1,0 +1,397 @@
+"""Looking after a database file that may be in use: backup, checks, verification.
+
+Owns the online backup (SQLite's backup API into a temporary file beside the
+destination, checked, synced and renamed into place), the integrity and
+foreign-key check, and the comparison of applied migrations' checksums with
+their files. Never writes the database it looks at. Does not print or parse
+arguments (cli.py does), and does not know about encryption (cipher.py).
+
+Why the backup holds a read transaction: ``sqlite3_backup_step`` copies a
+few pages at a time, and when another connection writes between two steps
+the copy restarts from the first page, so a busy database may never finish
+(https://sqlite.org/backup.html). Copying in one step avoids that but shows
+no progress. Holding a read transaction on the source for the whole copy
+pins one snapshot: in WAL mode writers carry on (their commits go to the WAL
+after our snapshot), every step reads that same snapshot, and nothing
+restarts. The copy holds exactly what was committed when the backup began.
+The cost: checkpoints cannot move past that snapshot until the copy ends, so
+the WAL grows meanwhile. (A database in rollback-journal mode blocks its
+writers for the whole copy instead; ``get_db`` always makes WAL databases.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from .connect import Connection, get_db
+from .errors import BackupError, OpenError
+from .migrations import MigrationsDir, _read_records, read_migrations
+
+DEFAULT_PAGES_PER_STEP = 1024
+#: The first 16 bytes of every SQLite database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+Progress = Callable[[int, int], None]
+CheckMode = Literal["integrity_check", "quick_check"]
+ChecksumState = Literal["ok", "modified", "missing", "unchecked", "pending"]
+
+
+# -- backup --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BackupResult:
+    """A finished backup: where it is, how big, how long it took, how it was checked."""
+
+    source: str
+    path: str
+    size: int
+    pages: int
+    seconds: float
+    check: CheckMode
+
+
+def backup_database(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    quick: bool = False,
+    progress: Progress | None = None,
+    pages_per_step: int = DEFAULT_PAGES_PER_STEP,
+    busy_timeout: float = 5.0,
+) -> BackupResult:
+    """Copy the database ``source`` to ``dest`` while others keep using it.
+
+    ``dest`` is a file, or an existing folder (the copy then takes the
+    source's file name). An existing ``dest`` is replaced only if it is an
+    SQLite database (an older backup) or empty. The copy is a consistent
+    snapshot of what was committed when the backup began; it must pass
+    ``PRAGMA integrity_check`` (``quick_check`` with ``quick=True``), is
+    fsynced, and only then renamed over ``dest``, so ``dest`` is never
+    half-written: after a failure or a crash it is either the old file or
+    the complete new copy. The copy gets the source's permission bits.
+    ``progress(pages_done, pages_total)`` is called after each step of
+    ``pages_per_step`` pages. Raises ``OpenError`` when the source cannot be
+    opened and ``BackupError`` for everything else (its ``problems`` are set
+    when the copy failed its check, which means the source is damaged).
+    """
+    if pages_per_step < 1:
+        raise ValueError(f"pages_per_step must be at least 1, not {pages_per_step}")
+    source_path = _existing_database(source, "nothing to back up")
+    target = _backup_target(source_path, os.path.abspath(os.fspath(dest)))
+    check: CheckMode = "quick_check" if quick else "integrity_check"
+    started = time.perf_counter()
+    folder = os.path.dirname(target)
+    try:
+        fd, temp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(target)}.", suffix=".cf-db-backup", dir=folder
+        )
+    except OSError as exc:
+        raise BackupError(
+            f"cannot back up to {target}: cannot create a file in {folder} "
+            f"({exc.strerror or exc}).",
+            path=target,
+        ) from exc
+    os.close(fd)
+    try:
+        src = get_db(source_path, readonly=True, busy_timeout=busy_timeout)
+        try:
+            pages = _copy_snapshot(src, temp, pages_per_step, progress)
+        except sqlite3.Error as exc:
+            raise BackupError(
+                f"could not copy {source_path} to {target}: {exc}. {target} was not written.",
+                path=target,
+            ) from exc
+        finally:
+            src.close()
+        _check_copy(temp, target, check)
+        os.chmod(temp, os.stat(source_path).st_mode & 0o777)
+        _fsync(temp)
+        os.replace(temp, target)
+    except BaseException:
+        _remove_quietly(temp, temp + "-journal", temp + "-wal", temp + "-shm")
+        raise
+    _fsync(folder)
+    return BackupResult(
+        source_path, target, os.path.getsize(target), pages, time.perf_counter() - started, check
+    )
+
+
+def _existing_database(path: str | os.PathLike[str], what_then: str) -> str:
+    """The absolute path of an existing file, or OpenError saying what is wrong."""
+    fspath = os.path.abspath(os.fspath(path))
+    if os.path.isdir(fspath):
+        raise OpenError(fspath, f"{fspath} is a folder; pass the path of a database file.")
+    if not os.path.exists(fspath):
+        raise OpenError(fspath, f"{fspath} does not exist; {what_then}. Check the path.")
+    return fspath
+
+
+def _backup_target(source: str, dest: str) -> str:
+    """Where the copy goes; refuses the source itself and files that are not backups."""
+    if os.path.isdir(dest):
+        dest = os.path.join(dest, os.path.basename(source))
+    folder = os.path.dirname(dest)
+    if not os.path.isdir(folder):
+        raise BackupError(
+            f"cannot back up to {dest}: its folder {folder} does not exist. Create it first.",
+            path=dest,
+        )
+    companions = {source + suffix for suffix in ("", "-wal", "-shm", "-journal")}
+    if os.path.realpath(dest) in {os.path.realpath(p) for p in companions} or (
+        os.path.exists(dest) and os.path.samefile(dest, source)
+    ):
+        raise BackupError(
+            f"cannot back up {source} onto itself ({dest}); choose another destination.",
+            path=dest,
+        )
+    if os.path.exists(dest):
+        if not os.path.isfile(dest):
+            raise BackupError(f"cannot back up to {dest}: it is not a regular file.", path=dest)
+        with open(dest, "rb") as existing:
+            header = existing.read(len(SQLITE_HEADER))
+        if header and header != SQLITE_HEADER:
+            raise BackupError(
+                f"{dest} exists and is not an SQLite database; refusing to overwrite it. Remove "
+                f"it or choose another destination.",
+                path=dest,
+            )
+    return dest
+
+
+def _copy_snapshot(
+    src: Connection, temp: str, pages_per_step: int, progress: Progress | None
+) -> int:
+    """Copy one snapshot of ``src`` into ``temp``; returns the number of pages."""
+    # Fresh file, thrown away on failure: no journal or sync needed while copying.
+    dst = sqlite3.connect(temp, isolation_level=None)
+    try:
+        dst.execute("PRAGMA journal_mode=OFF")
+        dst.execute("PRAGMA synchronous=OFF")
+        src.execute("BEGIN")  # deferred: the SELECT below takes the snapshot
+        try:
+            src.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            pages = int(src.execute("PRAGMA page_count").fetchone()[0])
+
+            def report(_status: int, remaining: int, total: int) -> None:
+                if progress is not None:
+                    progress(total - remaining, total)
+
+            src.backup(dst, pages=pages_per_step, progress=report)
+        finally:
+            src.rollback()
+    finally:
+        dst.close()
+    return pages
+
+
+def _check_copy(temp: str, target: str, check: CheckMode) -> None:
+    """The copy must open and pass its check, and leave no -wal behind."""
+    # Read-write (it is our own file) so that closing removes the -wal and -shm it creates.
+    db = sqlite3.connect(temp, isolation_level=None)
+    try:
+        problems = list(_messages(db.execute(f"PRAGMA {check}").fetchall()))
+    except sqlite3.DatabaseError as exc:
+        problems = [str(exc)]
+    finally:
+        db.close()
+    if problems:
+        raise BackupError(
+            f"the copy of the database fails {check} ({len(problems)} problem"
+            f"{'s' if len(problems) != 1 else ''}, the first: {problems[0]}), so the database "
+            f"itself is damaged; {target} was not written. Run `cf-db check` on the database "
+            f"and restore it from an older backup.",
+            path=target,
+            problems=problems,
+        )
+    wal = temp + "-wal"
+    if os.path.exists(wal) and os.path.getsize(wal) > 0:
+        raise BackupError(f"{wal} was left behind; {target} was not written.", path=target)
+    _remove_quietly(wal, temp + "-shm")
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(*names: str) -> None:
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(name)
+
+
+# -- check ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignKeyProblem:
+    """Rows of ``table`` whose foreign key ``columns`` point at no row of ``parent``.
+
+    ``rowids`` lists the first few offending rows (None for WITHOUT ROWID
+    tables); ``count`` is how many there are in all.
+    """
+
+    table: str
+    columns: tuple[str, ...]
+    parent: str
+    parent_columns: tuple[str, ...]
+    count: int
+    rowids: tuple[int | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """What ``check_database`` found; ``ok`` when nothing at all."""
+
+    path: str
+    check: CheckMode
+    integrity: tuple[str, ...]
+    foreign_keys: tuple[ForeignKeyProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.integrity and not self.foreign_keys
+
+
+def check_database(
+    path: str | os.PathLike[str],
+    *,
+    quick: bool = False,
+    max_errors: int = 100,
+    busy_timeout: float = 5.0,
+) -> CheckResult:
+    """Run ``PRAGMA integrity_check`` (``quick_check``) and ``foreign_key_check``; never writes.
+
+    ``integrity`` holds SQLite's messages (at most ``max_errors``), empty when
+    the file is intact. ``integrity_check`` also verifies that indexes match
+    their tables, in O(N log N); ``quick_check`` skips that and runs in O(N).
+    Neither looks at foreign keys, hence the second check. Safe while the
+    database is in use: both read one snapshot. Raises ``OpenError`` when
+    the file is missing or not a database at all.
+    """
+    fspath = _existing_database(path, "nothing to check")
+    check: CheckMode = "quick_check" if quick else "integrity_check"
+    try:
+        db = get_db(fspath, readonly=True, busy_timeout=busy_timeout)
+    except OpenError as exc:
+        if "malformed" in str(exc.__cause__):  # readable header, unreadable schema
+            return CheckResult(fspath, check, (f"cannot read the schema: {exc.__cause__}",), ())
+        raise
+    try:
+        try:
+            rows = db.execute(f"PRAGMA {check}({int(max_errors)})").fetchall()
+            integrity = _messages(rows)[:max_errors]
+        except sqlite3.DatabaseError as exc:
+            integrity = (str(exc),)
+        try:
+            foreign_keys = _foreign_key_problems(db)
+        except sqlite3.DatabaseError as exc:
+            integrity += (f"foreign_key_check could not run: {exc}",)
+            foreign_keys = ()
+    finally:
+        db.close()
+    return CheckResult(fspath, check, integrity, foreign_keys)
+
+
+_ROWIDS_SHOWN = 5
+
+
+def _messages(rows: list[tuple[object, ...]]) -> tuple[str, ...]:
+    """integrity_check's rows as one message per line; empty for ``ok``.
+
+    SQLite packs several messages into one row, separated by newlines, under a
+    ``*** in database main ***`` heading that is not a problem of its own.
+    """
+    lines = (line.strip() for row in rows for line in str(row[0]).splitlines())
+    return tuple(
+        line for line in lines if line and line != "ok" and not line.startswith("*** in database")
+    )
+
+
+def _foreign_key_problems(db: Connection) -> tuple[ForeignKeyProblem, ...]:
+    """``foreign_key_check`` rows grouped by (table, constraint), with column names."""
+    groups: dict[tuple[str, int], list[int | None]] = {}
+    parents: dict[tuple[str, int], str] = {}
+    for table, rowid, parent, fkid in db.execute("PRAGMA foreign_key_check"):
+        groups.setdefault((table, fkid), []).append(rowid)
+        parents[(table, fkid)] = parent
+    problems = []
+    for (table, fkid), rowids in groups.items():
+        quoted = '"' + table.replace('"', '""') + '"'
+        links = [
+            (row[3], row[4])
+            for row in db.execute(f"PRAGMA foreign_key_list({quoted})")
+            if row[0] == fkid
+        ]
+        problems.append(
+            ForeignKeyProblem(
+                table=table,
+                columns=tuple(str(c) for c, _ in links),
+                parent=parents[(table, fkid)],
+                parent_columns=tuple(str(p) for _, p in links if p is not None),
+                count=len(rowids),
+                rowids=tuple(rowids[:_ROWIDS_SHOWN]),
+            )
+        )
+    return tuple(problems)
+
+
+# -- verify --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChecksumCheck:
+    """One migration's recorded checksum against its file.
+
+    ``state`` is ``ok`` (they match), ``modified`` (they differ), ``missing``
+    (recorded, no file), ``unchecked`` (recorded without a checksum by the old
+    runner; the next ``run_migrations`` records the file's) or ``pending``
+    (a file not applied yet, nothing to compare).
+    """
+
+    name: str
+    state: ChecksumState
+    applied_at: str | None
+    recorded: str | None
+    actual: str | None
+
+
+def verify_migrations(db: sqlite3.Connection, migrations_dir: MigrationsDir) -> list[ChecksumCheck]:
+    """Compare the checksums ``_migrations`` recorded with the files; never writes.
+
+    Files in filename order, then recorded names without a file. Works on a
+    read-only connection.
+    """
+    files = read_migrations(migrations_dir)
+    records, _ = _read_records(db)
+    checks = []
+    for file in files:
+        record = records.get(file.name)
+        if record is None:
+            checks.append(ChecksumCheck(file.name, "pending", None, None, file.checksum))
+            continue
+        if record.checksum is None:
+            state: ChecksumState = "unchecked"
+        elif record.checksum == file.checksum:
+            state = "ok"
+        else:
+            state = "modified"
+        checks.append(
+            ChecksumCheck(file.name, state, record.applied_at, record.checksum, file.checksum)
+        )
+    present = {file.name for file in files}
+    for name in sorted(set(records) - present):
+        record = records[name]
+        checks.append(ChecksumCheck(name, "missing", record.applied_at, record.checksum, None))
+    return checks
