@@ -682,3 +682,80 @@ def test_conversion_errors_are_db_errors(db_path: Path) -> None:
     with pytest.raises(DBError, match=r"app\.db"):
         encrypt_database(db_path, "k")
     assert db_path.read_bytes() == b"not a database at all" * 100
+
+
+# -- the command line ----------------------------------------------------------------
+
+
+def test_cli_encrypt_rekey_decrypt_with_keys_from_env_and_files(
+    db_path: Path,
+    tmp_path: Path,
+    migrations_dir: Path,
+    write_migration,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """cf-db encrypt/rekey/decrypt and keyed migrate/status/verify, keys never on argv."""
+    from circuitforge_core.db.cli import main
+
+    write_migration(
+        "001_notes.sql",
+        f"CREATE TABLE notes (body TEXT);\nINSERT INTO notes VALUES ('{KNOWN_PLAINTEXT}');",
+    )
+    assert main(["migrate", str(db_path), str(migrations_dir)]) == 0
+    monkeypatch.setenv("APP_DB_KEY", "it's the \\ key")
+    key_file = tmp_path / "new.key"
+    key_file.write_text("x'" + RAW_KEY.hex() + "'\n", encoding="utf-8")
+
+    assert main(["encrypt", str(db_path), "--key-env", "APP_DB_KEY"]) == 0
+    assert "encrypted" in capsys.readouterr().out
+    assert KNOWN_PLAINTEXT.encode() not in file_bytes(db_path)
+    assert main(["status", str(db_path), str(migrations_dir), "--key-env", "APP_DB_KEY"]) == 0
+
+    argv = ["rekey", str(db_path), "--key-env", "APP_DB_KEY", "--new-key-file", str(key_file)]
+    assert main(argv) == 0
+    assert read_bodies_from_notes(db_path, RAW_KEY) == [KNOWN_PLAINTEXT]
+    write_migration("002_more.sql", "ALTER TABLE notes ADD COLUMN at TEXT;")
+    assert main(["migrate", str(db_path), str(migrations_dir), "--key-file", str(key_file)]) == 0
+    assert main(["verify", str(db_path), str(migrations_dir), "--key-file", str(key_file)]) == 0
+
+    monkeypatch.setattr(sys, "stdin", open(key_file, encoding="utf-8"))  # noqa: SIM115
+    try:
+        assert main(["decrypt", str(db_path), "--key-file", "-"]) == 0
+    finally:
+        sys.stdin.close()
+    assert read_bodies_from_notes(db_path, None) == [KNOWN_PLAINTEXT]
+
+
+def read_bodies_from_notes(path: Path, key: str | bytes | None) -> list[str]:
+    db = get_db(path, key=key)
+    try:
+        return [row[0] for row in db.execute("SELECT body FROM notes")]
+    finally:
+        db.close()
+
+
+def test_cli_key_errors_exit_2_and_change_nothing(
+    db_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No key source, an unset variable, an empty file or a wrong key: exit 2, file untouched."""
+    from circuitforge_core.db.cli import main
+
+    write_known_rows(db_path, "k")
+    before = db_path.read_bytes()
+    assert main(["encrypt", str(db_path)]) == 2
+    assert "--key-env" in capsys.readouterr().err
+    assert main(["decrypt", str(db_path), "--key-env", "CF_TEST_UNSET_KEY"]) == 2
+    assert "CF_TEST_UNSET_KEY is not set" in capsys.readouterr().err
+    empty = tmp_path / "empty.key"
+    empty.write_text("\n", encoding="utf-8")
+    assert main(["decrypt", str(db_path), "--key-file", str(empty)]) == 2
+    assert "empty" in capsys.readouterr().err
+    monkeypatch.setenv("WRONG_KEY", "wrong")
+    assert main(["decrypt", str(db_path), "--key-env", "WRONG_KEY"]) == 2
+    assert "cannot decrypt" in capsys.readouterr().err
+    assert db_path.read_bytes() == before
+    assert sorted(p.name for p in db_path.parent.iterdir()) == ["app.db"]

@@ -30,6 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO, TypeAlias
 
+from .cipher import Key, decrypt_database, encrypt_database, rekey_database
 from .connect import get_db
 from .errors import BackupError, DBError, MigrationRefusedError
 from .lint import LintFinding, lint_migrations
@@ -184,6 +185,7 @@ def _add_migrate(commands: Subcommands, common: argparse.ArgumentParser) -> None
         help="how long to wait for another process's migration (default 600)",
     )
     _json_option(parser)
+    _key_options(parser)
     parser.set_defaults(handler=_migrate)
 
 
@@ -215,7 +217,7 @@ def _migrate(args: argparse.Namespace) -> int:
         print(f"applied {name} ({_duration(seconds)})", flush=True)
 
     started = time.perf_counter()
-    db = get_db(args.db)
+    db = get_db(args.db, key=_key(args))
     try:
         applied = run_migrations(
             db,
@@ -239,7 +241,7 @@ def _migrate(args: argparse.Namespace) -> int:
 def _migrate_dry_run(args: argparse.Namespace) -> int:
     """What ``migrate`` would do, judged by the runner's own planner; writes nothing."""
     files = {file.name: file for file in read_migrations(args.dir)}
-    statuses = _read_status(args.db, args.dir)
+    statuses = _read_status(args.db, args.dir, _key(args))
     applied = [s.name for s in statuses if s.state in ("applied", "modified")]
     problems: list[dict[str, Any]] = [
         {
@@ -391,11 +393,12 @@ def _add_status(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("db", metavar="DB", help="database file (never created)")
     parser.add_argument("dir", metavar="DIR", help="folder of NNN_name.sql migrations")
     _json_option(parser)
+    _key_options(parser)
     parser.set_defaults(handler=_status)
 
 
 def _status(args: argparse.Namespace) -> int:
-    statuses = _read_status(args.db, args.dir)
+    statuses = _read_status(args.db, args.dir, _key(args))
     counts = dict.fromkeys(("applied", "pending", "modified", "missing"), 0)
     for status in statuses:
         counts[status.state] += 1
@@ -422,11 +425,13 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_ACTION if any(s.state != "applied" for s in statuses) else EXIT_OK
 
 
-def _read_status(db_path: str, migrations_dir: str) -> list[MigrationStatus]:
+def _read_status(
+    db_path: str, migrations_dir: str, key: Key | None = None
+) -> list[MigrationStatus]:
     """Status of ``db_path`` without creating or writing it."""
     if not os.path.lexists(db_path):
         return [MigrationStatus(f.name, "pending", None) for f in read_migrations(migrations_dir)]
-    db = get_db(db_path, readonly=True)
+    db = get_db(db_path, readonly=True, key=key)
     try:
         return migration_status(db, migrations_dir)
     finally:
@@ -613,6 +618,7 @@ def _add_verify(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("db", metavar="DB", help="database file (must exist; opened read-only)")
     parser.add_argument("dir", metavar="DIR", help="folder of NNN_name.sql migrations")
     _json_option(parser)
+    _key_options(parser)
     parser.set_defaults(handler=_verify)
 
 
@@ -620,7 +626,7 @@ def _verify(args: argparse.Namespace) -> int:
     if not os.path.lexists(args.db):
         raise ValueError(f"{os.path.abspath(args.db)} does not exist; nothing to verify.")
     read_migrations(args.dir)  # folder problems first, with their own message
-    db = get_db(args.db, readonly=True)
+    db = get_db(args.db, readonly=True, key=_key(args))
     try:
         checks = verify_migrations(db, args.dir)
     finally:
@@ -822,6 +828,133 @@ def _print_check(result: CheckResult) -> None:
         print("the file is damaged: restore it from a backup (cf-db backup makes them)")
 
 
+# -- encrypt, decrypt, rekey (and where keys come from) -----------------------------
+#
+# Keys are never taken from argv, where `ps` and shell history show them: only
+# from an environment variable or a file (or standard input) named on the
+# command line. A raw 256-bit key is written x'<64 hex digits>'.
+
+
+def _key_options(
+    parser: argparse.ArgumentParser, *, new: bool = False, required: bool = False
+) -> None:
+    """``--key-env NAME`` / ``--key-file PATH`` (``--new-...`` for rekey's new key)."""
+    prefix, what = ("new-", "new ") if new else ("", "")
+    source = parser.add_mutually_exclusive_group(required=required)
+    source.add_argument(
+        f"--{prefix}key-env",
+        metavar="NAME",
+        help=f"read the {what}key of an encrypted database from environment variable NAME",
+    )
+    source.add_argument(
+        f"--{prefix}key-file",
+        metavar="PATH",
+        help=f"read the {what}key from file PATH ('-': standard input; one trailing newline "
+        f"is dropped)",
+    )
+
+
+def _key(args: argparse.Namespace, *, new: bool = False) -> Key | None:
+    """The key named by ``--[new-]key-env`` or ``--[new-]key-file``; None for neither."""
+    prefix = "new_" if new else ""
+    env_name = getattr(args, f"{prefix}key_env", None)
+    file_name = getattr(args, f"{prefix}key_file", None)
+    if env_name is not None:
+        value = os.environ.get(env_name)
+        if not value:
+            state = "empty" if value == "" else "not set"
+            raise ValueError(f"environment variable {env_name} is {state}; put the key in it.")
+        return value
+    if file_name is None:
+        return None
+    if file_name == "-":
+        text = sys.stdin.read()
+    else:
+        with open(file_name, encoding="utf-8") as handle:
+            text = handle.read()
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:
+        raise ValueError(f"the key file {file_name} is empty.")
+    return text
+
+
+def _required_key(args: argparse.Namespace, *, new: bool = False) -> Key:
+    key = _key(args, new=new)
+    if key is None:  # argparse already requires one source; this keeps mypy honest
+        raise ValueError("no key given: use --key-env NAME or --key-file PATH")
+    return key
+
+
+_CONVERSION_NOTES = (
+    "\n\nThe copy is checked (schema, rows per table, integrity_check), fsynced and renamed\n"
+    "over DB, so DB is always either the old or the complete new database. DB must not be\n"
+    "open elsewhere: stop the service first (an open connection is detected and refused).\n"
+    "Keys come from --key-env NAME or --key-file PATH, never from the command line; a raw\n"
+    "key is written x'<64 hex digits>'. Needs: pip install 'circuitforge-core[sqlcipher]'."
+)
+
+
+def _add_encrypt(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    parser = _command(
+        commands,
+        common,
+        "encrypt",
+        "encrypt a plain database in place with SQLCipher (service stopped)",
+        "Rewrite the plain database DB encrypted under the given key." + _CONVERSION_NOTES,
+    )
+    parser.add_argument("db", metavar="DB", help="plain database file")
+    _key_options(parser, required=True)
+    parser.set_defaults(handler=_encrypt)
+
+
+def _encrypt(args: argparse.Namespace) -> int:
+    rows = encrypt_database(args.db, _required_key(args))
+    print(f"encrypted {args.db} ({rows} rows checked)")
+    return EXIT_OK
+
+
+def _add_decrypt(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    parser = _command(
+        commands,
+        common,
+        "decrypt",
+        "turn an encrypted database back into a plain one (service stopped)",
+        "Rewrite the encrypted database DB, opened with the given key, as a plain one."
+        + _CONVERSION_NOTES,
+    )
+    parser.add_argument("db", metavar="DB", help="encrypted database file")
+    _key_options(parser, required=True)
+    parser.set_defaults(handler=_decrypt)
+
+
+def _decrypt(args: argparse.Namespace) -> int:
+    rows = decrypt_database(args.db, _required_key(args))
+    print(f"decrypted {args.db} ({rows} rows checked)")
+    return EXIT_OK
+
+
+def _add_rekey(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    parser = _command(
+        commands,
+        common,
+        "rekey",
+        "re-encrypt a database under a new key (service stopped)",
+        "Rewrite the encrypted database DB, opened with the current key (--key-env or\n"
+        "--key-file), encrypted under the new key (--new-key-env or --new-key-file)."
+        + _CONVERSION_NOTES,
+    )
+    parser.add_argument("db", metavar="DB", help="encrypted database file")
+    _key_options(parser, required=True)
+    _key_options(parser, new=True, required=True)
+    parser.set_defaults(handler=_rekey)
+
+
+def _rekey(args: argparse.Namespace) -> int:
+    rows = rekey_database(args.db, _required_key(args), _required_key(args, new=True))
+    print(f"re-keyed {args.db} ({rows} rows checked)")
+    return EXIT_OK
+
+
 #: Every sub-command, in the order ``--help`` lists them.
 COMMANDS: tuple[AddCommand, ...] = (
     _add_migrate,
@@ -831,4 +964,7 @@ COMMANDS: tuple[AddCommand, ...] = (
     _add_verify,
     _add_backup,
     _add_check,
+    _add_encrypt,
+    _add_decrypt,
+    _add_rekey,
 )
