@@ -280,6 +280,9 @@ class ConnectionPool:
     def __del__(self) -> None:
         open_count = getattr(self, "_open", 0)  # 0 if __init__ raised
         if not getattr(self, "_owned", True) and not self._closed and open_count:
+            for conn in self._idle:  # nobody can check these out any more
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
             warnings.warn(
                 f"ConnectionPool for {self.path} was garbage-collected with {open_count} open "
                 f"connection(s); call close() when done with it (or use it as a context manager).",
@@ -327,7 +330,7 @@ class ConnectionPool:
             for conn in idle:
                 self._budget.idle.pop(id(conn), None)
         for conn in idle:
-            self._close_connection(conn)
+            self._close_connection(conn, stale=True)
             self._forget(conn, stale=True)
 
     def _migrate(self, deadline: float) -> None:
@@ -486,7 +489,7 @@ class ConnectionPool:
                 budget.freed.notify()
                 return
             self._busy -= 1
-        self._close_connection(conn)
+        self._close_connection(conn, stale=stale)
         self._forget(conn, stale=stale)
 
     def _forget(self, conn: PooledConnection, *, stale: bool = False) -> None:
@@ -503,19 +506,22 @@ class ConnectionPool:
                 self._returned.notify()
             self._budget.freed.notify()
 
-    def _close_connection(self, conn: PooledConnection) -> None:
+    def _close_connection(self, conn: PooledConnection, *, stale: bool = False) -> None:
         """Close one connection, letting SQLite refresh its planner statistics first.
 
         ``PRAGMA optimize`` before closing is SQLite's advice for connections
         that lived a while; with ``analysis_limit`` set it costs microseconds
-        on small files and stays bounded on big ones.
+        on small files and stays bounded on big ones. A connection to a file
+        since replaced empties that file's WAL instead.
         """
         for handle in list(conn._handles):
             # A failure here does not matter: closing the connection is what does.
             with contextlib.suppress(sqlite3.Error):
                 handle.close()
+        if stale:
+            self._empty_old_wal(conn)
         try:
-            if not conn.readonly and not conn.in_transaction:
+            if not stale and not conn.readonly and not conn.in_transaction:
                 # Best effort: never wait on another process's write lock for it.
                 conn.execute("PRAGMA busy_timeout=0")
                 conn.execute("PRAGMA analysis_limit=400")
@@ -526,6 +532,34 @@ class ConnectionPool:
             conn.close()
         except sqlite3.Error as exc:
             logger.warning("%s: closing a connection failed: %s", self.path, exc)
+
+    def _empty_old_wal(self, conn: PooledConnection) -> None:
+        """Checkpoint a replaced file's WAL into its old inode and truncate the -wal.
+
+        SQLite will not checkpoint a database file that was moved or deleted
+        when its last connection closes, so it leaves that file's -wal behind;
+        the next connection to the path would replay those old pages into the
+        new file. Emptying it first prevents that, within this process (other
+        processes must stop using the file before it is replaced).
+        """
+        try:
+            conn.execute("PRAGMA busy_timeout=100")
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            busy, reason = 1, str(exc)
+        else:
+            reason = "another connection still reads it"
+        if busy:
+            with self._budget.lock:
+                last = self._stale <= 1
+            # Other old connections of ours will try again as they close.
+            log = logger.error if last else logger.debug
+            log(
+                "%s: could not empty the WAL of the file it replaced (%s); the new file may "
+                "read stale pages. Stop every process using a database before replacing it.",
+                self.path,
+                reason,
+            )
 
     # -- lifecycle -------------------------------------------------------------------
 
