@@ -22,6 +22,7 @@ writers for the whole copy instead; ``get_db`` always makes WAL databases.)
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import tempfile
@@ -33,6 +34,13 @@ from typing import Literal
 from .connect import Connection, get_db
 from .errors import BackupError, OpenError
 from .migrations import MigrationsDir, _read_records, read_migrations
+
+try:  # POSIX only; elsewhere copies left by a killed backup stay until removed by hand
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger("circuitforge_core.db")
 
 DEFAULT_PAGES_PER_STEP = 1024
 #: The first 16 bytes of every SQLite database file.
@@ -88,19 +96,18 @@ def backup_database(
     target = _backup_target(source_path, os.path.abspath(os.fspath(dest)))
     check: CheckMode = "quick_check" if quick else "integrity_check"
     started = time.perf_counter()
-    folder = os.path.dirname(target)
+    folder, name = os.path.split(target)
+    _remove_abandoned_copies(folder, name)
     try:
-        fd, temp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(target)}.", suffix=".cf-db-backup", dir=folder
-        )
+        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=_TEMP_SUFFIX, dir=folder)
     except OSError as exc:
         raise BackupError(
             f"cannot back up to {target}: cannot create a file in {folder} "
             f"({exc.strerror or exc}).",
             path=target,
         ) from exc
-    os.close(fd)
     try:
+        _lock(fd)  # marks the copy as in progress for _remove_abandoned_copies
         src = get_db(source_path, readonly=True, busy_timeout=busy_timeout)
         try:
             pages = _copy_snapshot(src, temp, pages_per_step, progress)
@@ -116,12 +123,61 @@ def backup_database(
         _fsync(temp)
         os.replace(temp, target)
     except BaseException:
-        _remove_quietly(temp, temp + "-journal", temp + "-wal", temp + "-shm")
+        _remove_quietly(*_with_companions(temp))
         raise
+    finally:
+        os.close(fd)
     _fsync(folder)
     return BackupResult(
         source_path, target, os.path.getsize(target), pages, time.perf_counter() - started, check
     )
+
+
+_TEMP_SUFFIX = ".cf-db-backup"
+
+
+def _with_companions(path: str) -> tuple[str, ...]:
+    return (path, path + "-journal", path + "-wal", path + "-shm")
+
+
+def _lock(fd: int) -> None:
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _remove_abandoned_copies(folder: str, name: str) -> None:
+    """Delete temporary copies that a killed backup to the same file left behind.
+
+    A running backup holds an ``flock`` on its copy, so only copies nobody
+    holds are removed; a concurrent backup to the same file is left alone.
+    (``flock`` does not touch the POSIX locks SQLite uses.)
+    """
+    if fcntl is None:  # pragma: no cover - no flock: keep them rather than guess
+        return
+    prefix = f".{name}."
+    try:
+        with os.scandir(folder) as entries:
+            candidates = [
+                entry.path
+                for entry in entries
+                if entry.name.startswith(prefix) and entry.name.endswith(_TEMP_SUFFIX)
+            ]
+    except OSError:
+        return
+    for path in candidates:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a backup in progress
+        else:
+            logger.info("removing %s, left by an interrupted backup", path)
+            _remove_quietly(*_with_companions(path))
+        finally:
+            os.close(fd)
 
 
 def _existing_database(path: str | os.PathLike[str], what_then: str) -> str:
