@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 import unicodedata
@@ -465,6 +466,10 @@ class PoolRegistry:
     def __del__(self) -> None:
         budget = getattr(self, "_budget", None)
         if budget is not None and not self._closed and budget.open:
+            for pool in self._pools.values():  # nobody can check these out any more
+                for conn in pool._idle:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
             warnings.warn(
                 f"PoolRegistry was garbage-collected with {budget.open} open connection(s); "
                 f"call close() at shutdown (or use it as a context manager).",
