@@ -61,8 +61,8 @@ def run(tmp: Path) -> None:
     (tmp / "writers").mkdir()
     heading("4. concurrent read-modify-write writers, one connection per thread, one file")
     print(
-        f"  {'':<22} {'ours tx/s':>10} {'raw tx/s':>10} {'ratio':>7}  {'goal':<13}     "
-        f"{'errors':>6} {'lost':>6}  writer wait p50/p99/max, ms (ours | raw)",
+        f"  {'':<22} {'ours tx/s':>10} {'raw tx/s':>10} {'ratio':>7}  {'goal':<15} {'':4} "
+        f"{'errors':>7} {'lost':>7}  writer wait p50/p99/max in ms, ours | raw",
         flush=True,
     )
     for threads, work, per_thread in SETUPS:
@@ -99,9 +99,13 @@ def contend(path: Path, threads: int, per_thread: int, work: float, mode: str) -
     per_thread_outcomes = [Outcome() for _ in range(threads)]
 
     def writer(outcome: Outcome) -> None:
-        db = open_connection(path)
         try:
-            barrier.wait()
+            db = open_connection(path)
+        except BaseException:
+            barrier.abort()  # release the others and the main thread instead of hanging
+            raise
+        try:
+            barrier.wait(JOIN_TIMEOUT)
             for _ in range(per_thread):
                 _one_transaction(db, mode, work, outcome)
         finally:
@@ -113,7 +117,7 @@ def contend(path: Path, threads: int, per_thread: int, work: float, mode: str) -
     ]
     for worker in workers:
         worker.start()
-    barrier.wait()
+    barrier.wait(JOIN_TIMEOUT)
     started = time.perf_counter()
     for worker in workers:
         worker.join(JOIN_TIMEOUT)
@@ -185,8 +189,8 @@ def _report(
     label = f"{threads} threads, " + (f"{work * 1000:g} ms work" if work else "no work")
     print(
         f"  {label:<22} {ours_rate:>10,.0f} {raw_rate:>10,.0f} {ratio:>6.2f}x  "
-        f"{'>= 0.8x, no err':<13} {'PASS' if passed else 'MISS'} "
-        f"{ours_errors:>2} |{raw_errors:>2} {ours_lost:>2} |{raw_lost:>2}  "
+        f"{'>= 0.8x, no err':<15} {'PASS' if passed else 'MISS':4} "
+        f"{f'{ours_errors} | {raw_errors}':>7} {f'{ours_lost} | {raw_lost}':>7}  "
         f"{_waits(ours)} | {_waits(raw)}",
         flush=True,
     )
