@@ -62,10 +62,15 @@ def race_migrations(migrations_dir: Path) -> Path:
     return migrations_dir
 
 
-def assert_applied_exactly_once(db_path: Path, applied_lists: list[list[str]]) -> None:
-    """Every file recorded once, its effects present once, the callers' lists a partition."""
+def assert_applied_exactly_once(
+    db_path: Path, applied_lists: list[list[str]], already: int = 0
+) -> None:
+    """Every file recorded once, its effects present once, the callers' lists a partition.
+
+    The first ``already`` files were applied before the race began.
+    """
     claimed = sorted(name for applied in applied_lists for name in applied)
-    assert claimed == ALL_NAMES, f"callers' applied lists overlap or miss files: {applied_lists}"
+    assert claimed == ALL_NAMES[already:], f"callers' lists overlap or miss files: {applied_lists}"
     for applied in applied_lists:
         assert applied == sorted(applied)
     db = get_db(db_path)
@@ -196,6 +201,27 @@ def test_threads_racing_on_a_new_file_apply_each_migration_once(
         db_path = tmp_path / f"round{round_no}" / "app.db"
         applied_lists = _thread_round(db_path, race_migrations, 16)
         assert_applied_exactly_once(db_path, applied_lists)
+
+
+def test_threads_racing_to_adopt_an_old_runner_table(tmp_path: Path, race_migrations: Path) -> None:
+    """Threads meeting a table of the old runner add its columns once and apply the rest once."""
+    for round_no in range(8):
+        db_path = tmp_path / f"round{round_no}" / "app.db"
+        db_path.parent.mkdir()
+        old = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            # What the old per-file executescript runner left behind.
+            old.execute(
+                "CREATE TABLE _migrations "
+                "(name TEXT PRIMARY KEY, applied_at TEXT DEFAULT CURRENT_TIMESTAMP)"
+            )
+            for name in ALL_NAMES[:3]:
+                old.executescript((race_migrations / name).read_text(encoding="utf-8"))
+                old.execute("INSERT INTO _migrations (name) VALUES (?)", (name,))
+        finally:
+            old.close()
+        applied_lists = _thread_round(db_path, race_migrations, 16)
+        assert_applied_exactly_once(db_path, applied_lists, already=3)
 
 
 # -- a long migration holding the lock -------------------------------------------------
