@@ -813,9 +813,9 @@ def _print_check(result: CheckResult) -> None:
         print(f"{result.check}: ok")
     if not result.foreign_keys:
         print("foreign_key_check: ok")
-        return
-    rows = sum(p.count for p in result.foreign_keys)
-    print(f"foreign_key_check: {rows} row(s) point at nothing")
+    else:
+        rows = sum(p.count for p in result.foreign_keys)
+        print(f"foreign_key_check: {rows} row(s) point at nothing")
     for problem in result.foreign_keys:
         child = f"{problem.table}({', '.join(problem.columns)})"
         parent = problem.parent + (

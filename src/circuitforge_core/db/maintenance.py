@@ -349,7 +349,7 @@ def check_database(
             rows = db.execute(f"PRAGMA {check}({int(max_errors)})").fetchall()
             integrity = _messages(rows)[:max_errors]
         except sqlite3.DatabaseError as exc:
-            integrity = (str(exc),)
+            integrity = (f"{check} could not finish: {exc}",)
         try:
             foreign_keys = _foreign_key_problems(db)
         except sqlite3.DatabaseError as exc:

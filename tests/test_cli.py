@@ -1,0 +1,733 @@
+"""cf-db run as a real subprocess on real files: output, exit codes, JSON, bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pty
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from circuitforge_core.db import get_db, run_migrations
+from circuitforge_core.db.cli import build_parser, main
+
+Write = Callable[[str, "str | bytes"], Path]
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "notes" / "migrations"
+DOCS = ROOT / "docs" / "cli.md"
+
+
+def cf_db(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m circuitforge_core.db ARGS` and capture everything."""
+    return subprocess.run(
+        [sys.executable, "-m", "circuitforge_core.db", *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+def assert_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit 2, an `error: ...` line on stderr naming what is wrong, no traceback."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error: " in line]
+    assert errors, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def parsed(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    document = json.loads(result.stdout)
+    assert isinstance(document, dict)
+    return document
+
+
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    (subparsers,) = (
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    return dict(subparsers.choices)
+
+
+def applied_db(db_path: Path, migrations: Path) -> None:
+    db = get_db(db_path)
+    try:
+        run_migrations(db, migrations)
+    finally:
+        db.close()
+
+
+def migration_rows(db_path: Path) -> list[tuple[object, ...]]:
+    db = sqlite3.connect(db_path)
+    try:
+        return db.execute("SELECT name, checksum FROM _migrations ORDER BY name").fetchall()
+    finally:
+        db.close()
+
+
+# -- every command -------------------------------------------------------------------
+
+
+def test_every_command_has_help() -> None:
+    """`cf-db COMMAND --help` exits 0 with that command's usage."""
+    for name in command_parsers():
+        result = cf_db(name, "--help")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"usage: cf-db {name}")
+
+
+def test_docs_mention_every_command_and_option() -> None:
+    """docs/cli.md has a section per command and names each of its options."""
+    docs = DOCS.read_text(encoding="utf-8")
+    for name, parser in command_parsers().items():
+        assert f"\n## {name}\n" in docs, f"docs/cli.md has no section for {name}"
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help", "-v", "--verbose"):
+                    assert option in docs, f"docs/cli.md does not mention {name} {option}"
+    for code in ("| 0 |", "| 1 |", "| 2 |"):
+        assert code in docs
+
+
+def test_main_returns_the_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    """main(argv) returns an int, also for --version and for usage errors."""
+    assert main(["--version"]) == 0
+    assert main([]) == 2
+    assert main(["frobnicate"]) == 2
+    assert main(["status"]) == 2
+    captured = capsys.readouterr()
+    assert "cf-db" in captured.out
+    assert "error: no command given" in captured.err
+    assert "invalid choice: 'frobnicate'" in captured.err
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    """Unknown command, missing argument, bad option value: usage and `error:` on stderr."""
+    assert_error(cf_db("frobnicate"), "invalid choice")
+    assert_error(cf_db("migrate", tmp_path / "app.db"), "required: DIR")
+    assert_error(cf_db("migrate", "--lock-timeout", "soon", "a.db", "m"), "not a number")
+    assert_error(cf_db("migrate", "--lock-timeout", "-1", "a.db", "m"), "more than 0")
+    assert_error(cf_db("status", "--frob", "a.db", "m"), "unrecognized arguments")
+    assert_error(cf_db(), "no command given")
+    assert_error(cf_db("migrate", "--json", "a.db", tmp_path), "--json goes with --dry-run")
+    assert not (tmp_path / "app.db").exists()
+
+
+def test_errors_have_a_traceback_only_with_verbose(tmp_path: Path) -> None:
+    """A file that is not a database: one clear line; -v (before or after) adds the traceback."""
+    not_db = tmp_path / "app.db"
+    not_db.write_text("hello, this is not a database\n" * 100)
+    (tmp_path / "m").mkdir()
+    result = cf_db("status", not_db, tmp_path / "m")
+    assert_error(result, f"{not_db} is not a usable SQLite database")
+    for args in (
+        ("-v", "status", not_db, tmp_path / "m"),
+        ("status", "-v", not_db, tmp_path / "m"),
+    ):
+        verbose = cf_db(*args)
+        assert verbose.returncode == 2
+        assert "Traceback" in verbose.stderr
+        assert "error: " in verbose.stderr
+
+
+# -- migrate -------------------------------------------------------------------------
+
+
+def test_migrate_prints_one_line_per_file_with_its_duration(
+    db_path: Path, migrations_dir: Path, write_migration: Write
+) -> None:
+    """Each applied file with its time, a total, then `nothing to apply` on the next run."""
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
+    write_migration("002_b.sql", "CREATE TABLE IF NOT EXISTS b (x);")
+    result = cf_db("migrate", db_path, migrations_dir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"applied 001_a\.sql \(\d+\.\d ms\)", lines[0])
+    assert re.fullmatch(r"applied 002_b\.sql \(\d+\.\d ms\)", lines[1])
+    assert re.fullmatch(r"2 migrations applied in \d+\.\d+ m?s", lines[2])
+    assert "\r" not in result.stderr
+    again = cf_db("migrate", db_path, migrations_dir)
+    assert (again.returncode, again.stdout) == (0, "nothing to apply\n")
+
+
+def test_migrate_failure_names_the_file_and_keeps_earlier_ones(
+    db_path: Path, migrations_dir: Path, write_migration: Write
+) -> None:
+    """A failing statement: exit 2, file and line named, files before it applied."""
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
+    write_migration(
+        "002_b.sql", "CREATE TABLE IF NOT EXISTS b (x);\n\nINSERT INTO nope VALUES (1);"
+    )
+    result = cf_db("migrate", db_path, migrations_dir)
+    assert_error(result, "migration 002_b.sql, line 3", "no such table: nope")
+    assert result.stdout.startswith("applied 001_a.sql")
+    assert [name for name, _ in migration_rows(db_path)] == ["001_a.sql"]
+
+
+def test_migrate_with_a_bad_folder_creates_no_database(db_path: Path, tmp_path: Path) -> None:
+    """A mistyped DIR, or a file that is not UTF-8: error, and no empty database left behind."""
+    assert_error(cf_db("migrate", db_path, tmp_path / "nope"), "nope does not exist")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "001_a.sql").write_bytes(b"SELECT '\xff';")
+    assert_error(cf_db("migrate", db_path, bad), "001_a.sql", "not valid UTF-8")
+    assert not db_path.exists()
+    assert not db_path.parent.exists()
+
+
+def start_migrate_waiting_for_lock(
+    db_path: Path, migrations_dir: Path, write_migration: Write, **popen: object
+) -> tuple[sqlite3.Connection, subprocess.Popen[bytes]]:
+    """A migrate whose second file waits on a write lock the test holds: a long migration."""
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
+    applied_db(db_path, migrations_dir)
+    write_migration("002_slow.sql", "INSERT INTO a VALUES (1);")
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "circuitforge_core.db",
+            "migrate",
+            str(db_path),
+            str(migrations_dir),
+        ],
+        **popen,  # type: ignore[call-overload]
+    )
+    return holder, process
+
+
+def test_migrate_shows_no_live_line_when_not_on_a_terminal(
+    db_path: Path, migrations_dir: Path, write_migration: Write
+) -> None:
+    """Piped stderr: no `\\r` redraws even while a migration runs for a second."""
+    holder, process = start_migrate_waiting_for_lock(
+        db_path, migrations_dir, write_migration, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        time.sleep(1.0)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert re.match(rb"applied 002_slow\.sql \((\d\.\d\d s|\d+\.\d ms)\)", stdout)
+    assert b"\r" not in stderr
+    assert b"applying" not in stderr
+
+
+def read_all(fd: int, into: bytearray) -> None:
+    """Read a pty master until the other side is closed."""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO once the child's side is closed
+            return
+        if not chunk:
+            return
+        into.extend(chunk)
+
+
+@pytest.fixture
+def terminal() -> Iterator[tuple[int, bytearray, threading.Thread]]:
+    """A pseudo-terminal for a child's stderr: (child's fd, what it wrote, reader thread)."""
+    master, slave = pty.openpty()
+    output = bytearray()
+    reader = threading.Thread(target=read_all, args=(master, output), daemon=True)
+    try:
+        yield slave, output, reader
+    finally:
+        reader.join(timeout=30)
+        assert not reader.is_alive()
+        os.close(master)
+
+
+def test_migrate_shows_elapsed_time_on_a_terminal(
+    db_path: Path,
+    migrations_dir: Path,
+    write_migration: Write,
+    terminal: tuple[int, bytearray, threading.Thread],
+) -> None:
+    """On a TTY the running file's elapsed time is redrawn in place, then erased."""
+    slave, output, reader = terminal
+    holder, process = start_migrate_waiting_for_lock(
+        db_path, migrations_dir, write_migration, stdout=subprocess.PIPE, stderr=slave
+    )
+    os.close(slave)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while output.count(b"\rapplying 002_slow.sql ... ") < 3:
+            assert time.monotonic() < deadline, bytes(output)
+            time.sleep(0.05)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    stdout, _ = process.communicate(timeout=60)
+    reader.join(timeout=30)
+    assert process.returncode == 0
+    assert stdout.startswith(b"applied 002_slow.sql (")
+    assert re.search(rb"\rapplying 002_slow\.sql \.\.\. \d+\.\d s\x1b\[K", output)
+    assert output.endswith(b"\r\x1b[K")  # the line is erased before the result is printed
+
+
+# -- migrate --dry-run ---------------------------------------------------------------
+
+
+def test_dry_run_lists_pending_and_creates_nothing(db_path: Path) -> None:
+    """On a database that does not exist: everything would apply; no file is created."""
+    result = cf_db("migrate", "--dry-run", db_path, EXAMPLES)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "would apply 001_initial.sql (1 statement, one transaction)",
+        "would apply 002_add_tags.sql (2 statements, one transaction)",
+        "would apply 003_add_search.sql (4 statements, one transaction)",
+        "3 to apply; nothing was changed (dry run)",
+    ]
+    document = parsed(cf_db("migrate", "--dry-run", "--json", db_path, EXAMPLES))
+    assert document["ok"] is True
+    assert [p["name"] for p in document["pending"]] == [  # type: ignore[attr-defined]
+        "001_initial.sql",
+        "002_add_tags.sql",
+        "003_add_search.sql",
+    ]
+    assert not db_path.parent.exists()
+
+
+def test_dry_run_reports_what_the_run_would_refuse(
+    db_path: Path, migrations_dir: Path, write_migration: Write
+) -> None:
+    """An edited applied file and a VACUUM outside a marker: exit 1, both named, nothing run."""
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
+    applied_db(db_path, migrations_dir)
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x, y);")
+    write_migration("002_b.sql", "CREATE TABLE IF NOT EXISTS b (x);\nVACUUM;\n")
+    write_migration("003_c.sql", "-- cf-db: no-transaction\nVACUUM;\n")
+    before = migration_rows(db_path)
+    result = cf_db("migrate", "--dry-run", db_path, migrations_dir)
+    assert result.returncode == 1, result.stderr
+    assert "refused: applied migration 001_a.sql was edited" in result.stdout
+    assert "refused: migration 002_b.sql, line 2: `VACUUM;` cannot run inside" in result.stdout
+    assert "blocked     003_c.sql (1 statement, no transaction)" in result.stdout
+    document = parsed(cf_db("migrate", "--dry-run", "--json", db_path, migrations_dir))
+    assert document["ok"] is False
+    problems = document["problems"]
+    assert [(p["name"], p["line"]) for p in problems] == [  # type: ignore[attr-defined]
+        ("001_a.sql", None),
+        ("002_b.sql", 2),
+    ]
+    assert migration_rows(db_path) == before
+
+
+# -- status --------------------------------------------------------------------------
+
+
+def test_status_of_a_missing_database_creates_nothing(db_path: Path) -> None:
+    """Everything pending, exit 1, and the database and its folder still do not exist."""
+    result = cf_db("status", db_path, EXAMPLES)
+    assert result.returncode == 1
+    assert "does not exist yet" in result.stdout
+    assert result.stdout.count("pending ") == 3
+    assert not db_path.parent.exists()
+
+
+def test_status_states_in_json_and_exit_codes(
+    db_path: Path, migrations_dir: Path, write_migration: Write
+) -> None:
+    """applied, modified, missing, pending with dates; exit 0 only when all are applied."""
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
+    write_migration("002_b.sql", "CREATE TABLE IF NOT EXISTS b (x);")
+    write_migration("003_c.sql", "CREATE TABLE IF NOT EXISTS c (x);")
+    applied_db(db_path, migrations_dir)
+    clean = cf_db("status", db_path, migrations_dir)
+    assert clean.returncode == 0
+    assert clean.stdout.splitlines()[-1] == "3 applied"
+    write_migration("002_b.sql", "CREATE TABLE IF NOT EXISTS b (x, y);")
+    (migrations_dir / "003_c.sql").unlink()
+    write_migration("004_d.sql", "SELECT 1;")
+    before = db_path.read_bytes()
+    result = cf_db("status", "--json", db_path, migrations_dir)
+    assert result.returncode == 1
+    document = parsed(result)
+    states = {m["name"]: m for m in document["migrations"]}  # type: ignore[attr-defined]
+    assert {name: m["state"] for name, m in states.items()} == {
+        "001_a.sql": "applied",
+        "002_b.sql": "modified",
+        "004_d.sql": "pending",
+        "003_c.sql": "missing",
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", states["001_a.sql"]["applied_at"])
+    assert states["004_d.sql"]["applied_at"] is None
+    assert document["counts"] == {"applied": 1, "pending": 1, "modified": 1, "missing": 1}
+    assert db_path.read_bytes() == before  # never writes
+
+
+# -- new -----------------------------------------------------------------------------
+
+
+def test_new_takes_the_next_number_and_the_folder_width(tmp_path: Path) -> None:
+    """Empty folder: 001; after 0041 comes 0042; after 7_ comes 8_; the path is printed."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cf_db("new", empty, "initial")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{empty / '001_initial.sql'}\n"
+    text = (empty / "001_initial.sql").read_text()
+    assert text.startswith("-- 001_initial.sql: runs in one transaction")
+    four = tmp_path / "four"
+    four.mkdir()
+    (four / "0041_old.sql").write_text("SELECT 1;")
+    (four / "0007_older.sql").write_text("SELECT 1;")
+    (four / "README.md").write_text("not a migration")
+    assert cf_db("new", four, "add_pins").stdout.strip().endswith("0042_add_pins.sql")
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "7_x.sql").write_text("SELECT 1;")
+    assert cf_db("new", one, "y").stdout.strip().endswith("8_y.sql")
+
+
+def test_new_no_transaction_starts_with_the_marker(migrations_dir: Path) -> None:
+    """--no-transaction: the marker is the first line, so the runner honours it."""
+    result = cf_db("new", "--no-transaction", migrations_dir, "compact")
+    assert result.returncode == 0
+    lines = (migrations_dir / "001_compact.sql").read_text().splitlines()
+    assert lines[0] == "-- cf-db: no-transaction"
+    assert "outside a transaction" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("Add_Tags", "not a safe migration name"),
+        ("add tags", "not a safe migration name"),
+        ("../escape", "not a safe migration name"),
+        ("sub/dir", "not a safe migration name"),
+        ("add_tags.sql", "not a safe migration name"),
+        ("", "not a safe migration name"),
+        ("x" * 101, "not a safe migration name"),
+        ("add_tags", "already has a migration named add_tags: 002_add_tags.sql"),
+    ],
+)
+def test_new_refuses_unsafe_or_colliding_names(migrations_dir: Path, name: str, why: str) -> None:
+    """Refused with a reason, and no file created."""
+    (migrations_dir / "002_add_tags.sql").write_text("SELECT 1;")
+    before = sorted(p.name for p in migrations_dir.parent.rglob("*"))
+    assert_error(cf_db("new", migrations_dir, name), why)
+    assert sorted(p.name for p in migrations_dir.parent.rglob("*")) == before
+
+
+def test_new_refuses_a_number_that_outgrows_the_width(migrations_dir: Path) -> None:
+    """After 9_x.sql, 10_y.sql would sort before 2_...: refused, saying why."""
+    (migrations_dir / "9_x.sql").write_text("SELECT 1;")
+    assert_error(cf_db("new", migrations_dir, "y"), "needs more digits than the 1")
+    assert sorted(p.name for p in migrations_dir.iterdir()) == ["9_x.sql"]
+
+
+def test_new_needs_an_existing_folder(tmp_path: Path) -> None:
+    """A missing DIR is not created (a typo would start a second folder)."""
+    assert_error(cf_db("new", tmp_path / "migrtions", "x"), "does not exist")
+    assert not (tmp_path / "migrtions").exists()
+
+
+# -- lint ----------------------------------------------------------------------------
+
+
+def test_lint_of_the_example_folder_is_clean() -> None:
+    """No finding, exit 0, a one-line summary."""
+    result = cf_db("lint", EXAMPLES)
+    assert (result.returncode, result.stdout) == (0, "3 files: 0 errors, 0 warnings\n")
+
+
+def test_lint_errors_exit_1_with_reasons(migrations_dir: Path, write_migration: Write) -> None:
+    """Findings as file:line: severity: message [rule], each rule's why once; --json has all."""
+    write_migration("001_a.sql", "CREATE TABLE a (x);\nCREATE TABLE b (x);\n")
+    write_migration("002_b.sql", "ALTER TABLE a RENAME COLUMN x TO y;\n")
+    write_migration("003_c.sql", b"SELECT '\xff';\n")
+    result = cf_db("lint", migrations_dir)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        "001_a.sql:1: warning: `CREATE TABLE a (x);` has no IF NOT EXISTS [create-if-not-exists]"
+    )
+    assert lines[1].startswith("    why: Without IF NOT EXISTS")
+    assert lines[2].startswith("001_a.sql:2: warning:")
+    assert lines[3].startswith("002_b.sql:1: error:")  # the second finding of a rule: no why
+    assert "003_c.sql:1: error: byte 8 (ff) on line 1 is not valid UTF-8" in result.stdout
+    assert lines[-1] == "3 files: 2 errors, 2 warnings"
+    document = parsed(cf_db("lint", "--json", migrations_dir))
+    assert (document["files"], document["errors"], document["warnings"]) == (3, 2, 2)
+    findings = document["findings"]
+    assert all(f["why"] for f in findings)  # type: ignore[attr-defined]
+    assert {f["code"] for f in findings} == {  # type: ignore[attr-defined]
+        "create-if-not-exists",
+        "rename-column",
+        "invalid-utf8",
+    }
+
+
+def test_lint_warnings_pass_unless_strict(migrations_dir: Path, write_migration: Write) -> None:
+    """Warnings alone: exit 0; with --strict exit 1; --ignore removes them."""
+    write_migration("001_a.sql", "CREATE TABLE a (x);\n")
+    assert cf_db("lint", migrations_dir).returncode == 0
+    assert cf_db("lint", "--strict", migrations_dir).returncode == 1
+    ignored = cf_db("lint", "--strict", "--ignore", "create-if-not-exists", migrations_dir)
+    assert (ignored.returncode, ignored.stdout) == (0, "1 file: 0 errors, 0 warnings\n")
+    by_file = cf_db(
+        "lint", "--strict", "--ignore", "001_a.sql:create-if-not-exists", migrations_dir
+    )
+    assert by_file.returncode == 0
+
+
+def test_lint_of_a_missing_folder_is_an_error(tmp_path: Path) -> None:
+    """Not a finding: exit 2 naming the folder."""
+    assert_error(cf_db("lint", tmp_path / "nope"), "nope does not exist")
+    (tmp_path / "file.sql").write_text("SELECT 1;")
+    assert_error(cf_db("lint", tmp_path / "file.sql"), "is not a folder")
+
+
+# -- verify --------------------------------------------------------------------------
+
+
+def test_verify_compares_checksums(
+    db_path: Path, migrations_dir: Path, write_migration: Write
+) -> None:
+    """All match: exit 0; an edited or deleted applied file: exit 1, in text and JSON."""
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
+    write_migration("002_b.sql", "CREATE TABLE IF NOT EXISTS b (x);")
+    applied_db(db_path, migrations_dir)
+    write_migration("003_c.sql", "SELECT 1;")
+    clean = cf_db("verify", db_path, migrations_dir)
+    assert clean.returncode == 0, clean.stderr
+    assert clean.stdout.splitlines()[-1] == "2 ok, 1 pending"
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x, y);")
+    (migrations_dir / "002_b.sql").unlink()
+    result = cf_db("verify", db_path, migrations_dir)
+    assert result.returncode == 1
+    assert re.search(r"modified +001_a\.sql +recorded sha256 [0-9a-f]{12}", result.stdout)
+    assert re.search(r"missing +002_b\.sql +applied .*file gone", result.stdout)
+    document = parsed(cf_db("verify", "--json", db_path, migrations_dir))
+    assert document["ok"] is False
+    entries = {m["name"]: m for m in document["migrations"]}  # type: ignore[attr-defined]
+    assert entries["001_a.sql"]["state"] == "modified"
+    assert entries["001_a.sql"]["recorded_checksum"] != entries["001_a.sql"]["file_checksum"]
+    assert entries["002_b.sql"]["file_checksum"] is None
+
+
+def test_verify_needs_an_existing_database(db_path: Path) -> None:
+    """Nothing to verify: exit 2, and no database is created."""
+    assert_error(cf_db("verify", db_path, EXAMPLES), "does not exist; nothing to verify")
+    assert not db_path.parent.exists()
+
+
+# -- check ---------------------------------------------------------------------------
+
+
+def test_check_reports_ok_and_dangling_foreign_keys(tmp_path: Path) -> None:
+    """A sound file: exit 0; rows pointing at nothing: exit 1, readable and in JSON."""
+    path = tmp_path / "app.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY);\n"
+        "CREATE TABLE tags (note_id INTEGER REFERENCES notes(id), tag TEXT);\n"
+        "INSERT INTO notes VALUES (1);\n"
+        "INSERT INTO tags VALUES (1, 'ok');\n"
+    )
+    db.close()
+    ok = cf_db("check", path)
+    assert (ok.returncode, ok.stdout) == (0, "integrity_check: ok\nforeign_key_check: ok\n")
+    assert cf_db("check", "--quick", path).stdout.startswith("quick_check: ok")
+    db = sqlite3.connect(path)
+    db.executescript("INSERT INTO tags VALUES (2, 'a'), (3, 'b');")
+    db.close()
+    result = cf_db("check", path)
+    assert result.returncode == 1
+    assert "foreign_key_check: 2 row(s) point at nothing" in result.stdout
+    assert "tags(note_id) -> notes(id): 2 row(s), rowid 2, 3" in result.stdout
+    document = parsed(cf_db("check", "--json", path))
+    assert document["ok"] is False
+    assert document["foreign_keys"] == [
+        {
+            "table": "tags",
+            "columns": ["note_id"],
+            "parent": "notes",
+            "parent_columns": ["id"],
+            "count": 2,
+            "rowids": [2, 3],
+        }
+    ]
+
+
+def make_damaged(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    db.execute("CREATE INDEX t_v ON t (v)")
+    db.executemany("INSERT INTO t (v) VALUES (?)", [(f"value {i}" * 4,) for i in range(5000)])
+    db.commit()
+    db.close()
+    with open(path, "r+b") as handle:
+        handle.seek(4096 * 10 + 200)
+        handle.write(b"\x07garbage" * 60)
+
+
+def test_check_of_a_damaged_or_wrong_file(tmp_path: Path) -> None:
+    """Corruption: exit 1 with SQLite's messages; not a database, a folder, missing: exit 2."""
+    damaged = tmp_path / "damaged.db"
+    make_damaged(damaged)
+    result = cf_db("check", damaged)
+    assert result.returncode == 1
+    assert re.match(r"integrity_check: \d+ problem\(s\)\n    ", result.stdout)
+    assert "restore it from a backup" in result.stdout
+    document = parsed(cf_db("check", "--json", "--quick", damaged))
+    assert document["check"] == "quick_check"
+    assert document["integrity"]
+    (tmp_path / "text.db").write_text("hello\n" * 1000)
+    assert_error(cf_db("check", tmp_path / "text.db"), "text.db is not a usable SQLite database")
+    assert_error(cf_db("check", tmp_path), "is a folder")
+    assert_error(cf_db("check", tmp_path / "nope.db"), "nope.db does not exist")
+    assert not (tmp_path / "nope.db").exists()
+
+
+# -- backup --------------------------------------------------------------------------
+
+
+def make_database(path: Path, rows: int, blob: int) -> None:
+    db = get_db(path)
+    try:
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB)")
+        db.execute(
+            "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
+            "INSERT INTO t SELECT i, randomblob(?) FROM c",
+            (rows, blob),
+        )
+        db.commit()
+    finally:
+        db.close()
+
+
+def count(path: Path, sql: str = "SELECT count(*) FROM t") -> object:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(sql).fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_backup_to_a_file_and_into_a_folder(tmp_path: Path) -> None:
+    """The copy opens with every row; a folder DEST keeps DB's name; one summary line."""
+    source = tmp_path / "app.db"
+    make_database(source, rows=100, blob=100)
+    result = cf_db("backup", source, tmp_path / "copy.db")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(
+        rf"backed up {re.escape(str(source))} to {re.escape(str(tmp_path / 'copy.db'))}: "
+        r"\d+\.\d KiB in \d+\.\d+ m?s, integrity_check ok\n",
+        result.stdout,
+    )
+    assert count(tmp_path / "copy.db") == 100
+    (tmp_path / "backups").mkdir()
+    quick = cf_db("backup", "--quick", source, tmp_path / "backups")
+    assert quick.returncode == 0, quick.stderr
+    assert quick.stdout.endswith("quick_check ok\n")
+    assert count(tmp_path / "backups" / "app.db") == 100
+
+
+def test_backup_refusals_leave_everything_as_it_was(tmp_path: Path) -> None:
+    """Onto itself, over a non-database, into a missing folder, from a missing DB: exit 2."""
+    source = tmp_path / "app.db"
+    make_database(source, rows=10, blob=10)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    assert_error(cf_db("backup", source, source), "onto itself")
+    assert_error(cf_db("backup", source, tmp_path), "onto itself")
+    assert_error(cf_db("backup", source, notes), "not an SQLite database; refusing to overwrite")
+    assert_error(cf_db("backup", source, tmp_path / "no" / "c.db"), "folder", "does not exist")
+    assert_error(cf_db("backup", tmp_path / "nope.db", tmp_path / "c.db"), "nope.db does not exist")
+    assert notes.read_text() == "keep me"
+    assert count(source) == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db", "notes.txt"]
+
+
+def test_backup_of_a_damaged_database_exits_1_and_writes_nothing(tmp_path: Path) -> None:
+    """The copy fails integrity_check: the problems on stderr, exit 1, no DEST."""
+    damaged = tmp_path / "damaged.db"
+    make_damaged(damaged)
+    result = cf_db("backup", damaged, tmp_path / "copy.db")
+    assert result.returncode == 1
+    assert "error: the copy of the database fails integrity_check" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "copy.db").exists()
+    assert not [p for p in tmp_path.iterdir() if "cf-db-backup" in p.name]
+
+
+WRITER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+n = db.execute("SELECT max(id) FROM t").fetchone()[0]
+while True:
+    n += 1
+    db.execute("INSERT INTO t (id, payload) VALUES (?, randomblob(300))", (n,))
+"""
+
+
+def test_backup_while_another_process_writes(tmp_path: Path) -> None:
+    """A 40 MB database under continuous writes: the copy opens, passes integrity_check,
+    and holds every row committed before the backup began."""
+    source = tmp_path / "app.db"
+    make_database(source, rows=10_000, blob=4000)
+    first = int(count(source, "SELECT max(id) FROM t"))  # type: ignore[call-overload]
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(source)])
+    try:
+        deadline = time.monotonic() + 30
+        while count(source, "SELECT max(id) FROM t") < first + 50:  # type: ignore[operator]
+            assert writer.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        before = int(count(source, "SELECT max(id) FROM t"))  # type: ignore[call-overload]
+        result = cf_db("backup", source, tmp_path / "copy.db")
+        assert result.returncode == 0, result.stderr
+        assert writer.poll() is None, "the writer stopped"
+        assert count(source, "SELECT max(id) FROM t") > before  # type: ignore[operator]
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+    copy = tmp_path / "copy.db"
+    assert count(copy, "PRAGMA integrity_check") == "ok"
+    assert count(copy, f"SELECT count(*) FROM t WHERE id <= {before}") == before
+
+
+def test_backup_shows_progress_on_a_terminal(
+    tmp_path: Path, terminal: tuple[int, bytearray, threading.Thread]
+) -> None:
+    """A file of several steps: `backing up app.db  NN%` redrawn on the TTY, then erased."""
+    source = tmp_path / "app.db"
+    make_database(source, rows=3000, blob=4000)
+    slave, output, reader = terminal
+    process = subprocess.Popen(
+        [sys.executable, "-m", "circuitforge_core.db", "backup", str(source), str(tmp_path / "c")],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+    )
+    os.close(slave)
+    reader.start()
+    stdout, _ = process.communicate(timeout=60)
+    reader.join(timeout=30)
+    assert process.returncode == 0
+    assert stdout.startswith(b"backed up ")
+    percents = [int(p) for p in re.findall(rb"\rbacking up app\.db +(\d+)%", output)]
+    assert len(percents) >= 2
+    assert percents == sorted(percents)
+    assert output.endswith(b"\r\x1b[K")
