@@ -13,6 +13,7 @@ from .base import get_connection
 from .cipher import decrypt_database, derive_user_key, encrypt_database, rekey_database
 from .connect import Connection, get_db
 from .errors import (
+    BackupError,
     DBError,
     EncryptionUnavailableError,
     ForeignKeyViolationError,
@@ -29,6 +30,16 @@ from .errors import (
     TransactionError,
     UnsafePathError,
 )
+from .lint import LintFinding, lint_migrations
+from .maintenance import (
+    BackupResult,
+    CheckResult,
+    ChecksumCheck,
+    ForeignKeyProblem,
+    backup_database,
+    check_database,
+    verify_migrations,
+)
 from .migrations import MigrationStatus, migration_status, run_migrations
 from .pool import ConnectionPool
 from .tenancy import (
@@ -42,12 +53,18 @@ from .tenancy import (
 from .transaction import transaction
 
 __all__ = [
+    "BackupError",
+    "BackupResult",
+    "CheckResult",
+    "ChecksumCheck",
     "Connection",
     "ConnectionPool",
     "DBError",
     "DatabaseMiddleware",
     "EncryptionUnavailableError",
+    "ForeignKeyProblem",
     "ForeignKeyViolationError",
+    "LintFinding",
     "MigrationError",
     "MigrationFailedError",
     "MigrationModifiedError",
@@ -63,6 +80,8 @@ __all__ = [
     "SettingsError",
     "TransactionError",
     "UnsafePathError",
+    "backup_database",
+    "check_database",
     "current_db_path",
     "database_dependency",
     "decrypt_database",
@@ -70,6 +89,7 @@ __all__ = [
     "encrypt_database",
     "get_connection",
     "get_db",
+    "lint_migrations",
     "migration_status",
     "rekey_database",
     "request_db",
@@ -77,4 +97,5 @@ __all__ = [
     "transaction",
     "use_db",
     "user_db_path",
+    "verify_migrations",
 ]
