@@ -139,6 +139,13 @@ def _normalised(name: str, raw: bytes, folder: Traversable) -> MigrationFile:
             f"Save it as UTF-8.",
             name=name,
         ) from exc
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise MigrationSourceError(
+            f"migration {name} in {folder} contains a NUL byte (line {line}), which SQLite "
+            f"cannot take in SQL text. Remove it; write char(0) or X'00' where a value needs one.",
+            name=name,
+        )
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return MigrationFile(name, text, hashlib.sha256(text.encode("utf-8")).hexdigest())
 
@@ -326,8 +333,9 @@ def run_migrations(
     processes at once: each file is applied exactly once, and a caller waits
     up to ``lock_timeout`` seconds for another caller's migration to finish.
     A repeated call on an unchanged database and folder costs a few ``stat``
-    calls and one ``PRAGMA schema_version``. ``on_start(name)`` is called before a file is applied
-    and ``on_applied(name, seconds)`` after it committed (for progress display).
+    calls and one ``PRAGMA schema_version``. For progress displays,
+    ``on_start(name)`` is called once this caller holds the lock and is about
+    to run a file, and ``on_applied(name, seconds)`` after it committed.
     """
     if db.in_transaction:
         raise MigrationError(
@@ -353,42 +361,53 @@ def run_migrations(
 
     applied = []
     for plan in plans:
-        if on_start is not None:
-            on_start(plan.file.name)
-        started = time.perf_counter()
-        if _apply(db, plan, db_path, deadline, started):
+        seconds = _apply(db, plan, db_path, deadline, on_start)
+        if seconds is not None:
             applied.append(plan.file.name)
             if on_applied is not None:
-                on_applied(plan.file.name, time.perf_counter() - started)
+                on_applied(plan.file.name, seconds)
     if signature is not None:
         _up_to_date[cache_key] = _signature(db, db_path, migrations_dir)
     return applied
 
 
+Starting = Callable[[str], None] | None
+
+
 def _apply(
-    db: sqlite3.Connection, plan: _Plan, db_path: str | None, deadline: float, started: float
-) -> bool:
-    """Apply one file; False if another caller applied it first."""
+    db: sqlite3.Connection,
+    plan: _Plan,
+    db_path: str | None,
+    deadline: float,
+    on_start: Starting,
+) -> float | None:
+    """Apply one file: its duration in seconds, or None if another caller applied it first."""
     if plan.file.no_transaction:
-        done = _apply_outside_transaction(db, plan, db_path, deadline, started)
+        started = _apply_outside_transaction(db, plan, db_path, deadline, on_start)
     else:
-        done = _apply_in_transaction(db, plan, deadline, started)
-    if done:
-        logger.info(
-            "applied migration %s in %.1f ms",
-            plan.file.name,
-            (time.perf_counter() - started) * 1000,
-        )
-    return done
+        started = _apply_in_transaction(db, plan, deadline, on_start)
+    if started is None:
+        return None
+    seconds = time.perf_counter() - started
+    logger.info("applied migration %s in %.1f ms", plan.file.name, seconds * 1000)
+    return seconds
+
+
+def _starting(name: str, on_start: Starting) -> float:
+    """Report that ``name`` is about to run; the time it started."""
+    if on_start is not None:
+        on_start(name)
+    return time.perf_counter()
 
 
 def _apply_in_transaction(
-    db: sqlite3.Connection, plan: _Plan, deadline: float, started: float
-) -> bool:
+    db: sqlite3.Connection, plan: _Plan, deadline: float, on_start: Starting
+) -> float | None:
     name = plan.file.name
     with _foreign_keys_off(db, plan.foreign_keys_off), _immediate(db, deadline):
         if _already_applied(db, plan.file):
-            return False
+            return None
+        started = _starting(name, on_start)
         touched: set[str] = set()
         if plan.foreign_keys_off:
             db.set_authorizer(_touched_tables_collector(touched))
@@ -412,16 +431,17 @@ def _apply_in_transaction(
                 statement="COMMIT",
                 sqlite_message=str(exc),
             ) from exc
-    return True
+    return started
 
 
 def _apply_outside_transaction(
-    db: sqlite3.Connection, plan: _Plan, db_path: str | None, deadline: float, started: float
-) -> bool:
+    db: sqlite3.Connection, plan: _Plan, db_path: str | None, deadline: float, on_start: Starting
+) -> float | None:
     name = plan.file.name
     with _file_lock(db_path, deadline), _foreign_keys_restored(db):
         if _already_applied(db, plan.file):
-            return False
+            return None
+        started = _starting(name, on_start)
         saved_isolation = db.isolation_level
         db.isolation_level = None  # statement by statement, as the file asks
         try:
@@ -444,7 +464,7 @@ def _apply_outside_transaction(
         with _immediate(db, deadline):
             if not _already_applied(db, plan.file):
                 _record(db, plan.file, started)
-    return True
+    return started
 
 
 def _execute(
