@@ -18,10 +18,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from circuitforge_core.db import (
+    ConnectionPool,
     DBError,
     EncryptionUnavailableError,
     MigrationFailedError,
     OpenError,
+    PoolRegistry,
+    Settings,
+    SettingsError,
+    UnsafePathError,
     decrypt_database,
     derive_user_key,
     encrypt_database,
@@ -31,6 +36,8 @@ from circuitforge_core.db import (
     rekey_database,
     run_migrations,
     transaction,
+    user_db_path,
+    user_key_resolver,
 )
 from circuitforge_core.db import cipher as cipher_module
 from circuitforge_core.db.cipher import key_literal
@@ -264,15 +271,33 @@ def read_bodies_from_t(path: Path, key: str) -> list[str]:
         db.close()
 
 
-def test_factory_cannot_be_combined_with_a_key(db_path: Path) -> None:
-    """factory= makes sqlite3 connections, so it is refused together with key=."""
+def test_factory_mixins_carry_over_to_encrypted_connections(db_path: Path) -> None:
+    """A factory's mixins come along with key=; methods on the factory itself are refused."""
     from circuitforge_core.db import Connection
 
-    class Tracking(Connection):
+    class CountsExecutes:
+        def execute(self, sql: str, parameters: object = (), /) -> object:
+            self.executed = getattr(self, "executed", 0) + 1
+            return super().execute(sql, parameters)  # type: ignore[misc]
+
+    class Counting(CountsExecutes, Connection):
         pass
 
-    with pytest.raises(TypeError, match="factory"):
-        get_db(db_path, key="k", factory=Tracking)
+    class OwnMethod(Connection):
+        def ping(self) -> int:
+            return 1
+
+    with pytest.raises(TypeError, match=r"OwnMethod\.ping.*mixin"):
+        get_db(db_path, key="k", factory=OwnMethod)
+    db = get_db(db_path, key="k", factory=Counting)
+    try:
+        assert isinstance(db, CountsExecutes)
+        assert isinstance(db, sqlcipher3.dbapi2.Connection)
+        before = db.executed  # type: ignore[attr-defined]
+        db.execute("SELECT 1").fetchall()
+        assert db.executed == before + 1  # type: ignore[attr-defined]
+    finally:
+        db.close()
 
 
 # -- transactions and migrations on encrypted files ----------------------------------
@@ -759,3 +784,121 @@ def test_cli_key_errors_exit_2_and_change_nothing(
     assert "cannot decrypt" in capsys.readouterr().err
     assert db_path.read_bytes() == before
     assert sorted(p.name for p in db_path.parent.iterdir()) == ["app.db"]
+
+
+# -- pools and the registry ----------------------------------------------------------
+
+
+def test_pool_opens_encrypted_connections_and_still_closes_cursors(
+    db_path: Path, migrations_dir: Path, write_migration
+) -> None:  # type: ignore[no-untyped-def]
+    """ConnectionPool(key=) migrates, writes encrypted, and closes leftover cursors at check-in."""
+    write_migration("001_notes.sql", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);")
+    with ConnectionPool(db_path, key=RAW_KEY, migrations=migrations_dir) as pool:
+        with pool.connection() as db:
+            assert isinstance(db, sqlcipher3.dbapi2.Connection)
+            with transaction(db):
+                db.executemany(
+                    "INSERT INTO notes (body) VALUES (?)", [(KNOWN_PLAINTEXT,), ("second",)]
+                )
+            left_open = db.execute("SELECT body FROM notes")
+            left_open.fetchone()
+        with pytest.raises(sqlcipher3.dbapi2.ProgrammingError):
+            left_open.fetchone()  # closed by the check-in, so it pins no WAL snapshot
+        with pool.connection() as db:
+            db.execute("INSERT INTO notes (body) VALUES ('never committed')")
+        with pytest.raises(sqlcipher3.dbapi2.OperationalError), pool.connection() as db:
+            db.execute("SELECT * FROM nowhere")
+        with pool.connection() as db:
+            assert db.execute("SELECT count(*) FROM notes").fetchone() == (2,)
+        assert pool.stats().rollbacks_on_return == 1
+    assert KNOWN_PLAINTEXT.encode() not in file_bytes(db_path)
+    assert read_bodies(db_path, RAW_KEY) == [KNOWN_PLAINTEXT, "second"]
+
+
+def test_pool_asks_its_key_resolver_for_every_new_connection(db_path: Path) -> None:
+    """A callable key is called with the file's path each time a connection is opened."""
+    asked: list[str] = []
+
+    def resolver(path: str) -> bytes:
+        asked.append(path)
+        return RAW_KEY
+
+    with (
+        ConnectionPool(db_path, key=resolver, max_size=2) as pool,
+        pool.connection() as first,
+        pool.connection() as second,
+    ):
+        first.execute("CREATE TABLE t (x)")
+        first.commit()
+        assert second.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    assert asked == [str(db_path), str(db_path)]
+
+
+def test_registry_opens_each_users_file_with_that_users_key(
+    tmp_path: Path, migrations_dir: Path, write_migration
+) -> None:  # type: ignore[no-untyped-def]
+    """PoolRegistry(key=user_key_resolver(...)): per-user keys, no plaintext, no key mix-up."""
+    write_migration("001_notes.sql", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);")
+    root = tmp_path / "data"
+    root.mkdir()
+    resolver = user_key_resolver(root, SECRET)
+    paths = {user: user_db_path(root, user, "app.db") for user in ("alice", "bob")}
+    with PoolRegistry(key=resolver, migrations=migrations_dir) as registry:
+        for user, path in paths.items():
+            with registry.connection(path) as db, transaction(db):
+                db.execute("INSERT INTO notes (body) VALUES (?)", (f"{KNOWN_PLAINTEXT} {user}",))
+        stray = tmp_path / "elsewhere" / "app.db"
+        with (
+            pytest.raises(UnsafePathError, match="not a per-user database"),
+            registry.connection(stray),
+        ):
+            pass
+        with pytest.raises(UnsafePathError), registry.connection(root / "app.db"):
+            pass
+        assert registry.drop_database(paths["bob"])
+    assert not stray.exists()
+    alice = derive_user_key(SECRET, "alice")
+    assert read_bodies(paths["alice"], alice) == [f"{KNOWN_PLAINTEXT} alice"]
+    assert KNOWN_PLAINTEXT.encode() not in file_bytes(paths["alice"])
+    with pytest.raises(OpenError, match="cannot decrypt"):
+        get_db(paths["alice"], key=derive_user_key(SECRET, "bob"))
+
+
+def test_rotating_a_users_key_behind_a_registry(tmp_path: Path) -> None:
+    """evict(), rekey_database(), then a registry with the new secret reads every row."""
+    root = tmp_path / "data"
+    root.mkdir()
+    path = user_db_path(root, "alice", "app.db")
+    new_secret = "the next server secret, rotated"
+    with PoolRegistry(key=user_key_resolver(root, SECRET)) as registry:
+        with registry.connection(path) as db:
+            db.execute("CREATE TABLE t (x)")
+            db.execute("INSERT INTO t VALUES (1)")
+            db.commit()
+        with pytest.raises(OpenError, match="in use"):
+            rekey_database(path, derive_user_key(SECRET, "alice"), b"\x00" * 32)
+        registry.evict(path)
+        rekey_database(path, derive_user_key(SECRET, "alice"), derive_user_key(new_secret, "alice"))
+    with (
+        PoolRegistry(key=user_key_resolver(root, new_secret)) as registry,
+        registry.connection(path) as db,
+    ):
+        assert db.execute("SELECT x FROM t").fetchall() == [(1,)]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_settings_read_the_server_secret_and_never_show_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CF_SERVER_SECRET is read once, kept out of repr, and a weak one is refused."""
+    assert Settings.from_env().server_secret is None
+    monkeypatch.setenv("CF_SERVER_SECRET", SECRET)
+    settings = Settings.from_env()
+    assert settings.server_secret == SECRET
+    assert SECRET not in repr(settings)
+    monkeypatch.setenv("CF_SERVER_SECRET", "short")
+    with pytest.raises(SettingsError, match="CF_SERVER_SECRET"):
+        Settings.from_env()
+    with pytest.raises(ValueError, match="at least 16"):
+        user_key_resolver("/srv/data", "short")

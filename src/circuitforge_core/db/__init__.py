@@ -49,6 +49,7 @@ from .tenancy import (
     request_db,
     use_db,
     user_db_path,
+    user_key_resolver,
 )
 from .transaction import transaction
 
@@ -97,5 +98,6 @@ __all__ = [
     "transaction",
     "use_db",
     "user_db_path",
+    "user_key_resolver",
     "verify_migrations",
 ]

@@ -151,8 +151,8 @@ def key_literal(key: Key) -> str:
 # -- the driver ----------------------------------------------------------------------
 
 _driver_logged = threading.Event()
-_connection_classes: dict[int, type[Any]] = {}
-_connection_classes_guard = threading.Lock()
+_connection_classes: dict[tuple[int, tuple[type, ...]], type[Any]] = {}
+_connection_classes_guard = threading.RLock()
 
 
 def load_driver(path: str) -> ModuleType:
@@ -172,20 +172,26 @@ def load_driver(path: str) -> ModuleType:
     return driver
 
 
-def connection_class(driver: ModuleType) -> type[Any]:
+def connection_class(driver: ModuleType, mixins: tuple[type, ...] = ()) -> type[Any]:
     """The driver's connection class with our ``path``/``readonly``/``busy_timeout``.
 
-    Made once per driver module, because ``sqlcipher3`` is optional and
+    ``mixins`` (e.g. the pool's cursor tracking) go in front of it. Made once
+    per driver module and mixins, because ``sqlcipher3`` is optional and
     cannot be subclassed at import time.
     """
-    cls = _connection_classes.get(id(driver))
+    cache_key = (id(driver), mixins)
+    cls = _connection_classes.get(cache_key)
     if cls is None:
         with _connection_classes_guard:
-            cls = _connection_classes.get(id(driver))
+            cls = _connection_classes.get(cache_key)
             if cls is None:
+                base = driver.Connection
+                if mixins:
+                    base = connection_class(driver)  # reentrant: the guard is an RLock
+                name = "".join(m.__name__.strip("_") for m in mixins) + "EncryptedConnection"
                 cls = type(
-                    "EncryptedConnection",
-                    (driver.Connection,),
+                    name,
+                    (*mixins, base),
                     {
                         "__doc__": "A sqlcipher3 connection that remembers its file, like "
                         "circuitforge_core.db.Connection.",
@@ -193,7 +199,7 @@ def connection_class(driver: ModuleType) -> type[Any]:
                         "__annotations__": {"path": str, "readonly": bool, "busy_timeout": float},
                     },
                 )
-                _connection_classes[id(driver)] = cls
+                _connection_classes[cache_key] = cls
     return cls
 
 

@@ -82,7 +82,9 @@ def get_db(
     to ``busy_timeout`` seconds for a lock, and may be handed between threads
     (never used by two at once). ``readonly=True`` opens an existing file
     read-only and never creates one. ``factory`` is the ``Connection`` subclass
-    to make (the pool passes one that tracks its cursors). Raises ``OpenError``
+    to make (the pool passes one that tracks its cursors); with a key, its
+    behaviour must come from mixin classes, which are put on top of the
+    encrypted connection class instead. Raises ``OpenError``
     naming the path when the file cannot be opened as a database.
 
     With ``key`` (a passphrase ``str`` or a raw 32-byte key, see cipher.py)
@@ -98,13 +100,10 @@ def get_db(
     deadline = time.monotonic() + busy_timeout
     if key is None:
         db = _connect(fspath, readonly=readonly, busy_timeout=busy_timeout, factory=factory)
-    elif factory is not Connection:
-        raise TypeError(
-            "factory= makes plain sqlite3 connections; it cannot be combined with key= "
-            "(encrypted connections come from sqlcipher3)"
-        )
     else:
-        db = _connect_encrypted(fspath, key, readonly=readonly, busy_timeout=busy_timeout)
+        db = _connect_encrypted(
+            fspath, key, readonly=readonly, busy_timeout=busy_timeout, factory=factory
+        )
     try:
         db.path = fspath
         db.readonly = readonly
@@ -264,7 +263,14 @@ def _connect(
     return db
 
 
-def _connect_encrypted(path: str, key: Key, *, readonly: bool, busy_timeout: float) -> Connection:
+def _connect_encrypted(
+    path: str,
+    key: Key,
+    *,
+    readonly: bool,
+    busy_timeout: float,
+    factory: type[Connection] = Connection,
+) -> Connection:
     """Open through sqlcipher3 and apply the key before any other statement.
 
     The key and the driver are checked before any folder or file is created.
@@ -273,6 +279,7 @@ def _connect_encrypted(path: str, key: Key, *, readonly: bool, busy_timeout: flo
     """
     literal = cipher.key_literal(key)
     driver = cipher.load_driver(path)
+    cls = cipher.connection_class(driver, _mixins(factory))
     existed = os.path.exists(path)
     uri = _prepare_path(path, readonly=readonly)
     try:
@@ -282,7 +289,7 @@ def _connect_encrypted(path: str, key: Key, *, readonly: bool, busy_timeout: flo
             timeout=busy_timeout,
             isolation_level="IMMEDIATE",
             check_same_thread=False,
-            factory=cipher.connection_class(driver),
+            factory=cls,
         )
     except driver.Error as exc:
         raise OpenError(path, _why_unopenable(path, readonly, exc)) from exc
@@ -295,6 +302,39 @@ def _connect_encrypted(path: str, key: Key, *, readonly: bool, busy_timeout: flo
         raise
     # Typed as Connection: same methods and attributes (see get_db's docstring).
     return cast(Connection, db)
+
+
+def _mixins(factory: type[Connection]) -> tuple[type, ...]:
+    """The mixin classes that give ``factory`` its behaviour, for an encrypted twin.
+
+    An encrypted connection cannot inherit from ``sqlite3.Connection`` (the
+    two C types do not combine), so only what the factory gets from classes
+    outside that hierarchy can come along; methods defined on the factory
+    itself would be lost, and are refused.
+    """
+    if factory is Connection:
+        return ()
+    if not (isinstance(factory, type) and issubclass(factory, Connection)):
+        raise TypeError(f"factory must be a subclass of Connection, not {factory!r}")
+    chain = [cls for cls in factory.__mro__ if issubclass(cls, Connection)]
+    own = [
+        f"{cls.__name__}.{name}"
+        for cls in chain
+        if cls is not Connection
+        for name, value in vars(cls).items()
+        if callable(value) or isinstance(value, property | classmethod | staticmethod)
+    ]
+    if own:
+        raise TypeError(
+            f"factory {factory.__name__} defines {', '.join(own)} itself, which cannot be "
+            f"carried over to an encrypted (sqlcipher3) connection; move them into a mixin "
+            f"class that does not derive from sqlite3.Connection (as PooledConnection does)."
+        )
+    return tuple(
+        cls
+        for cls in factory.__mro__
+        if cls is not object and not issubclass(cls, sqlite3.Connection)
+    )
 
 
 def _prepare_path(path: str, *, readonly: bool) -> str:

@@ -43,8 +43,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
+from .cipher import Key
 from .connect import Connection, get_db
 from .errors import PoolClosedError, PoolTimeoutError
 from .migrations import DEFAULT_LOCK_TIMEOUT, MigrationsDir, run_migrations
@@ -56,6 +57,9 @@ DEFAULT_POOL_TIMEOUT = 5.0
 
 _CursorT = TypeVar("_CursorT", bound=sqlite3.Cursor)
 RowFactory = Callable[[sqlite3.Cursor, tuple[Any, ...]], Any] | None
+#: A database key (see cipher.py), or a resolver: called with the file's path
+#: each time a connection is opened, returning its key (None: a plain file).
+KeySource = Key | Callable[[str], Key | None] | None
 
 # Primary result codes after which a connection is not trusted again.
 _SQLITE_IOERR = 10
@@ -66,11 +70,17 @@ _SQLITE_READONLY_DBMOVED = 8 | (4 << 8)
 _BROKEN_CODES = {_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_CANTOPEN, _SQLITE_NOTADB}
 
 
-class PooledConnection(Connection):
-    """A ``Connection`` that remembers the cursors and blobs it handed out.
+if TYPE_CHECKING:
+    _TrackingBase = Connection
+else:
+    _TrackingBase = object
 
-    The pool closes them at check-in. ``execute`` and friends are redefined
-    because the C implementation makes its cursor without calling ``cursor()``.
+
+class _TracksHandles(_TrackingBase):
+    """Remembers the cursors and blobs a connection handed out (see PooledConnection).
+
+    A mixin, not a ``Connection`` subclass, so that ``get_db(key=...)`` can put
+    the same behaviour on top of sqlcipher3's connection class.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -104,6 +114,16 @@ class PooledConnection(Connection):
         blob = super().blobopen(table, column, row, readonly=readonly, name=name)
         self._handles.add(blob)
         return blob
+
+
+class PooledConnection(_TracksHandles, Connection):
+    """A ``Connection`` that remembers the cursors and blobs it handed out.
+
+    The pool closes them at check-in. ``execute`` and friends are redefined
+    because the C implementation makes its cursor without calling ``cursor()``.
+    With a key, the pool's connections are sqlcipher3 connections carrying
+    the same mixin instead (typed as this class).
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +196,9 @@ class ConnectionPool:
     once. A file deleted or replaced since it was opened is noticed at
     checkout: its old connections are closed (busy ones when they come back)
     before the new file is opened and migrated. ``close()`` closes idle
-    connections now and busy ones as they come back.
+    connections now and busy ones as they come back. ``key`` opens the file
+    encrypted (``get_db(key=...)``): a key, or a callable taking the path and
+    returning its key, asked again for every new connection.
     """
 
     def __init__(
@@ -184,6 +206,7 @@ class ConnectionPool:
         path: str | os.PathLike[str],
         *,
         migrations: MigrationsDir | None = None,
+        key: KeySource = None,
         max_size: int = DEFAULT_POOL_SIZE,
         timeout: float = DEFAULT_POOL_TIMEOUT,
         connect_kwargs: Mapping[str, Any] | None = None,
@@ -202,6 +225,7 @@ class ConnectionPool:
         self.connect_kwargs = dict(connect_kwargs or {})
         self.row_factory = row_factory
         self.migration_lock_timeout = migration_lock_timeout
+        self._key = key
         self._owned = _budget is not None
         self._budget = _budget if _budget is not None else _Budget(max_size, evicts=False)
         self._budget.pools.add(self)
@@ -281,7 +305,7 @@ class ConnectionPool:
         open_count = getattr(self, "_open", 0)  # 0 if __init__ raised
         if not getattr(self, "_owned", True) and not self._closed and open_count:
             for conn in self._idle:  # nobody can check these out any more
-                with contextlib.suppress(sqlite3.Error):
+                with contextlib.suppress(conn.Error):  # sqlite3's or sqlcipher3's
                     conn.close()
             warnings.warn(
                 f"ConnectionPool for {self.path} was garbage-collected with {open_count} open "
@@ -437,11 +461,12 @@ class ConnectionPool:
         return conn
 
     def _open_connection(self) -> PooledConnection:
-        """The one place a connection is opened (a per-file key would be added here)."""
-        conn = get_db(self.path, factory=PooledConnection, **self.connect_kwargs)
-        assert isinstance(conn, PooledConnection)
+        """The one place a connection is opened, with the file's key if it has one."""
+        key = self._key(self.path) if callable(self._key) else self._key
+        conn = get_db(self.path, factory=PooledConnection, key=key, **self.connect_kwargs)
+        assert isinstance(conn, _TracksHandles)  # a PooledConnection, or its encrypted twin
         conn.row_factory = self.row_factory
-        return conn
+        return cast(PooledConnection, conn)
 
     def _timeout_error(self, limit: int, scope: str | None) -> PoolTimeoutError:
         if scope is not None:
@@ -464,11 +489,11 @@ class ConnectionPool:
         if conn._pid != os.getpid():
             _abandon(conn)  # opened by the parent before fork(): never touch it here
             return
-        keep = not _is_broken(exc)
+        keep = not _is_broken(conn, exc)
         if keep:
             try:
                 rolled_back = _reset(conn, self.row_factory, block_failed=exc is not None)
-            except (sqlite3.Error, ValueError) as reset_error:
+            except (conn.Error, ValueError) as reset_error:  # sqlite3's or sqlcipher3's
                 logger.warning(
                     "%s: discarding a connection that failed to reset: %s", self.path, reset_error
                 )
@@ -516,7 +541,7 @@ class ConnectionPool:
         """
         for handle in list(conn._handles):
             # A failure here does not matter: closing the connection is what does.
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(conn.Error):
                 handle.close()
         if stale:
             self._empty_old_wal(conn)
@@ -526,11 +551,11 @@ class ConnectionPool:
                 conn.execute("PRAGMA busy_timeout=0")
                 conn.execute("PRAGMA analysis_limit=400")
                 conn.execute("PRAGMA optimize")
-        except sqlite3.Error as exc:
+        except conn.Error as exc:
             logger.debug("%s: PRAGMA optimize before close failed: %s", self.path, exc)
         try:
             conn.close()
-        except sqlite3.Error as exc:
+        except conn.Error as exc:
             logger.warning("%s: closing a connection failed: %s", self.path, exc)
 
     def _empty_old_wal(self, conn: PooledConnection) -> None:
@@ -545,7 +570,7 @@ class ConnectionPool:
         try:
             conn.execute("PRAGMA busy_timeout=100")
             busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        except sqlite3.Error as exc:
+        except conn.Error as exc:
             busy, reason = 1, str(exc)
         else:
             reason = "another connection still reads it"
@@ -640,9 +665,9 @@ def _reset(conn: PooledConnection, row_factory: RowFactory, *, block_failed: boo
     return rolled_back
 
 
-def _is_broken(exc: BaseException | None) -> bool:
+def _is_broken(conn: PooledConnection, exc: BaseException | None) -> bool:
     """Whether the error the block raised means the connection must not be reused."""
-    if not isinstance(exc, sqlite3.DatabaseError):
+    if not isinstance(exc, conn.DatabaseError):  # sqlite3's or sqlcipher3's
         return False
     code = getattr(exc, "sqlite_errorcode", None)
     if code is None:

@@ -29,11 +29,12 @@ import unicodedata
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any
 
+from .cipher import MIN_SERVER_SECRET_BYTES, derive_user_key
 from .connect import Connection
 from .errors import (
     NoDatabaseError,
@@ -46,6 +47,7 @@ from .migrations import DEFAULT_LOCK_TIMEOUT, MigrationsDir
 from .pool import (
     DEFAULT_POOL_TIMEOUT,
     ConnectionPool,
+    KeySource,
     PooledConnection,
     RowFactory,
     _Budget,
@@ -66,16 +68,19 @@ class Settings:
     ``cloud_mode`` (``CLOUD_MODE``, default off): one database per user under
     ``data_root`` (``CLOUD_DATA_ROOT``, an absolute path, required in cloud
     mode). ``db_path`` (``CF_DB_PATH``): the local-mode database, None when
-    unset so the product's own default applies.
+    unset so the product's own default applies. ``server_secret``
+    (``CF_SERVER_SECRET``): what per-user encryption keys are derived from
+    (``user_key_resolver``), None when unset; never shown in ``repr``.
     """
 
     cloud_mode: bool = False
     data_root: Path | None = None
     db_path: Path | None = None
+    server_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read ``CLOUD_MODE``, ``CLOUD_DATA_ROOT`` and ``CF_DB_PATH`` (from ``os.environ``)."""
+        """Read ``CLOUD_MODE``, ``CLOUD_DATA_ROOT``, ``CF_DB_PATH`` and ``CF_SERVER_SECRET``."""
         env = os.environ if environ is None else environ
         raw_mode = env.get("CLOUD_MODE", "").strip().lower()
         if raw_mode not in _TRUE | _FALSE:
@@ -97,7 +102,14 @@ class Settings:
                 "of the folder holding the per-user databases."
             )
         raw_db = env.get("CF_DB_PATH", "")
-        return cls(cloud_mode, data_root, Path(raw_db) if raw_db else None)
+        secret = env.get("CF_SERVER_SECRET", "") or None
+        if secret is not None and len(secret.encode("utf-8")) < MIN_SERVER_SECRET_BYTES:
+            raise SettingsError(
+                f"CF_SERVER_SECRET is shorter than {MIN_SERVER_SECRET_BYTES} bytes, too weak to "
+                f"derive database keys from; set it to 32 random bytes, e.g. the output of "
+                f'`python -c "import secrets; print(secrets.token_hex(32))"`.'
+            )
+        return cls(cloud_mode, data_root, Path(raw_db) if raw_db else None, secret)
 
 
 # -- the request context ---------------------------------------------------------------
@@ -207,6 +219,35 @@ def user_db_path(
     return path
 
 
+def user_key_resolver(
+    root: str | os.PathLike[str], server_secret: str | bytes
+) -> Callable[[str], bytes]:
+    """A ``key=`` for ``PoolRegistry``: each user's file opens with that user's own key.
+
+    The user id is the first folder of a path under ``root`` (the layout
+    ``user_db_path`` makes), and the key ``derive_user_key(server_secret,
+    user_id)``: a raw 256-bit key, so opening costs no key stretching. A path
+    that is not inside ``root`` raises ``UnsafePathError``: it is never opened
+    unencrypted, nor with some other user's key. The secret is checked now.
+    """
+    root_path = os.path.abspath(os.fspath(root))
+    derive_user_key(server_secret, "secret-check")  # a weak secret fails here, not per request
+
+    def resolve(path: str) -> bytes:
+        relative = os.path.relpath(os.path.abspath(path), root_path)
+        parts = Path(relative).parts
+        if len(parts) < 2 or parts[0] == os.pardir:
+            raise UnsafePathError(
+                f"{path} is not a per-user database under the data root {root_path}; refusing "
+                f"to guess its encryption key. Open it through user_db_path(root, user_id, ...).",
+                value=os.fspath(path),
+            )
+        _check_name(parts[0], "user id")
+        return derive_user_key(server_secret, parts[0])
+
+    return resolve
+
+
 def _check_name(name: object, what: str, *, whole: str | None = None) -> None:
     """Refuse one path component that could leave or confuse the root."""
     if not isinstance(name, str):
@@ -308,7 +349,9 @@ class PoolRegistry:
     connections are never closed under their user; with none idle the caller
     waits up to ``timeout`` seconds, then gets ``PoolTimeoutError``. Each file
     has its ``migrations`` applied once per process, before first use (a
-    callable maps a path to its folder). ``connect_kwargs`` go to ``get_db``
+    callable maps a path to its folder). ``key`` encrypts the files: a key,
+    or a resolver that maps a path to its key (``user_key_resolver`` derives
+    each user's from the server secret). ``connect_kwargs`` go to ``get_db``
     (default: ``CLOUD_CONNECT_KWARGS``). ``close()`` closes every connection.
     """
 
@@ -316,6 +359,7 @@ class PoolRegistry:
         self,
         *,
         migrations: MigrationsFor = None,
+        key: KeySource = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_per_database: int = DEFAULT_MAX_PER_DATABASE,
         timeout: float = DEFAULT_POOL_TIMEOUT,
@@ -332,6 +376,7 @@ class PoolRegistry:
         self.connect_kwargs = dict(connect_kwargs)
         self.row_factory = row_factory
         self.migration_lock_timeout = migration_lock_timeout
+        self._key_source = key
         self._budget = _Budget(max_connections, evicts=True)
         self._pools: dict[str, ConnectionPool] = {}
         self._dropping: set[str] = set()
@@ -363,6 +408,7 @@ class PoolRegistry:
         return ConnectionPool(
             path,
             migrations=migrations,
+            key=self._key_source,
             max_size=self.max_per_database,
             timeout=self.timeout,
             connect_kwargs=self.connect_kwargs,
