@@ -902,3 +902,5 @@ def test_settings_read_the_server_secret_and_never_show_it(
         Settings.from_env()
     with pytest.raises(ValueError, match="at least 16"):
         user_key_resolver("/srv/data", "short")
+    with pytest.raises(SettingsError, match="CF_SERVER_SECRET"):
+        user_key_resolver("/srv/data", None)  # type: ignore[arg-type]

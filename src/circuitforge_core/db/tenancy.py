@@ -230,6 +230,11 @@ def user_key_resolver(
     that is not inside ``root`` raises ``UnsafePathError``: it is never opened
     unencrypted, nor with some other user's key. The secret is checked now.
     """
+    if server_secret is None:  # Settings.server_secret is None when CF_SERVER_SECRET is unset
+        raise SettingsError(
+            "no server secret to derive database keys from: set CF_SERVER_SECRET to 32 random "
+            "bytes (or pass the secret)."
+        )
     root_path = os.path.abspath(os.fspath(root))
     derive_user_key(server_secret, "secret-check")  # a weak secret fails here, not per request
 
