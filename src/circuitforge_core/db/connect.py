@@ -16,6 +16,7 @@ instead of failing with SQLITE_BUSY mid-transaction. ``commit()``,
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -108,22 +109,36 @@ def get_db(
         db.path = fspath
         db.readonly = readonly
         db.busy_timeout = busy_timeout
-        _translate_open_errors(db, fspath, lambda: _ensure_wal(db, fspath, deadline))
-        pragmas = [
-            _synchronous(synchronous),
-            _foreign_keys(),
-            _journal_size_limit(journal_size_limit),
-            _cache_size(cache_size_kib),
-            _mmap_size(mmap_size),
-            _temp_store(),
-        ]
-        if readonly:
-            pragmas.append(_query_only())
-        _translate_open_errors(db, fspath, lambda: db.executescript("".join(pragmas)))
+        script = _pragma_script(
+            synchronous, journal_size_limit, cache_size_kib, mmap_size, readonly
+        )
+        try:
+            _ensure_wal(db, fspath, deadline)
+            db.executescript(script)
+        except db.DatabaseError as exc:  # sqlite3's or sqlcipher3's
+            raise _open_error(fspath, exc) from exc
     except BaseException:
         db.close()
         raise
     return db
+
+
+@functools.lru_cache(maxsize=32)
+def _pragma_script(
+    synchronous: str, journal_size_limit: int, cache_size_kib: int, mmap_size: int, readonly: bool
+) -> str:
+    """The per-connection pragmas as one script, built once per combination of settings."""
+    pragmas = [
+        _synchronous(synchronous),
+        _foreign_keys(),
+        _journal_size_limit(journal_size_limit),
+        _cache_size(cache_size_kib),
+        _mmap_size(mmap_size),
+        _temp_store(),
+    ]
+    if readonly:
+        pragmas.append(_query_only())
+    return "".join(pragmas)
 
 
 # -- the pragmas, one reason each ------------------------------------------------
@@ -246,21 +261,27 @@ def _checked_path(path: str | os.PathLike[str]) -> str:
 def _connect(
     path: str, *, readonly: bool, busy_timeout: float, factory: type[Connection] = Connection
 ) -> Connection:
+    options: dict[str, Any] = {
+        "timeout": busy_timeout,
+        "isolation_level": "IMMEDIATE",
+        "check_same_thread": False,
+        "factory": factory,
+        **_TRANSACTION_CONTROL,
+    }
+    if not readonly:
+        # The common case first, and the cheapest: an existing file, or a new one
+        # in an existing folder. sqlite3.connect fails at once on a folder or a
+        # missing parent; the careful path below then explains or creates it.
+        try:
+            return cast(Connection, sqlite3.connect(path, **options))
+        except sqlite3.Error:
+            pass
     uri = _prepare_path(path, readonly=readonly)
     try:
-        db = sqlite3.connect(
-            uri,
-            uri=True,
-            timeout=busy_timeout,
-            isolation_level="IMMEDIATE",
-            check_same_thread=False,
-            factory=factory,
-            **_TRANSACTION_CONTROL,
-        )
+        db = sqlite3.connect(uri, uri=True, **options)
     except sqlite3.Error as exc:
         raise OpenError(path, _why_unopenable(path, readonly, exc)) from exc
-    assert isinstance(db, Connection)
-    return db
+    return cast(Connection, db)
 
 
 def _connect_encrypted(
@@ -373,19 +394,22 @@ def _translate_open_errors(db: Connection, path: str, step: Any) -> None:
     """Run one open step, naming the file in what goes wrong."""
     try:
         step()
-    except OpenError:
-        raise
     except db.DatabaseError as exc:  # sqlite3's or sqlcipher3's
-        message = str(exc)
-        if "file is not a database" in message or "malformed" in message:
-            raise OpenError(
-                path,
-                f"{path} is not a usable SQLite database (SQLite says: {message}). Check "
-                f"the path, give its key if it is encrypted, or restore the file from a backup.",
-            ) from exc
-        if "unable to open" in message or "readonly" in message or "disk I/O" in message:
-            raise OpenError(path, _why_unopenable(path, False, exc)) from exc
-        raise OpenError(path, f"{path}: cannot open the database ({message}).") from exc
+        raise _open_error(path, exc) from exc
+
+
+def _open_error(path: str, exc: Exception) -> OpenError:
+    """The OpenError, naming the file, for what SQLite said while opening it."""
+    message = str(exc)
+    if "file is not a database" in message or "malformed" in message:
+        return OpenError(
+            path,
+            f"{path} is not a usable SQLite database (SQLite says: {message}). Check "
+            f"the path, give its key if it is encrypted, or restore the file from a backup.",
+        )
+    if "unable to open" in message or "readonly" in message or "disk I/O" in message:
+        return OpenError(path, _why_unopenable(path, False, exc))
+    return OpenError(path, f"{path}: cannot open the database ({message}).")
 
 
 _version_logged = threading.Event()
