@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import subprocess
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
@@ -627,16 +628,50 @@ def test_shortcut_notices_a_new_file(
     assert run_migrations(db, migrations_dir) == ["002_b.sql"]
 
 
-def test_shortcut_notices_an_in_place_edit(
+def test_in_place_edit_is_caught_before_anything_new_runs(
     db: sqlite3.Connection, migrations_dir: Path, write_migration: Write
 ) -> None:
-    """Editing an applied file in place (same folder listing) is still caught."""
+    """An applied file edited in place is refused as soon as a new file is to be applied."""
     path = write_migration("001_a.sql", "CREATE TABLE a (x);")
     run_migrations(db, migrations_dir)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write("\nCREATE TABLE sneaky (x);\n")
+    write_migration("002_b.sql", "CREATE TABLE b (x);")
     with pytest.raises(MigrationModifiedError):
         run_migrations(db, migrations_dir)
+    assert "b" not in tables(db)
+    assert [s.state for s in migration_status(db, migrations_dir)] == ["modified", "pending"]
+
+
+def test_in_place_edit_is_caught_by_a_new_process(
+    db_path: Path, migrations_dir: Path, write_migration: Write
+) -> None:
+    """With nothing to apply, an in-place edit is refused by the next process's first call."""
+    path = write_migration("001_a.sql", "CREATE TABLE a (x);")
+    db = get_db(db_path)
+    run_migrations(db, migrations_dir)
+    db.close()
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("\nCREATE TABLE sneaky (x);\n")
+    script = (
+        "import sys\n"
+        "from circuitforge_core.db import get_db, run_migrations, MigrationModifiedError\n"
+        "db = get_db(sys.argv[1])\n"
+        "try:\n"
+        "    run_migrations(db, sys.argv[2])\n"
+        "except MigrationModifiedError as exc:\n"
+        "    print(exc.name)\n"
+        "finally:\n"
+        "    db.close()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(db_path), str(migrations_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == "001_a.sql"
 
 
 def test_shortcut_notices_a_replaced_database(

@@ -332,8 +332,8 @@ def run_migrations(
     file and leaves earlier files applied. Safe to call from many threads and
     processes at once: each file is applied exactly once, and a caller waits
     up to ``lock_timeout`` seconds for another caller's migration to finish.
-    A repeated call on an unchanged database and folder costs a few ``stat``
-    calls and one ``PRAGMA schema_version``. For progress displays,
+    A repeated call on an unchanged database and folder costs two ``stat``
+    calls, a folder listing and one ``PRAGMA schema_version``. For progress displays,
     ``on_start(name)`` is called once this caller holds the lock and is about
     to run a file, and ``on_applied(name, seconds)`` after it committed.
     """
@@ -612,19 +612,15 @@ def _check_foreign_keys(db: sqlite3.Connection, name: str, touched: set[str]) ->
     Only those tables are checked: a file that cannot break a reference into
     a big unrelated table never makes us scan it.
     """
-    tables = [
-        row[0]
-        for row in db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-        )
-    ]
-    to_check = []
-    for table in tables:
-        parents = {
-            row[2].lower() for row in db.execute(f"PRAGMA foreign_key_list({_quote(table)})")
-        }
-        if table.lower() in touched or parents & touched:
-            to_check.append(table)
+    # One query for every table and what it references: schema only, no rows read.
+    to_check: dict[str, None] = {}  # ordered set
+    for table, parent in db.execute(
+        'SELECT m.name, f."table" FROM sqlite_master AS m '
+        "LEFT JOIN pragma_foreign_key_list(m.name) AS f "
+        "WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'"
+    ):
+        if table.lower() in touched or (parent is not None and parent.lower() in touched):
+            to_check[table] = None
     violations: list[tuple[str, int | None, str]] = []
     for table in to_check:
         for row in db.execute(f"PRAGMA foreign_key_check({_quote(table)})"):
@@ -690,10 +686,14 @@ def _database_path(db: sqlite3.Connection) -> str | None:
 # -- the repeated-call shortcut ------------------------------------------------------
 
 # (database path, folder key) -> signature of both when they were last seen
-# fully migrated. A hit means nothing can be pending: the folder is unchanged
-# (names, sizes, mtimes), and the database is the same file (device, inode)
-# with the same schema (its schema cookie, which every DDL bumps and which a
-# restored backup would not share). Checkpoints do not disturb it.
+# fully migrated. A hit means nothing can be pending: the folder lists the
+# same entries and its modification time is the same (adding, removing or
+# renaming a file, or an editor saving by rename, changes both), and the
+# database is the same file (device, inode) with the same schema cookie
+# (every DDL bumps it; a restored backup would not share it; checkpoints do
+# not touch it). One stat per file would also see in-place edits, but costs
+# more than the old runner's whole call; such an edit is caught by the next
+# call that finds the folder changed, before anything new is applied.
 _up_to_date: dict[tuple[str | None, str], object] = {}
 
 
@@ -712,19 +712,13 @@ def _signature(
     try:
         db_stat = os.stat(db_path)
         if not isinstance(migrations_dir, str | os.PathLike):
-            files: object = ()  # a package resource that is not a plain folder: immutable
+            folder: object = ()  # a package resource that is not a plain folder: immutable
         else:
-            with os.scandir(migrations_dir) as entries:
-                files = sorted(
-                    (entry.name, stat.st_size, stat.st_mtime_ns)
-                    for entry in entries
-                    if entry.name.endswith(".sql")
-                    for stat in (entry.stat(),)
-                )
+            folder = (os.stat(migrations_dir).st_mtime_ns, tuple(os.listdir(migrations_dir)))
     except OSError:
         return None
     schema_version = db.execute("PRAGMA schema_version").fetchone()[0]
-    return (db_stat.st_dev, db_stat.st_ino, schema_version, files)
+    return (db_stat.st_dev, db_stat.st_ino, schema_version, folder)
 
 
 def _check_unmodified(
