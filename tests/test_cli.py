@@ -188,13 +188,33 @@ def test_migrate_with_a_bad_folder_creates_no_database(db_path: Path, tmp_path: 
     assert not db_path.parent.exists()
 
 
+_children: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_child_left() -> Iterator[None]:
+    """A child a failed test left running is killed and reaped, not leaked."""
+    yield
+    while _children:
+        child = _children.pop()
+        if child.poll() is None:
+            child.kill()
+        child.communicate(timeout=30)
+
+
 def start_migrate_waiting_for_lock(
-    db_path: Path, migrations_dir: Path, write_migration: Write, **popen: object
+    db_path: Path,
+    migrations_dir: Path,
+    write_migration: Write,
+    later: dict[str, str] | None = None,
+    **popen: object,
 ) -> tuple[sqlite3.Connection, subprocess.Popen[bytes]]:
-    """A migrate whose second file waits on a write lock the test holds: a long migration."""
+    """A migrate whose file 002 waits for a write lock the test holds (and ``later`` files)."""
     write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
     applied_db(db_path, migrations_dir)
     write_migration("002_slow.sql", "INSERT INTO a VALUES (1);")
+    for name, text in (later or {}).items():
+        write_migration(name, text)
     holder = sqlite3.connect(db_path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     process = subprocess.Popen(
@@ -208,6 +228,7 @@ def start_migrate_waiting_for_lock(
         ],
         **popen,  # type: ignore[call-overload]
     )
+    _children.append(process)
     return holder, process
 
 
@@ -251,38 +272,67 @@ def terminal() -> Iterator[tuple[int, bytearray, threading.Thread]]:
     try:
         yield slave, output, reader
     finally:
-        reader.join(timeout=30)
-        assert not reader.is_alive()
+        if reader.ident is not None:  # started
+            reader.join(timeout=30)
+            assert not reader.is_alive()
         os.close(master)
 
 
 def test_migrate_shows_elapsed_time_on_a_terminal(
+    tmp_path: Path,
     db_path: Path,
     migrations_dir: Path,
     write_migration: Write,
     terminal: tuple[int, bytearray, threading.Thread],
 ) -> None:
-    """On a TTY the running file's elapsed time is redrawn in place, then erased."""
+    """On a TTY: a redrawn line while waiting for the lock and while a file runs, then erased."""
     slave, output, reader = terminal
-    holder, process = start_migrate_waiting_for_lock(
-        db_path, migrations_dir, write_migration, stdout=subprocess.PIPE, stderr=slave
+    other = tmp_path / "other.db"
+    blocker = sqlite3.connect(other, isolation_level=None)
+    blocker.execute("CREATE TABLE t (x)")
+    blocker.execute("BEGIN IMMEDIATE")  # 003 writes here: it runs until this ends
+    holder = None
+    slow = (
+        "-- cf-db: no-transaction\n"
+        f"ATTACH DATABASE '{other}' AS other;\n"
+        "INSERT INTO other.t VALUES (1);\n"
+        "DETACH DATABASE other;\n"
     )
-    os.close(slave)
-    reader.start()
     try:
-        deadline = time.monotonic() + 30
-        while output.count(b"\rapplying 002_slow.sql ... ") < 3:
-            assert time.monotonic() < deadline, bytes(output)
-            time.sleep(0.05)
+        holder, process = start_migrate_waiting_for_lock(
+            db_path,
+            migrations_dir,
+            write_migration,
+            {"003_slow.sql": slow},
+            stdout=subprocess.PIPE,
+            stderr=slave,
+        )
+        os.close(slave)
+        reader.start()
+        wait_for(output, b"\rwaiting for the write lock on ", times=3)
+        holder.execute("ROLLBACK")  # 002 can run now
+        wait_for(output, b"\rapplying 003_slow.sql ... ", times=3)
     finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        if holder is not None:
+            if holder.in_transaction:
+                holder.execute("ROLLBACK")
+            holder.close()
     stdout, _ = process.communicate(timeout=60)
     reader.join(timeout=30)
     assert process.returncode == 0
     assert stdout.startswith(b"applied 002_slow.sql (")
-    assert re.search(rb"\rapplying 002_slow\.sql \.\.\. \d+\.\d s\x1b\[K", output)
+    assert b"\napplied 003_slow.sql (" in stdout
+    assert re.search(rb"\rapplying 003_slow\.sql \.\.\. \d+\.\d s\x1b\[K", output)
     assert output.endswith(b"\r\x1b[K")  # the line is erased before the result is printed
+
+
+def wait_for(output: bytearray, text: bytes, *, times: int) -> None:
+    deadline = time.monotonic() + 30
+    while output.count(text) < times:
+        assert time.monotonic() < deadline, bytes(output)
+        time.sleep(0.05)
 
 
 # -- migrate --dry-run ---------------------------------------------------------------
@@ -721,6 +771,7 @@ def test_backup_shows_progress_on_a_terminal(
         stdout=subprocess.PIPE,
         stderr=slave,
     )
+    _children.append(process)
     os.close(slave)
     reader.start()
     stdout, _ = process.communicate(timeout=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -213,6 +214,13 @@ def test_invalid_utf8_names_the_line(write_migration: Write, migrations_dir: Pat
     assert "byte 24 (e9)" in findings[0].message  # 0-based, BOM included
 
 
+def test_nul_byte_names_the_line(write_migration: Write, migrations_dir: Path) -> None:
+    """A NUL in the text (which SQLite cannot take) is an error with its line."""
+    write_migration("001_a.sql", b"SELECT 1;\nSELECT 'a\x00b';\n")
+    findings = lint_migrations(migrations_dir)
+    assert [(f.code, f.severity, f.line) for f in findings] == [("nul-byte", "error", 2)]
+
+
 def test_syntax_errors_are_found_by_sqlite(write_migration: Write, migrations_dir: Path) -> None:
     """A trailing comma, an unfinished statement: SQLite's own message, with the line."""
     write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS t (\n  a,\n);\n")
@@ -309,3 +317,37 @@ def test_a_long_statement_is_cut_short(
     )
     findings = lint_migrations(migrations_dir)
     assert [(f.code, f.line) for f in findings] == [("syntax", 4)]
+
+
+DQS = (
+    "CREATE TABLE IF NOT EXISTS t (a TEXT, b TEXT);\n"
+    'INSERT INTO t (a) VALUES ("hello");\n'
+    "SELECT \"a\" FROM t WHERE b = 'x';\n"
+    "INSERT INTO t (a) VALUES ('fine');\n"
+)
+
+
+@pytest.mark.skipif(
+    not hasattr(sqlite3, "SQLITE_DBCONFIG_DQS_DML"), reason="Python 3.12+ can refuse them"
+)
+def test_double_quoted_string_literals_warn(write_migration: Write, migrations_dir: Path) -> None:
+    """A "string" that names no column is found; "a" naming a column is not; replay goes on."""
+    write_migration("001_a.sql", DQS)
+    write_migration("002_b.sql", "INSERT INTO nowhere VALUES (1);\n")
+    findings = lint_migrations(migrations_dir)
+    assert [(f.file, f.code, f.severity, f.line) for f in findings] == [
+        ("001_a.sql", "double-quoted-string", "warning", 2),
+        ("002_b.sql", "replay-failed", "warning", 1),
+    ]
+    assert "no such column: hello" in findings[0].message
+
+
+@pytest.mark.skipif(
+    hasattr(sqlite3, "SQLITE_DBCONFIG_DQS_DML"), reason="on 3.11 the check cannot run"
+)
+def test_double_quoted_strings_are_not_judged_on_python_3_11(
+    write_migration: Write, migrations_dir: Path
+) -> None:
+    """Without setconfig the replay accepts them, as SQLite does, and says nothing."""
+    write_migration("001_a.sql", DQS)
+    assert lint_migrations(migrations_dir) == []

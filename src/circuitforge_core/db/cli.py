@@ -206,6 +206,9 @@ def _migrate(args: argparse.Namespace) -> int:
         raise ValueError("--json goes with --dry-run; migrate itself prints one line per file")
     read_migrations(args.dir)  # a bad folder or file fails before the database is created
     live = _LiveLine(sys.stderr) if sys.stderr.isatty() else None
+    # Between files the runner waits for SQLite's write lock (another process may
+    # be migrating); on_start comes once it holds it.
+    waiting = f"waiting for the write lock on {args.db}"
 
     def on_start(name: str) -> None:
         if live is not None:
@@ -215,10 +218,14 @@ def _migrate(args: argparse.Namespace) -> int:
         if live is not None:
             live.stop()
         print(f"applied {name} ({_duration(seconds)})", flush=True)
+        if live is not None:
+            live.start(waiting)
 
     started = time.perf_counter()
     db = get_db(args.db, key=_key(args))
     try:
+        if live is not None:
+            live.start(waiting)
         applied = run_migrations(
             db,
             args.dir,

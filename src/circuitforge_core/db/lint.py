@@ -49,6 +49,12 @@ REPLAY_STATEMENT_BUDGET = 2.0
 _NUMBERED = re.compile(r"(\d+)(.*)\Z", re.DOTALL)
 _GOOD_NAME_PART = re.compile(r"_[a-z0-9_]+\Z")
 _SYNTAX_ERRORS = ("syntax error", "incomplete input", "unrecognized token")
+# Connection settings that refuse "double-quoted" string literals (Python 3.12+).
+_DQS_SETTINGS = tuple(
+    getattr(sqlite3, name)
+    for name in ("SQLITE_DBCONFIG_DQS_DML", "SQLITE_DBCONFIG_DQS_DDL")
+    if hasattr(sqlite3, name)
+)
 # Statements the replay compiles but never executes: they would touch other
 # files (ATTACH, VACUUM INTO) or the replay's own transaction state.
 _COMPILE_ONLY = {"ATTACH", "DETACH", "VACUUM", "BEGIN", "COMMIT", "END", "ROLLBACK"} | {
@@ -101,6 +107,8 @@ _WHY = {
     "applied.",
     "invalid-utf8": "The runner refuses the whole folder until the file is valid UTF-8, so no "
     "migration can run.",
+    "nul-byte": "SQLite cannot take a NUL character in SQL text, so the runner refuses the "
+    "whole folder until it is removed. Write char(0) or X'00' where a value needs one.",
     "syntax": "SQLite cannot parse this statement, so the file fails when it is applied and "
     "every later migration stays pending.",
     "replay-failed": "Replayed in order on an empty database, this statement fails, so a new "
@@ -123,6 +131,10 @@ _WHY = {
     "needless-no-transaction": f"`{NO_TRANSACTION_MARKER}` makes the file run statement by "
     "statement without a transaction: if one statement fails, the ones before it stay applied. "
     "Nothing in this file needs that; remove the line to get an atomic file.",
+    "double-quoted-string": "In SQLite a double-quoted word that names no column silently "
+    "becomes a string, so a misspelt column name stores or compares the text instead of "
+    "failing (https://sqlite.org/quirks.html#dblquote). Write strings in single quotes and "
+    "use double quotes only for names. (Checked on Python 3.12 and later only.)",
     "empty": "An empty file is recorded as applied; the change you add to it later then counts "
     "as an edit of an applied migration, which the runner refuses.",
     "refused": "The runner refuses this file, so no migration after it can run.",
@@ -284,18 +296,24 @@ def _read(entry: Traversable, folder: Traversable, add: Add) -> MigrationFile | 
         return _normalised(entry.name, raw, folder)
     except MigrationSourceError as exc:
         cause = exc.__cause__
-        assert isinstance(cause, UnicodeDecodeError)
-        # Positions in the file as it is on disk, BOM included.
-        offset = cause.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
-        line = raw[:offset].count(b"\n") + 1
-        add(
-            "error",
-            entry.name,
-            line,
-            "invalid-utf8",
-            f"byte {offset} ({raw[offset : offset + 1].hex()}) on line {line} is not valid "
-            f"UTF-8; save the file as UTF-8",
-        )
+        if isinstance(cause, UnicodeDecodeError):
+            # Positions in the file as it is on disk, BOM included.
+            offset = cause.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+            line = raw[:offset].count(b"\n") + 1
+            add(
+                "error",
+                entry.name,
+                line,
+                "invalid-utf8",
+                f"byte {offset} ({raw[offset : offset + 1].hex()}) on line {line} is not valid "
+                f"UTF-8; save the file as UTF-8",
+            )
+        elif b"\0" in raw:
+            offset = raw.index(b"\0")
+            line = raw[:offset].count(b"\n") + 1
+            add("error", entry.name, line, "nul-byte", f"byte {offset} on line {line} is a NUL")
+        else:
+            raise
         return None
 
 
@@ -437,7 +455,9 @@ class _Replay:
     """An in-memory database the files are replayed into, in order.
 
     Foreign keys stay off (SQLite's default): the runner checks them itself,
-    and seed rows of an empty database would only produce noise.
+    and seed rows of an empty database would only produce noise. Where Python
+    can switch them off (3.12+), double-quoted string literals are refused, so
+    that a statement relying on them is found (and then run with them allowed).
     """
 
     def __init__(self) -> None:
@@ -445,9 +465,16 @@ class _Replay:
         self._executing = True
         self._deadline = 0.0
         self._db.set_progress_handler(self._over_budget, 10_000)
+        self._strict_quotes = bool(_DQS_SETTINGS) and hasattr(self._db, "setconfig")
+        self._allow_double_quoted_strings(False)
 
     def _over_budget(self) -> int:
         return int(time.monotonic() > self._deadline)
+
+    def _allow_double_quoted_strings(self, allow: bool) -> None:
+        if self._strict_quotes:
+            for setting in _DQS_SETTINGS:
+                self._db.setconfig(setting, allow)  # type: ignore[attr-defined,unused-ignore]
 
     def stop(self) -> None:
         """From now on only compile: the schema no longer follows the files."""
@@ -461,21 +488,51 @@ class _Replay:
             keyword = statement.head(1)[0]
             execute = self._executing and keyword not in _COMPILE_ONLY
             sql = statement.sql if execute or keyword == "EXPLAIN" else "EXPLAIN " + statement.sql
-            self._deadline = time.monotonic() + REPLAY_STATEMENT_BUDGET
             try:
-                self._db.execute(sql).fetchall()
+                self._execute(sql)
             except (sqlite3.Error, sqlite3.Warning) as exc:  # Warning: "one statement at a time"
-                message = str(exc)
-                if any(marker in message for marker in _SYNTAX_ERRORS):
-                    add("error", file.name, statement.line, "syntax", f"SQLite says: {message}")
-                elif message == "interrupted":
-                    pass  # over the time budget: not a finding, but the schema is now unknown
-                elif execute:
+                if execute and self._runs_with_double_quoted_strings(sql):
                     add(
                         "warning",
                         file.name,
                         statement.line,
-                        "replay-failed",
-                        f"`{_short(statement.sql)}` fails on a fresh database: {message}",
+                        "double-quoted-string",
+                        f"`{_short(statement.sql)}` needs a double-quoted string literal "
+                        f"(SQLite without them says: {exc})",
                     )
+                    continue
+                self._judge_failure(file, statement, str(exc), execute, add)
                 self.stop()
+
+    def _execute(self, sql: str) -> None:
+        self._deadline = time.monotonic() + REPLAY_STATEMENT_BUDGET
+        self._db.execute(sql).fetchall()
+
+    def _runs_with_double_quoted_strings(self, sql: str) -> bool:
+        if not self._strict_quotes:
+            return False
+        self._allow_double_quoted_strings(True)
+        try:
+            self._execute(sql)
+        except (sqlite3.Error, sqlite3.Warning):
+            return False
+        finally:
+            self._allow_double_quoted_strings(False)
+        return True
+
+    @staticmethod
+    def _judge_failure(
+        file: MigrationFile, statement: Statement, message: str, executed: bool, add: Add
+    ) -> None:
+        if any(marker in message for marker in _SYNTAX_ERRORS):
+            add("error", file.name, statement.line, "syntax", f"SQLite says: {message}")
+        elif message == "interrupted":
+            pass  # over the time budget: not a finding, but the schema is now unknown
+        elif executed:
+            add(
+                "warning",
+                file.name,
+                statement.line,
+                "replay-failed",
+                f"`{_short(statement.sql)}` fails on a fresh database: {message}",
+            )
