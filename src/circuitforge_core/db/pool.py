@@ -158,6 +158,11 @@ class _Budget:
         self.evicts = evicts
         self.open = 0
         self.evictions = 0
+        self.migration_runs = 0
+        # Hooks for the registry, called with the lock held: a pool finished
+        # migrating its file; a pool lost its last connection to eviction.
+        self.on_migrated: Callable[[ConnectionPool], None] | None = None
+        self.on_empty: Callable[[ConnectionPool], None] | None = None
         # id(connection) -> (pool, connection), oldest first; only when evicting.
         self.idle: OrderedDict[int, tuple[ConnectionPool, PooledConnection]] = OrderedDict()
         self.pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
@@ -385,8 +390,11 @@ class ConnectionPool:
                 self._checkin(conn, failed)
             with self._budget.lock:
                 self._counts["migration_runs"] += 1
+                self._budget.migration_runs += 1
                 # Not if the file was replaced meanwhile: the new one needs its own run.
                 self._migrated = generation == self._generation
+                if self._migrated and self._budget.on_migrated is not None:
+                    self._budget.on_migrated(self)
             if applied:
                 logger.info("%s: applied %d migration(s)", self.path, len(applied))
         finally:
@@ -424,6 +432,8 @@ class ConnectionPool:
                         victim_pool._counts["closed"] += 1
                         victim_pool._returned.notify()
                         budget.evictions += 1
+                        if victim_pool._open == 0 and budget.on_empty is not None:
+                            budget.on_empty(victim_pool)
                         break
                     condition, limit, scope = budget.freed, budget.cap, None
                 else:

@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sqlite3
+import stat
 import threading
 import time
 import unicodedata
@@ -183,7 +185,7 @@ def user_db_path(
     ``create``, missing folders are made 0700 and a missing database file
     0600 (its -wal and -shm inherit that mode), whatever the umask.
     """
-    root_path = Path(os.path.abspath(os.fspath(root)))
+    root_path = os.path.abspath(os.fspath(root))
     _check_name(user_id, "user id")
     if not isinstance(product_path, str) or not product_path:
         raise UnsafePathError(
@@ -199,24 +201,18 @@ def user_db_path(
         )
     for part in parts:
         _check_name(part, "product sub-path part", whole=product_path)
-    path = root_path.joinpath(user_id, *parts)
-    if not root_path.is_dir():
-        raise OpenError(
-            root_path,
-            f"the data root {root_path} does not exist (or is not a folder); create it (mode "
-            f"0700, owned by the service user) or fix CLOUD_DATA_ROOT.",
-        )
-    real_root = os.path.realpath(root_path)
-    real = os.path.realpath(path)
-    if os.path.commonpath([real_root, real]) != real_root or real == real_root:
-        raise UnsafePathError(
-            f"{path} resolves to {real}, outside the data root {real_root} (a symbolic link "
-            f"inside the root?); refusing to use it. Remove the link.",
-            value=user_id,
-        )
-    if create and not os.path.exists(path):
-        _create_private(root_path, path)
-    return path
+    names = [user_id, *parts]
+    path = os.path.join(root_path, *names)
+    exists = _exists_inside(root_path, names, user_id)
+    if create and not exists:
+        if not os.path.isdir(root_path):
+            raise OpenError(
+                root_path,
+                f"the data root {root_path} does not exist (or is not a folder); create it "
+                f"(mode 0700, owned by the service user) or fix CLOUD_DATA_ROOT.",
+            )
+        _create_private(root_path, names)
+    return Path(path)
 
 
 def user_key_resolver(
@@ -253,8 +249,14 @@ def user_key_resolver(
     return resolve
 
 
+# What the rules below accept, as one expression: the fast path for every request.
+_SAFE_NAME = re.compile(rf"[A-Za-z0-9_@+=][A-Za-z0-9_.@+=-]{{0,{MAX_NAME_LENGTH - 1}}}")
+
+
 def _check_name(name: object, what: str, *, whole: str | None = None) -> None:
     """Refuse one path component that could leave or confuse the root."""
+    if isinstance(name, str) and _SAFE_NAME.fullmatch(name) and name[-1] != ".":
+        return
     if not isinstance(name, str):
         raise UnsafePathError(
             f"the {what} must be text, not {type(name).__name__}; convert it with str() first.",
@@ -278,12 +280,11 @@ def _check_name(name: object, what: str, *, whole: str | None = None) -> None:
         problem = f"starts with {name[0]!r} (a hidden file, or an option to command-line tools)"
     elif name.endswith("."):
         problem = "ends with '.' (which Windows tools strip, merging it with another name)"
-    if problem is not None:
-        raise UnsafePathError(
-            f"refusing the {what} {shown}: it {problem}. Check where this value comes from; "
-            f"a user id from a session is never like this.",
-            value=name,
-        )
+    raise UnsafePathError(
+        f"refusing the {what} {shown}: it {problem or 'is not a plain name'}. Check where "
+        f"this value comes from; a user id from a session is never like this.",
+        value=name,
+    )
 
 
 def _shown(text: str) -> str:
@@ -291,11 +292,42 @@ def _shown(text: str) -> str:
     return ascii(text if len(text) <= 80 else text[:77] + "...")
 
 
-def _create_private(root: Path, path: Path) -> None:
+def _exists_inside(root: str, names: list[str], user_id: str) -> bool:
+    """Whether ``root/names...`` exists, refusing symbolic links that lead out of ``root``.
+
+    The names are plain (checked above), so only a link on the way can leave
+    the root; an ``lstat`` per level finds one far more cheaply than resolving
+    the whole path each request.
+    """
+    current = root
+    for name in names:
+        current = os.path.join(current, name)
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return False
+        except NotADirectoryError as exc:
+            raise OpenError(
+                current,
+                f"{os.path.dirname(current)} is a file where a folder was expected; move it "
+                f"out of the data root.",
+            ) from exc
+        if stat.S_ISLNK(mode):
+            real_root, real = os.path.realpath(root), os.path.realpath(current)
+            if os.path.commonpath([real_root, real]) != real_root or real == real_root:
+                raise UnsafePathError(
+                    f"{current} is a symbolic link to {real}, outside the data root "
+                    f"{real_root}; refusing to use it. Remove the link.",
+                    value=user_id,
+                )
+    return True
+
+
+def _create_private(root: str, names: list[str]) -> None:
     """Create the missing folders (0700) and an empty database file (0600) under ``root``."""
     folder = root
-    for name in path.relative_to(root).parts[:-1]:
-        folder = folder / name
+    for name in names[:-1]:
+        folder = os.path.join(folder, name)
         try:
             os.mkdir(folder, 0o700)
         except FileExistsError:
@@ -303,7 +335,7 @@ def _create_private(root: Path, path: Path) -> None:
         os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+        fd = os.open(os.path.join(folder, names[-1]), flags | getattr(os, "O_CLOEXEC", 0), 0o600)
     except FileExistsError:
         return
     try:
@@ -332,9 +364,15 @@ MigrationsFor = MigrationsDir | Callable[[str], MigrationsDir | None] | None
 
 @dataclass(frozen=True, slots=True)
 class RegistryStats:
-    """Current counts across every file of a registry."""
+    """Counts across every file of a registry.
+
+    ``databases``: files with a pool right now (one with open connections,
+    or in use); ``migrated``: files known to be migrated in this process;
+    ``evictions`` and ``migration_runs`` count since the registry was made.
+    """
 
     databases: int
+    migrated: int
     open: int
     idle: int
     busy: int
@@ -383,7 +421,13 @@ class PoolRegistry:
         self.migration_lock_timeout = migration_lock_timeout
         self._key_source = key
         self._budget = _Budget(max_connections, evicts=True)
+        self._budget.on_migrated = self._remember_migrated
+        self._budget.on_empty = self._retire
+        # Pools exist only while their file has connections (or is in use), so
+        # memory follows the cap, not the number of users. What outlives them:
+        # path -> (st_dev, st_ino) of the file as it was when fully migrated.
         self._pools: dict[str, ConnectionPool] = {}
+        self._migrated: dict[str, tuple[int, int]] = {}
         self._dropping: set[str] = set()
         self._closed = False
         _warn_if_too_few_file_descriptors(max_connections)
@@ -394,9 +438,13 @@ class PoolRegistry:
         """``with registry.connection(path) as db:``: a pooled connection to ``path``."""
         return _RegistryCheckout(self, os.path.abspath(os.fspath(path)))
 
-    def pool(self, path: str | os.PathLike[str]) -> ConnectionPool:
-        """The pool for ``path``, made on first use (no file is opened until a checkout)."""
-        key = os.path.abspath(os.fspath(path))
+    @property
+    def open_connections(self) -> int:
+        """Connections open right now across all files (cheap: for a metrics gauge)."""
+        return self._budget.open
+
+    def _pool(self, key: str) -> ConnectionPool:
+        """The pool for the absolute path ``key``, made when missing (opens nothing)."""
         pool = self._pools.get(key)
         if pool is not None:
             return pool
@@ -405,8 +453,30 @@ class PoolRegistry:
             pool = self._pools.get(key)
             if pool is None:
                 pool = self._new_pool(key)
+                identity = self._migrated.get(key)
+                if identity is not None:
+                    # Migrated earlier in this process; the pool's first
+                    # checkout still compares the file on disk with this.
+                    pool._identity, pool._migrated = identity, True
                 self._pools[key] = pool
             return pool
+
+    def _remember_migrated(self, pool: ConnectionPool) -> None:
+        """Budget hook, lock held: ``pool`` finished migrating its file."""
+        if pool._identity is not None and self._pools.get(pool.path) is pool:
+            self._migrated[pool.path] = pool._identity
+
+    def _retire(self, pool: ConnectionPool) -> None:
+        """Budget hook, lock held: eviction took ``pool``'s last connection; forget it.
+
+        A thread that looked the pool up just before gets PoolClosedError from
+        it, and _RegistryCheckout then takes the new pool for the same path.
+        """
+        if pool._busy or self._pools.get(pool.path) is not pool:
+            return
+        del self._pools[pool.path]
+        pool._closed = True
+        pool._returned.notify_all()
 
     def _new_pool(self, path: str) -> ConnectionPool:
         migrations = self.migrations(path) if callable(self.migrations) else self.migrations
@@ -444,6 +514,7 @@ class PoolRegistry:
         key = os.path.abspath(os.fspath(path))
         with self._budget.lock:
             pool = self._pools.pop(key, None)
+            self._migrated.pop(key, None)
         if pool is not None:
             pool._close_and_wait(time.monotonic() + (self.timeout if timeout is None else timeout))
 
@@ -463,6 +534,7 @@ class PoolRegistry:
             self._check_open(key)
             self._dropping.add(key)
             pool = self._pools.pop(key, None)
+            self._migrated.pop(key, None)
         try:
             if pool is not None:
                 deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -490,12 +562,13 @@ class PoolRegistry:
             pools = list(self._pools.values())
             return RegistryStats(
                 databases=len(pools),
+                migrated=len(self._migrated),
                 open=self._budget.open,
                 idle=len(self._budget.idle),
                 busy=sum(pool._busy for pool in pools),
                 max_connections=self.max_connections,
                 evictions=self._budget.evictions,
-                migration_runs=sum(pool._counts["migration_runs"] for pool in pools),
+                migration_runs=self._budget.migration_runs,
             )
 
     @property
@@ -530,6 +603,9 @@ class PoolRegistry:
             )
 
 
+_CHECKOUT_ATTEMPTS = 5
+
+
 class _RegistryCheckout:
     """The context manager ``PoolRegistry.connection()`` returns."""
 
@@ -542,15 +618,18 @@ class _RegistryCheckout:
         self._conn: PooledConnection | None = None
 
     def __enter__(self) -> Connection:
-        pool = self._registry.pool(self._path)
-        try:
-            conn = pool._checkout()
-        except PoolClosedError:
-            # evict() retired this pool between lookup and checkout: use the new one.
-            if self._registry._pools.get(self._path) is pool or self._registry.closed:
-                raise
-            pool = self._registry.pool(self._path)
-            conn = pool._checkout()
+        registry = self._registry
+        for attempt in range(_CHECKOUT_ATTEMPTS):
+            pool = registry._pool(self._path)
+            try:
+                conn = pool._checkout()
+                break
+            except PoolClosedError:
+                # Eviction or evict() retired this pool between the lookup and
+                # the checkout: the next lookup makes its successor.
+                retired = registry._pools.get(self._path) is not pool
+                if not retired or registry.closed or attempt == _CHECKOUT_ATTEMPTS - 1:
+                    raise
         self._pool, self._conn = pool, conn
         return conn
 
