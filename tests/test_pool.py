@@ -383,6 +383,22 @@ def test_a_deleted_file_is_recreated_and_migrated_again(
     assert db_path.exists()
 
 
+def test_with_no_connection_open_a_recreated_file_is_migrated_again(
+    db_path: Path, write_migration: Callable[[str, str], Path], migrations_dir: Path
+) -> None:
+    """Once no connection holds the file, its inode may be reused: the pool checks again."""
+    write_migration("001_t.sql", "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);")
+    with ConnectionPool(db_path, migrations=migrations_dir) as pool:
+        with pool.connection() as db:
+            db.close()  # the pool now holds no connection to the file
+        os.remove(db_path)
+        get_db(db_path).close()  # a new, empty database, quite possibly on the same inode
+        with pool.connection() as db:
+            assert db.execute("SELECT count(*) FROM t").fetchone() == (0,)
+        stats = pool.stats()
+        assert (stats.migration_runs, stats.migrations_applied) == (2, 2)
+
+
 def test_a_replaced_file_waits_for_busy_old_connections_first(
     db_path: Path, tmp_path: Path
 ) -> None:

@@ -142,6 +142,7 @@ class PoolStats:
     rollbacks_on_return: int
     replacements_noticed: int
     migration_runs: int
+    migrations_applied: int
 
 
 class _Budget:
@@ -159,9 +160,9 @@ class _Budget:
         self.open = 0
         self.evictions = 0
         self.migration_runs = 0
-        # Hooks for the registry, called with the lock held: a pool finished
-        # migrating its file; a pool lost its last connection to eviction.
-        self.on_migrated: Callable[[ConnectionPool], None] | None = None
+        self.migrations_applied = 0
+        # The registry's hook, called with the lock held: eviction took a
+        # pool's last connection.
         self.on_empty: Callable[[ConnectionPool], None] | None = None
         # id(connection) -> (pool, connection), oldest first; only when evicting.
         self.idle: OrderedDict[int, tuple[ConnectionPool, PooledConnection]] = OrderedDict()
@@ -252,6 +253,7 @@ class ConnectionPool:
                 "rollbacks_on_return",
                 "replacements_noticed",
                 "migration_runs",
+                "migrations_applied",
             ),
             0,
         )
@@ -390,11 +392,11 @@ class ConnectionPool:
                 self._checkin(conn, failed)
             with self._budget.lock:
                 self._counts["migration_runs"] += 1
+                self._counts["migrations_applied"] += len(applied)
                 self._budget.migration_runs += 1
+                self._budget.migrations_applied += len(applied)
                 # Not if the file was replaced meanwhile: the new one needs its own run.
                 self._migrated = generation == self._generation
-                if self._migrated and self._budget.on_migrated is not None:
-                    self._budget.on_migrated(self)
             if applied:
                 logger.info("%s: applied %d migration(s)", self.path, len(applied))
         finally:
@@ -432,8 +434,10 @@ class ConnectionPool:
                         victim_pool._counts["closed"] += 1
                         victim_pool._returned.notify()
                         budget.evictions += 1
-                        if victim_pool._open == 0 and budget.on_empty is not None:
-                            budget.on_empty(victim_pool)
+                        if victim_pool._open == 0:
+                            victim_pool._lost_last_connection()
+                            if budget.on_empty is not None:
+                                budget.on_empty(victim_pool)
                         break
                     condition, limit, scope = budget.freed, budget.cap, None
                 else:
@@ -535,11 +539,25 @@ class ConnectionPool:
             self._counts["closed"] += 1
             if stale:
                 self._stale -= 1
+            if self._open == 0:
+                self._lost_last_connection()
             if stale or self._closed:
                 self._returned.notify_all()  # waiters for "all closed" and for the new file
             else:
                 self._returned.notify()
             self._budget.freed.notify()
+
+    def _lost_last_connection(self) -> None:
+        """Lock held, no connection open: forget which file was open and that it was migrated.
+
+        With no descriptor holding it, the inode can be freed and reused by a
+        new file at the same path (a delete and recreate often gets the same
+        number), so (device, inode) no longer proves it is the same file. The
+        next checkout runs the migrations folder again, which costs a few
+        ``stat`` calls and one PRAGMA when nothing is pending.
+        """
+        self._identity = None
+        self._migrated = self.migrations is None
 
     def _close_connection(self, conn: PooledConnection, *, stale: bool = False) -> None:
         """Close one connection, letting SQLite refresh its planner statistics first.

@@ -367,18 +367,20 @@ class RegistryStats:
     """Counts across every file of a registry.
 
     ``databases``: files with a pool right now (one with open connections,
-    or in use); ``migrated``: files known to be migrated in this process;
-    ``evictions`` and ``migration_runs`` count since the registry was made.
+    or in use). Since the registry was made: ``evictions``;
+    ``migration_runs``, the times a file's folder was run (once when first
+    opened, and again, as a cheap check, after all its connections had been
+    closed); ``migrations_applied``, the migration files those runs applied.
     """
 
     databases: int
-    migrated: int
     open: int
     idle: int
     busy: int
     max_connections: int
     evictions: int
     migration_runs: int
+    migrations_applied: int
 
 
 class PoolRegistry:
@@ -421,13 +423,10 @@ class PoolRegistry:
         self.migration_lock_timeout = migration_lock_timeout
         self._key_source = key
         self._budget = _Budget(max_connections, evicts=True)
-        self._budget.on_migrated = self._remember_migrated
         self._budget.on_empty = self._retire
         # Pools exist only while their file has connections (or is in use), so
-        # memory follows the cap, not the number of users. What outlives them:
-        # path -> (st_dev, st_ino) of the file as it was when fully migrated.
+        # memory follows the cap, not the number of users.
         self._pools: dict[str, ConnectionPool] = {}
-        self._migrated: dict[str, tuple[int, int]] = {}
         self._dropping: set[str] = set()
         self._closed = False
         _warn_if_too_few_file_descriptors(max_connections)
@@ -453,18 +452,8 @@ class PoolRegistry:
             pool = self._pools.get(key)
             if pool is None:
                 pool = self._new_pool(key)
-                identity = self._migrated.get(key)
-                if identity is not None:
-                    # Migrated earlier in this process; the pool's first
-                    # checkout still compares the file on disk with this.
-                    pool._identity, pool._migrated = identity, True
                 self._pools[key] = pool
             return pool
-
-    def _remember_migrated(self, pool: ConnectionPool) -> None:
-        """Budget hook, lock held: ``pool`` finished migrating its file."""
-        if pool._identity is not None and self._pools.get(pool.path) is pool:
-            self._migrated[pool.path] = pool._identity
 
     def _retire(self, pool: ConnectionPool) -> None:
         """Budget hook, lock held: eviction took ``pool``'s last connection; forget it.
@@ -514,7 +503,6 @@ class PoolRegistry:
         key = os.path.abspath(os.fspath(path))
         with self._budget.lock:
             pool = self._pools.pop(key, None)
-            self._migrated.pop(key, None)
         if pool is not None:
             pool._close_and_wait(time.monotonic() + (self.timeout if timeout is None else timeout))
 
@@ -534,7 +522,6 @@ class PoolRegistry:
             self._check_open(key)
             self._dropping.add(key)
             pool = self._pools.pop(key, None)
-            self._migrated.pop(key, None)
         try:
             if pool is not None:
                 deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -562,13 +549,13 @@ class PoolRegistry:
             pools = list(self._pools.values())
             return RegistryStats(
                 databases=len(pools),
-                migrated=len(self._migrated),
                 open=self._budget.open,
                 idle=len(self._budget.idle),
                 busy=sum(pool._busy for pool in pools),
                 max_connections=self.max_connections,
                 evictions=self._budget.evictions,
                 migration_runs=self._budget.migration_runs,
+                migrations_applied=self._budget.migrations_applied,
             )
 
     @property
