@@ -287,8 +287,13 @@ def test_caller_waits_past_busy_timeout_for_a_long_migration(
         stderr=subprocess.PIPE,
     )
     try:
+        # on_start fires once the child holds the lock; the marker may lag the lock a little.
+        deadline = time.monotonic() + 30
+        while not (marker.exists() and marker.read_text() == "002_long.sql"):
+            assert child.poll() is None, "the holder exited before starting the migration"
+            assert time.monotonic() < deadline, "the holder never started the migration"
+            time.sleep(0.005)
         _wait_until_write_locked(db_path, child)
-        assert marker.read_text() == "002_long.sql"
         db = get_db(db_path, busy_timeout=0.5)
         try:
             started = time.monotonic()
