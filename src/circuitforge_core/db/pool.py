@@ -68,6 +68,7 @@ _SQLITE_CANTOPEN = 14
 _SQLITE_NOTADB = 26
 _SQLITE_READONLY_DBMOVED = 8 | (4 << 8)
 _BROKEN_CODES = {_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_CANTOPEN, _SQLITE_NOTADB}
+_PRUNE_HANDLES_AT = 256
 
 
 if TYPE_CHECKING:
@@ -85,7 +86,9 @@ class _TracksHandles(_TrackingBase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._handles: weakref.WeakSet[sqlite3.Cursor | sqlite3.Blob] = weakref.WeakSet()
+        # Weak references (a cursor dropped by its user is finalized, and reset,
+        # by Python); a plain list is cheaper than a WeakSet on every execute().
+        self._handles: list[weakref.ref[Any]] = []
         self._generation = 0
         self._pid = os.getpid()
         self._opened_at = time.monotonic()
@@ -96,7 +99,7 @@ class _TracksHandles(_TrackingBase):
     def cursor(self, factory: Callable[[sqlite3.Connection], _CursorT]) -> _CursorT: ...
     def cursor(self, factory: Any = None) -> Any:
         cursor = super().cursor() if factory is None else super().cursor(factory)
-        self._handles.add(cursor)
+        self._track(cursor)
         return cursor
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
@@ -112,8 +115,22 @@ class _TracksHandles(_TrackingBase):
         self, table: str, column: str, row: int, /, *, readonly: bool = False, name: str = "main"
     ) -> sqlite3.Blob:
         blob = super().blobopen(table, column, row, readonly=readonly, name=name)
-        self._handles.add(blob)
+        self._track(blob)
         return blob
+
+    def _track(self, handle: Any) -> None:
+        handles = self._handles
+        handles.append(weakref.ref(handle))
+        if len(handles) > _PRUNE_HANDLES_AT:  # a long checkout running many statements
+            self._handles = [ref for ref in handles if ref() is not None]
+
+    def _close_handles(self) -> None:
+        """Close every cursor and blob still alive; this resets their statements."""
+        handles, self._handles = self._handles, []
+        for ref in handles:
+            handle = ref()
+            if handle is not None:
+                handle.close()
 
 
 class PooledConnection(_TracksHandles, Connection):
@@ -171,6 +188,7 @@ class _Budget:
         _live_budgets.add(self)
 
     def _new_locks(self) -> None:
+        self._waiters = 0  # threads waiting on `freed`
         self.lock = threading.Lock()
         # Notified when a connection comes back idle or is closed: either may
         # let a waiter for the cap go on.
@@ -238,6 +256,7 @@ class ConnectionPool:
         self._idle: list[PooledConnection] = []  # most recently returned last
         self._open = 0  # open or being opened, busy or idle
         self._busy = 0
+        self._waiters = 0  # threads waiting on `_returned`
         self._stale = 0  # open connections to a file since replaced, not closed yet
         self._generation = 0
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
@@ -449,7 +468,12 @@ class ConnectionPool:
                 if not waited:
                     waited = True
                     self._counts["waits"] += 1
-                condition.wait(remaining)
+                waiters = budget if condition is budget.freed else self
+                waiters._waiters += 1
+                try:
+                    condition.wait(remaining)
+                finally:
+                    waiters._waiters -= 1
             self._open += 1
             self._busy += 1
             self._counts["checkouts"] += 1
@@ -524,8 +548,11 @@ class ConnectionPool:
                 self._idle.append(conn)
                 if budget.evicts:
                     budget.idle[id(conn)] = (self, conn)
-                self._returned.notify()
-                budget.freed.notify()
+                # Only when someone waits: notify() costs a lock probe even then.
+                if self._waiters:
+                    self._returned.notify()
+                if budget._waiters:
+                    budget.freed.notify()
                 return
             self._busy -= 1
         self._close_connection(conn, stale=stale)
@@ -567,10 +594,9 @@ class ConnectionPool:
         on small files and stays bounded on big ones. A connection to a file
         since replaced empties that file's WAL instead.
         """
-        for handle in list(conn._handles):
-            # A failure here does not matter: closing the connection is what does.
-            with contextlib.suppress(conn.Error):
-                handle.close()
+        # A failure here does not matter: closing the connection is what does.
+        with contextlib.suppress(conn.Error):
+            conn._close_handles()
         if stale:
             self._empty_old_wal(conn)
         try:
@@ -631,14 +657,18 @@ class ConnectionPool:
                         limit=self.max_size,
                         timeout=self.timeout,
                     )
-                self._returned.wait(remaining)
+                self._waiters += 1
+                try:
+                    self._returned.wait(remaining)
+                finally:
+                    self._waiters -= 1
 
     def _after_fork_in_child(self) -> None:
         """Start empty in a forked child; the parent's connections are left untouched."""
         for conn in self._idle:
             _abandon(conn)
         self._idle = []
-        self._open = self._busy = self._stale = 0
+        self._open = self._busy = self._stale = self._waiters = 0
         self._generation += 1
         self._identity = None
         self._new_locks()
@@ -670,10 +700,7 @@ class _Checkout:
 
 def _reset(conn: PooledConnection, row_factory: RowFactory, *, block_failed: bool) -> bool:
     """Make a returned connection as good as new; True if it rolled a transaction back."""
-    handles = list(conn._handles)
-    conn._handles.clear()
-    for handle in handles:
-        handle.close()
+    conn._close_handles()
     rolled_back = False
     if conn.in_transaction:
         if not block_failed:

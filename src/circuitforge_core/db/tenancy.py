@@ -185,7 +185,45 @@ def user_db_path(
     ``create``, missing folders are made 0700 and a missing database file
     0600 (its -wal and -shm inherit that mode), whatever the umask.
     """
-    root_path = os.path.abspath(os.fspath(root))
+    root_given = os.fspath(root)
+    cache_key = (root_given, user_id, product_path)
+    cached = _checked_names.get(cache_key) if _cacheable(cache_key) else None
+    if cached is None:
+        root_path = os.path.abspath(root_given)
+        names = _checked_names_of(user_id, product_path)
+        cached = (root_path, names, Path(root_path, *names))
+        if _cacheable(cache_key):
+            if len(_checked_names) >= _CHECKED_NAMES_MAX:
+                _checked_names.clear()
+            _checked_names[cache_key] = cached
+    root_path, names, path = cached
+    # Checked on every call: the file system can change between requests.
+    exists = _exists_inside(root_path, names, user_id)
+    if create and not exists:
+        if not os.path.isdir(root_path):
+            raise OpenError(
+                root_path,
+                f"the data root {root_path} does not exist (or is not a folder); create it "
+                f"(mode 0700, owned by the service user) or fix CLOUD_DATA_ROOT.",
+            )
+        _create_private(root_path, names)
+    return path
+
+
+# (root, user id, product sub-path) -> the checked names and the joined path: what
+# does not depend on the file system, so a request need not redo it. Bounded.
+_checked_names: dict[tuple[str, str, str], tuple[str, list[str], Path]] = {}
+_CHECKED_NAMES_MAX = 4096
+
+
+def _cacheable(key: tuple[str, object, object]) -> bool:
+    """Exact str ids (a subclass could hash or compare oddly) under an absolute root."""
+    root, user_id, product_path = key
+    return type(user_id) is str and type(product_path) is str and os.path.isabs(root)
+
+
+def _checked_names_of(user_id: str, product_path: str) -> list[str]:
+    """The folder and file names under the root, each checked; or UnsafePathError."""
     _check_name(user_id, "user id")
     if not isinstance(product_path, str) or not product_path:
         raise UnsafePathError(
@@ -201,18 +239,7 @@ def user_db_path(
         )
     for part in parts:
         _check_name(part, "product sub-path part", whole=product_path)
-    names = [user_id, *parts]
-    path = os.path.join(root_path, *names)
-    exists = _exists_inside(root_path, names, user_id)
-    if create and not exists:
-        if not os.path.isdir(root_path):
-            raise OpenError(
-                root_path,
-                f"the data root {root_path} does not exist (or is not a folder); create it "
-                f"(mode 0700, owned by the service user) or fix CLOUD_DATA_ROOT.",
-            )
-        _create_private(root_path, names)
-    return Path(path)
+    return [user_id, *parts]
 
 
 def user_key_resolver(
