@@ -191,14 +191,15 @@ def user_db_path(
     if cached is None:
         root_path = os.path.abspath(root_given)
         names = _checked_names_of(user_id, product_path)
-        cached = (root_path, names, Path(root_path, *names))
+        levels = [os.path.join(root_path, *names[: n + 1]) for n in range(len(names))]
+        cached = (root_path, names, levels, Path(levels[-1]))
         if _cacheable(cache_key):
             if len(_checked_names) >= _CHECKED_NAMES_MAX:
                 _checked_names.clear()
             _checked_names[cache_key] = cached
-    root_path, names, path = cached
+    root_path, names, levels, path = cached
     # Checked on every call: the file system can change between requests.
-    exists = _exists_inside(root_path, names, user_id)
+    exists = _exists_inside(root_path, levels, user_id)
     if create and not exists:
         if not os.path.isdir(root_path):
             raise OpenError(
@@ -212,7 +213,7 @@ def user_db_path(
 
 # (root, user id, product sub-path) -> the checked names and the joined path: what
 # does not depend on the file system, so a request need not redo it. Bounded.
-_checked_names: dict[tuple[str, str, str], tuple[str, list[str], Path]] = {}
+_checked_names: dict[tuple[str, str, str], tuple[str, list[str], list[str], Path]] = {}
 _CHECKED_NAMES_MAX = 4096
 
 
@@ -319,16 +320,15 @@ def _shown(text: str) -> str:
     return ascii(text if len(text) <= 80 else text[:77] + "...")
 
 
-def _exists_inside(root: str, names: list[str], user_id: str) -> bool:
-    """Whether ``root/names...`` exists, refusing symbolic links that lead out of ``root``.
+def _exists_inside(root: str, levels: list[str], user_id: str) -> bool:
+    """Whether the last of ``levels`` exists, refusing symbolic links that lead out of ``root``.
 
-    The names are plain (checked above), so only a link on the way can leave
-    the root; an ``lstat`` per level finds one far more cheaply than resolving
-    the whole path each request.
+    ``levels`` are the paths from the user's folder down to the file. The
+    names are plain (checked above), so only a link on the way can leave the
+    root; an ``lstat`` per level finds one far more cheaply than resolving the
+    whole path each request.
     """
-    current = root
-    for name in names:
-        current = os.path.join(current, name)
+    for current in levels:
         try:
             mode = os.lstat(current).st_mode
         except FileNotFoundError:
