@@ -223,13 +223,15 @@ def apply_key(db: Any, path: str, key: Key | None, literal: str | None = None) -
             f"PRAGMA key; refusing to write the database unencrypted. Reinstall it: "
             f"{INSTALL_HINT}"
         )
-    _log_driver_once(db, row[0])
     try:
         db.execute("SELECT count(*) FROM sqlite_schema").fetchone()
     except db.DatabaseError as exc:
         if getattr(exc, "sqlite_errorcode", None) != _SQLITE_NOTADB:
             raise
         raise OpenError(path, _why_undecryptable(path, key is not None)) from exc
+    # After the read: any statement, even SELECT sqlite_version(), reads the schema first,
+    # so logging earlier let the first wrong key of a process fail outside the try above.
+    _log_driver_once(db, row[0])
 
 
 def _why_undecryptable(path: str, keyed: bool) -> str:
