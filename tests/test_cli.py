@@ -782,3 +782,119 @@ def test_backup_shows_progress_on_a_terminal(
     assert len(percents) >= 2
     assert percents == sorted(percents)
     assert output.endswith(b"\r\x1b[K")
+
+
+# -- backup and check of encrypted databases -----------------------------------------
+
+SECRET_ROW = "KNOWN-PLAINTEXT-c41e9a"
+RAW_KEY_TEXT = "x'" + bytes(range(32)).hex() + "'"
+
+
+def cf_db_keyed(
+    *args: object, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """cf-db in a fresh process (so nothing is cached from this one), with extra env or stdin."""
+    return subprocess.run(
+        [sys.executable, "-m", "circuitforge_core.db", *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        input=stdin,
+    )
+
+
+def make_encrypted(path: Path, key: str, rows: int = 300) -> None:
+    db = get_db(path, key=key)
+    try:
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
+        db.executemany(
+            "INSERT INTO t (body) VALUES (?)", [(f"{SECRET_ROW} {i}",) for i in range(rows)]
+        )
+        db.commit()
+    finally:
+        db.close()
+
+
+def encrypted_rows(path: Path, key: str) -> list[tuple[object, ...]]:
+    db = get_db(path, key=key, readonly=True)
+    try:
+        return db.execute("SELECT id, body FROM t ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+def test_backup_and_check_of_an_encrypted_database(tmp_path: Path) -> None:
+    """--key-env / --key-file / stdin: an encrypted copy with every row, no plaintext; check ok."""
+    pytest.importorskip("sqlcipher3")
+    source = tmp_path / "app.db"
+    make_encrypted(source, RAW_KEY_TEXT)
+    copy = tmp_path / "copy.db"
+    result = cf_db_keyed(
+        "backup", source, copy, "--key-env", "APP_DB_KEY", env={"APP_DB_KEY": RAW_KEY_TEXT}
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(
+        rf"backed up {re.escape(str(source))} to {re.escape(str(copy))}: \d+\.\d KiB in "
+        r"\d+\.\d+ m?s, integrity_check ok, encrypted with the same key\n",
+        result.stdout,
+    )
+    assert SECRET_ROW.encode() not in copy.read_bytes()
+    assert encrypted_rows(copy, RAW_KEY_TEXT) == encrypted_rows(source, RAW_KEY_TEXT)
+    assert len(encrypted_rows(copy, RAW_KEY_TEXT)) == 300
+    with pytest.raises(sqlite3.DatabaseError, match="file is not a database"):
+        count(copy, "SELECT count(*) FROM t")
+    key_file = tmp_path / "app.key"
+    key_file.write_text(RAW_KEY_TEXT + "\n", encoding="utf-8")
+    again = cf_db_keyed("backup", "--quick", source, copy, "--key-file", key_file)
+    assert again.returncode == 0, again.stderr  # replaces the older encrypted backup
+    assert again.stdout.endswith("quick_check ok, encrypted with the same key\n")
+    ok = cf_db_keyed("check", copy, "--key-file", "-", stdin=RAW_KEY_TEXT + "\n")
+    assert (ok.returncode, ok.stdout) == (0, "integrity_check: ok\nforeign_key_check: ok\n")
+    document = parsed(cf_db_keyed("check", "--json", source, "--key-file", key_file))
+    assert (document["ok"], document["integrity"]) == (True, [])
+
+
+def test_wrong_or_missing_key_for_backup_and_check_exits_2(tmp_path: Path) -> None:
+    """A wrong key names DB and says the key is wrong; no key says to give one; DEST unwritten."""
+    pytest.importorskip("sqlcipher3")
+    source = tmp_path / "app.db"
+    make_encrypted(source, RAW_KEY_TEXT)
+    copy = tmp_path / "copy.db"
+    wrong = {"WRONG_KEY": "not the key"}
+    assert_error(
+        cf_db_keyed("backup", source, copy, "--key-env", "WRONG_KEY", env=wrong),
+        f"{source}: cannot decrypt the database: the key is wrong",
+    )
+    assert_error(cf_db_keyed("backup", source, copy), f"{source} is not a usable", "give its key")
+    assert_error(
+        cf_db_keyed("backup", source, copy, "--key-env", "CF_TEST_UNSET_KEY"),
+        "CF_TEST_UNSET_KEY is not set",
+    )
+    assert_error(
+        cf_db_keyed("check", source, "--key-env", "WRONG_KEY", env=wrong),
+        f"{source}: cannot decrypt the database: the key is wrong",
+    )
+    assert_error(cf_db_keyed("check", source), f"{source} is not a usable", "give its key")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("app.db")) == []
+
+
+def test_check_of_a_damaged_encrypted_database_exits_1(tmp_path: Path) -> None:
+    """A page that fails its HMAC: exit 1 with the damage listed, not a key error."""
+    pytest.importorskip("sqlcipher3")
+    damaged = tmp_path / "damaged.db"
+    make_encrypted(damaged, RAW_KEY_TEXT, rows=5000)
+    with open(damaged, "r+b") as handle:
+        handle.seek(4096 * 10 + 200)
+        handle.write(b"\x07garbage" * 60)
+    env = {"APP_DB_KEY": RAW_KEY_TEXT}
+    result = cf_db_keyed("check", "--quick", damaged, "--key-env", "APP_DB_KEY", env=env)
+    assert result.returncode == 1, result.stderr
+    assert re.match(r"quick_check: \d+ problem\(s\)\n    ", result.stdout)
+    assert "restore it from a backup" in result.stdout
+    backup = cf_db_keyed(
+        "backup", damaged, tmp_path / "copy.db", "--key-env", "APP_DB_KEY", env=env
+    )
+    assert backup.returncode == 1
+    assert "error: the copy of the database fails integrity_check" in backup.stderr
+    assert not (tmp_path / "copy.db").exists()

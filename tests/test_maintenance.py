@@ -443,3 +443,241 @@ def test_verify_states(db_path: Path, migrations_dir: Path, write_migration: Wri
     assert modified.recorded is not None
     assert modified.recorded != modified.actual
     assert checks[1].recorded == checks[1].actual
+
+
+# -- encrypted databases -------------------------------------------------------------
+
+KNOWN_PLAINTEXT = b"KNOWN-PLAINTEXT-5be1d0"
+RAW_KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+
+
+@pytest.fixture
+def sqlcipher() -> None:
+    """Skip where the SQLCipher driver (the sqlcipher extra) is not installed."""
+    pytest.importorskip("sqlcipher3")
+
+
+def make_encrypted(path: Path, key: str | bytes, rows: int = 200, blob: int = 100) -> None:
+    """An encrypted WAL database: t(id, payload) with the known plaintext in every row."""
+    db = get_db(path, key=key)
+    try:
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB)")
+        db.execute(
+            "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
+            "INSERT INTO t SELECT i, ? || hex(randomblob(?)) FROM c",
+            (rows, KNOWN_PLAINTEXT.decode(), blob // 2),
+        )
+        db.execute("PRAGMA user_version = 7")
+        db.commit()
+    finally:
+        db.close()
+
+
+def encrypted_query(path: Path, key: str | bytes, sql: str) -> list[tuple[object, ...]]:
+    db = get_db(path, key=key, readonly=True)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def make_damaged_encrypted(path: Path, key: bytes, offset: int) -> None:
+    """An encrypted database of a few hundred pages with bytes overwritten at ``offset``."""
+    db = get_db(path, key=key)
+    try:
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        db.execute("CREATE INDEX t_v ON t (v)")
+        db.executemany("INSERT INTO t (v) VALUES (?)", [(f"value {i}" * 4,) for i in range(5000)])
+        db.commit()
+    finally:
+        db.close()
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\x07garbage" * 60)
+
+
+@pytest.mark.parametrize("key", [RAW_KEY, "a passphrase with a ' quote"], ids=["raw", "passphrase"])
+def test_backup_of_an_encrypted_database_is_encrypted_with_the_same_key(
+    tmp_path: Path, sqlcipher: None, key: str | bytes
+) -> None:
+    """The copy opens with the key and holds every row; without it, it does not open;
+    its bytes hold no plaintext."""
+    source = tmp_path / "app.db"
+    make_encrypted(source, key)
+    os.chmod(source, 0o600)
+    copy = tmp_path / "copy.db"
+    result = backup_database(source, copy, key=key)
+    assert (result.path, result.size) == (str(copy), copy.stat().st_size)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("copy", "."))) == [
+        "copy.db"  # no temporary copy, no -wal or -shm
+    ]
+    everything = "SELECT id, payload FROM t ORDER BY id"
+    assert encrypted_query(copy, key, everything) == encrypted_query(source, key, everything)
+    assert encrypted_query(copy, key, "SELECT count(*) FROM t") == [(200,)]
+    assert encrypted_query(copy, key, "PRAGMA user_version") == [(7,)]
+    assert encrypted_query(copy, key, "PRAGMA integrity_check") == [("ok",)]
+    data = copy.read_bytes()
+    assert KNOWN_PLAINTEXT not in data
+    assert not data.startswith(SQLITE_HEADER)
+    with pytest.raises(OpenError, match="give its key if it is encrypted"):
+        get_db(copy, readonly=True)
+    with pytest.raises(sqlite3.DatabaseError, match="file is not a database"):
+        query(copy, "SELECT count(*) FROM t")
+    with pytest.raises(OpenError, match="cannot decrypt"):
+        get_db(copy, key=OTHER_KEY, readonly=True)
+    assert copy.stat().st_mode & 0o777 == 0o600
+
+
+def test_encrypted_backup_with_a_wrong_or_missing_key_writes_nothing(
+    tmp_path: Path, sqlcipher: None
+) -> None:
+    """Wrong key, no key, a key for a plain file: OpenError naming DB; DEST as it was."""
+    source = tmp_path / "app.db"
+    make_encrypted(source, RAW_KEY)
+    before = source.read_bytes()
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    make_encrypted(old, RAW_KEY, rows=3)
+    old_bytes = old.read_bytes()
+    for dest in (new, old):
+        with pytest.raises(OpenError, match=rf"{source}: cannot decrypt the database"):
+            backup_database(source, dest, key=OTHER_KEY)
+        with pytest.raises(OpenError, match=rf"{source} is not a usable .* give its key"):
+            backup_database(source, dest)
+    assert not new.exists()
+    assert old.read_bytes() == old_bytes
+    plain = tmp_path / "plain.db"
+    make_database(plain)
+    with pytest.raises(OpenError, match=rf"{plain} is a plain \(unencrypted\) SQLite database"):
+        backup_database(plain, new, key=RAW_KEY)
+    assert not new.exists()
+    with pytest.raises(ValueError, match="exactly 32 bytes"):
+        backup_database(source, new, key=b"short")
+    assert not new.exists()
+    assert source.read_bytes() == before
+    assert leftovers(tmp_path) == []
+
+
+def test_encrypted_backup_replaces_only_a_backup_its_key_opens(
+    tmp_path: Path, sqlcipher: None
+) -> None:
+    """An older backup under the same key is replaced; one under another key is refused."""
+    source = tmp_path / "app.db"
+    make_encrypted(source, RAW_KEY)
+    dest = tmp_path / "copy.db"
+    make_encrypted(dest, RAW_KEY, rows=3)
+    backup_database(source, dest, key=RAW_KEY)
+    assert encrypted_query(dest, RAW_KEY, "SELECT count(*) FROM t") == [(200,)]
+    backup_database(source, dest, key=RAW_KEY)  # the nightly backup, again
+    assert encrypted_query(dest, RAW_KEY, "SELECT count(*) FROM t") == [(200,)]
+    foreign = tmp_path / "foreign.db"
+    make_encrypted(foreign, OTHER_KEY, rows=3)
+    before = foreign.read_bytes()
+    with pytest.raises(BackupError, match="not an SQLite database, nor one that this key"):
+        backup_database(source, foreign, key=RAW_KEY)
+    assert foreign.read_bytes() == before
+    assert not Path(f"{foreign}-wal").exists()
+    assert not Path(f"{foreign}-shm").exists()
+    assert leftovers(tmp_path) == []
+
+
+ENCRYPTED_WRITER = """
+import sys
+from circuitforge_core.db import get_db
+db = get_db(sys.argv[1], key=bytes.fromhex(sys.argv[2]), busy_timeout=30)
+n = db.execute("SELECT coalesce(max(id), 0) FROM t").fetchone()[0]
+while True:
+    n += 1
+    db.execute("INSERT INTO t (id, payload) VALUES (?, randomblob(300))", (n,))
+    db.commit()
+"""
+
+
+def test_encrypted_backup_holds_every_row_committed_before_it_began(
+    tmp_path: Path, sqlcipher: None
+) -> None:
+    """A slow stepped copy of an encrypted file while another process commits: no restart,
+    no loss, and the copy checks out with the key."""
+    source = tmp_path / "app.db"
+    make_encrypted(source, RAW_KEY, rows=3000, blob=1000)
+
+    def max_id() -> int:
+        return int(encrypted_query(source, RAW_KEY, "SELECT max(id) FROM t")[0][0])  # type: ignore[call-overload]
+
+    first = max_id()
+    writer = subprocess.Popen([sys.executable, "-c", ENCRYPTED_WRITER, source, RAW_KEY.hex()])
+    try:
+        deadline = time.monotonic() + 30
+        while max_id() <= first + 50:
+            assert writer.poll() is None, "the writer died"
+            assert time.monotonic() < deadline, "the writer never wrote"
+            time.sleep(0.01)
+        before = max_id()
+        script = (
+            "import sys, time\n"
+            "from circuitforge_core.db.maintenance import backup_database\n"
+            "backup_database(sys.argv[1], sys.argv[2], key=bytes.fromhex(sys.argv[3]),\n"
+            "                pages_per_step=8, progress=lambda done, total: time.sleep(0.002))\n"
+        )
+        subprocess.run(
+            [sys.executable, "-c", script, source, tmp_path / "copy.db", RAW_KEY.hex()],
+            check=True,
+            timeout=60,
+        )
+        assert writer.poll() is None, "the writer stopped during the backup"
+        assert max_id() > before
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+    copy = tmp_path / "copy.db"
+    assert encrypted_query(copy, RAW_KEY, "PRAGMA integrity_check") == [("ok",)]
+    assert encrypted_query(copy, RAW_KEY, f"SELECT count(*) FROM t WHERE id <= {before}") == [
+        (before,)
+    ]
+    assert KNOWN_PLAINTEXT not in copy.read_bytes()
+
+
+def test_backup_of_a_damaged_encrypted_database_writes_nothing(
+    tmp_path: Path, sqlcipher: None
+) -> None:
+    """A page that fails its HMAC: BackupError (or a copy error) naming DEST; DEST absent."""
+    source = tmp_path / "app.db"
+    make_damaged_encrypted(source, RAW_KEY, offset=4096 * 10 + 200)
+    with pytest.raises(BackupError, match=rf"{tmp_path / 'copy.db'}.* was not written"):
+        backup_database(source, tmp_path / "copy.db", key=RAW_KEY)
+    assert not (tmp_path / "copy.db").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_check_of_an_encrypted_database(tmp_path: Path, sqlcipher: None) -> None:
+    """With its key: ok and never written; without it or with another: OpenError naming it."""
+    source = tmp_path / "app.db"
+    make_encrypted(source, RAW_KEY)
+    before = source.read_bytes()
+    result = check_database(source, key=RAW_KEY)
+    assert result.ok
+    assert (result.check, result.integrity, result.foreign_keys) == ("integrity_check", (), ())
+    assert check_database(source, quick=True, key=RAW_KEY).ok
+    with pytest.raises(OpenError, match=rf"{source} is not a usable .* give its key"):
+        check_database(source)
+    with pytest.raises(OpenError, match=rf"{source}: cannot decrypt the database"):
+        check_database(source, key=OTHER_KEY)
+    assert source.read_bytes() == before
+
+
+def test_check_reports_damage_in_an_encrypted_database(tmp_path: Path, sqlcipher: None) -> None:
+    """A damaged page deep in the file, or the first page: findings, not a wrong-key error."""
+    middle = tmp_path / "middle.db"
+    make_damaged_encrypted(middle, RAW_KEY, offset=4096 * 10 + 200)
+    for quick in (False, True):
+        result = check_database(middle, quick=quick, key=RAW_KEY)
+        assert not result.ok
+        assert result.integrity
+    first = tmp_path / "first.db"
+    make_damaged_encrypted(first, RAW_KEY, offset=200)  # past the salt, inside page 1
+    result = check_database(first, key=RAW_KEY)
+    assert not result.ok
+    assert "the key is right and the file is damaged" in result.integrity[0]
+    assert "HMAC verification failed for page 1" in result.integrity
+    with pytest.raises(OpenError, match="cannot decrypt"):
+        check_database(first, key=OTHER_KEY)  # no page verifies: that is a wrong key

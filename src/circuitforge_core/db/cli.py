@@ -693,13 +693,16 @@ def _add_backup(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "copy is checked with integrity_check, fsynced, and renamed over DEST only then, so\n"
         "DEST is never half-written. DEST may be an existing folder (the copy keeps DB's\n"
         "name); an existing DEST is replaced only if it is an SQLite database. On a terminal,\n"
-        "shows progress.",
+        "shows progress. An encrypted DB needs its key (--key-env or --key-file); its copy is\n"
+        "encrypted with the same key (an older encrypted backup at DEST is replaced only if\n"
+        "that key opens it).",
     )
     parser.add_argument("db", metavar="DB", help="database file to copy (opened read-only)")
     parser.add_argument("dest", metavar="DEST", help="file to write, or an existing folder")
     parser.add_argument(
         "--quick", action="store_true", help="check the copy with quick_check (O(N)) instead"
     )
+    _key_options(parser)
     parser.set_defaults(handler=_backup)
 
 
@@ -707,10 +710,15 @@ _PROBLEMS_SHOWN = 10
 
 
 def _backup(args: argparse.Namespace) -> int:
+    key = _key(args)
     live = _Progress(sys.stderr, os.path.basename(args.db)) if sys.stderr.isatty() else None
     try:
         result = backup_database(
-            args.db, args.dest, quick=args.quick, progress=live.update if live else None
+            args.db,
+            args.dest,
+            quick=args.quick,
+            progress=live.update if live else None,
+            key=key,
         )
     except BackupError as exc:
         if not exc.problems:
@@ -727,6 +735,7 @@ def _backup(args: argparse.Namespace) -> int:
     print(
         f"backed up {result.source} to {result.path}: {_size(result.size)} in "
         f"{_duration(result.seconds)}, {result.check} ok"
+        + (", encrypted with the same key" if key is not None else "")
     )
     return EXIT_OK
 
@@ -772,7 +781,7 @@ def _add_check(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "check a database for corruption and broken foreign keys (never writes)",
         "Run PRAGMA integrity_check (or quick_check with --quick) and PRAGMA\n"
         "foreign_key_check on DB, read-only; safe while the database is in use. Exit 1 when\n"
-        "either finds a problem.",
+        "either finds a problem. An encrypted DB needs its key (--key-env or --key-file).",
     )
     parser.add_argument("db", metavar="DB", help="database file (opened read-only)")
     parser.add_argument(
@@ -781,11 +790,12 @@ def _add_check(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         help="quick_check: O(N), skips checking that indexes match their tables",
     )
     _json_option(parser)
+    _key_options(parser)
     parser.set_defaults(handler=_check)
 
 
 def _check(args: argparse.Namespace) -> int:
-    result = check_database(args.db, quick=args.quick)
+    result = check_database(args.db, quick=args.quick, key=_key(args))
     if args.json:
         _print_json(
             {

@@ -4,7 +4,11 @@ Owns the online backup (SQLite's backup API into a temporary file beside the
 destination, checked, synced and renamed into place), the integrity and
 foreign-key check, and the comparison of applied migrations' checksums with
 their files. Never writes the database it looks at. Does not print or parse
-arguments (cli.py does), and does not know about encryption (cipher.py).
+arguments (cli.py does). An encrypted database is read through SQLCipher with
+its key (cipher.py owns the driver and the keys) and its backup is encrypted
+with the same key: SQLCipher's backup API copies between two connections
+keyed alike, decrypting each page from the source and encrypting it for the
+copy, and refuses an encrypted source with a plain destination.
 
 Why the backup holds a read transaction: ``sqlite3_backup_step`` copies a
 few pages at a time, and when another connection writes between two steps
@@ -29,8 +33,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
+from .cipher import Key, apply_key, key_literal, load_driver
 from .connect import Connection, get_db
 from .errors import BackupError, OpenError
 from .migrations import MigrationsDir, _read_records, read_migrations
@@ -74,6 +80,7 @@ def backup_database(
     progress: Progress | None = None,
     pages_per_step: int = DEFAULT_PAGES_PER_STEP,
     busy_timeout: float = 5.0,
+    key: Key | None = None,
 ) -> BackupResult:
     """Copy the database ``source`` to ``dest`` while others keep using it.
 
@@ -89,44 +96,53 @@ def backup_database(
     ``pages_per_step`` pages. Raises ``OpenError`` when the source cannot be
     opened and ``BackupError`` for everything else (its ``problems`` are set
     when the copy failed its check, which means the source is damaged).
+
+    ``key`` (as for ``get_db``) opens an encrypted ``source``; the copy is
+    encrypted with the same key, checked after reopening it with that key,
+    and an existing ``dest`` may then also be an older backup that the key
+    opens. There is no way to get a plain copy of an encrypted database here:
+    ``decrypt_database`` a copy if you need one. A wrong key raises
+    ``OpenError`` naming ``source`` before ``dest`` is touched.
     """
     if pages_per_step < 1:
         raise ValueError(f"pages_per_step must be at least 1, not {pages_per_step}")
     source_path = _existing_database(source, "nothing to back up")
-    target = _backup_target(source_path, os.path.abspath(os.fspath(dest)))
     check: CheckMode = "quick_check" if quick else "integrity_check"
     started = time.perf_counter()
-    folder, name = os.path.split(target)
-    _remove_abandoned_copies(folder, name)
+    # The source first: a wrong key is reported as such, not as a DEST the key cannot open.
+    src = get_db(source_path, readonly=True, busy_timeout=busy_timeout, key=key)
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=_TEMP_SUFFIX, dir=folder)
-    except OSError as exc:
-        raise BackupError(
-            f"cannot back up to {target}: cannot create a file in {folder} "
-            f"({exc.strerror or exc}).",
-            path=target,
-        ) from exc
-    try:
-        _lock(fd)  # marks the copy as in progress for _remove_abandoned_copies
-        src = get_db(source_path, readonly=True, busy_timeout=busy_timeout)
+        target = _backup_target(source_path, os.path.abspath(os.fspath(dest)), key)
+        folder, name = os.path.split(target)
+        _remove_abandoned_copies(folder, name)
         try:
-            pages = _copy_snapshot(src, temp, pages_per_step, progress)
-        except sqlite3.Error as exc:
+            fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=_TEMP_SUFFIX, dir=folder)
+        except OSError as exc:
             raise BackupError(
-                f"could not copy {source_path} to {target}: {exc}. {target} was not written.",
+                f"cannot back up to {target}: cannot create a file in {folder} "
+                f"({exc.strerror or exc}).",
                 path=target,
             ) from exc
+        try:
+            _lock(fd)  # marks the copy as in progress for _remove_abandoned_copies
+            try:
+                pages = _copy_snapshot(src, temp, key, pages_per_step, progress)
+            except src.Error as exc:  # sqlite3's, or sqlcipher3's for an encrypted source
+                raise BackupError(
+                    f"could not copy {source_path} to {target}: {exc}. {target} was not written.",
+                    path=target,
+                ) from exc
+            _check_copy(temp, target, check, key)
+            os.chmod(temp, os.stat(source_path).st_mode & 0o777)
+            _fsync(temp)
+            os.replace(temp, target)
+        except BaseException:
+            _remove_quietly(*_with_companions(temp))
+            raise
         finally:
-            src.close()
-        _check_copy(temp, target, check)
-        os.chmod(temp, os.stat(source_path).st_mode & 0o777)
-        _fsync(temp)
-        os.replace(temp, target)
-    except BaseException:
-        _remove_quietly(*_with_companions(temp))
-        raise
+            os.close(fd)
     finally:
-        os.close(fd)
+        src.close()
     _fsync(folder)
     return BackupResult(
         source_path, target, os.path.getsize(target), pages, time.perf_counter() - started, check
@@ -190,7 +206,7 @@ def _existing_database(path: str | os.PathLike[str], what_then: str) -> str:
     return fspath
 
 
-def _backup_target(source: str, dest: str) -> str:
+def _backup_target(source: str, dest: str, key: Key | None) -> str:
     """Where the copy goes; refuses the source itself and files that are not backups."""
     if os.path.isdir(dest):
         dest = os.path.join(dest, os.path.basename(source))
@@ -213,21 +229,68 @@ def _backup_target(source: str, dest: str) -> str:
             raise BackupError(f"cannot back up to {dest}: it is not a regular file.", path=dest)
         with open(dest, "rb") as existing:
             header = existing.read(len(SQLITE_HEADER))
-        if header and header != SQLITE_HEADER:
+        if header and header != SQLITE_HEADER and not _opens_with(dest, key):
+            also = ", nor one that this key decrypts" if key is not None else ""
             raise BackupError(
-                f"{dest} exists and is not an SQLite database; refusing to overwrite it. Remove "
-                f"it or choose another destination.",
+                f"{dest} exists and is not an SQLite database{also}; refusing to overwrite it. "
+                f"Remove it or choose another destination.",
                 path=dest,
             )
     return dest
 
 
+def _opens_with(path: str, key: Key | None) -> bool:
+    """Whether ``key`` decrypts ``path``: an older encrypted backup may be replaced.
+
+    An encrypted file has no header to recognise, so the key must prove it.
+    ``immutable=1`` reads without locks and never creates a -wal or -shm
+    beside a file that is about to be replaced.
+    """
+    if key is None:
+        return False
+    driver = load_driver(path)
+    try:
+        db = driver.connect(Path(path).as_uri() + "?mode=ro&immutable=1", uri=True)
+    except driver.Error:
+        return False
+    try:
+        apply_key(db, path, key)
+    except (OpenError, driver.Error):
+        return False
+    finally:
+        db.close()
+    return True
+
+
+def _open_copy(temp: str, key: Key | None) -> Any:
+    """An autocommit connection to our own copy, through SQLCipher with ``key`` if given.
+
+    The copy of an encrypted database must be opened by the same driver as
+    the source (the backup API joins two connections of one SQLite library)
+    and keyed alike, or SQLCipher refuses the backup.
+    """
+    if key is None:
+        return sqlite3.connect(temp, isolation_level=None)
+    driver = load_driver(temp)
+    db = driver.connect(temp, isolation_level=None)
+    try:
+        apply_key(db, temp, key)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 def _copy_snapshot(
-    src: Connection, temp: str, pages_per_step: int, progress: Progress | None
+    src: Connection,
+    temp: str,
+    key: Key | None,
+    pages_per_step: int,
+    progress: Progress | None,
 ) -> int:
     """Copy one snapshot of ``src`` into ``temp``; returns the number of pages."""
     # Fresh file, thrown away on failure: no journal or sync needed while copying.
-    dst = sqlite3.connect(temp, isolation_level=None)
+    dst = _open_copy(temp, key)
     try:
         dst.execute("PRAGMA journal_mode=OFF")
         dst.execute("PRAGMA synchronous=OFF")
@@ -248,16 +311,29 @@ def _copy_snapshot(
     return pages
 
 
-def _check_copy(temp: str, target: str, check: CheckMode) -> None:
-    """The copy must open and pass its check, and leave no -wal behind."""
+def _check_copy(temp: str, target: str, check: CheckMode, key: Key | None) -> None:
+    """The copy must open (with the key, if any) and pass its check, and leave no -wal behind."""
+    if key is not None:
+        with open(temp, "rb") as copy:
+            if copy.read(len(SQLITE_HEADER)) == SQLITE_HEADER:  # never a plaintext copy
+                raise BackupError(
+                    f"the copy of an encrypted database came out unencrypted; {target} was not "
+                    f"written. Reinstall the SQLCipher driver: pip install "
+                    f"'circuitforge-core[sqlcipher]'",
+                    path=target,
+                )
     # Read-write (it is our own file) so that closing removes the -wal and -shm it creates.
-    db = sqlite3.connect(temp, isolation_level=None)
     try:
-        problems = list(_messages(db.execute(f"PRAGMA {check}").fetchall()))
-    except sqlite3.DatabaseError as exc:
-        problems = [str(exc)]
-    finally:
-        db.close()
+        db = _open_copy(temp, key)
+    except OpenError as exc:  # the key that wrote the copy cannot read it back
+        problems = [f"the copy does not open with the key: {exc.__cause__ or exc}"]
+    else:
+        try:
+            problems = list(_messages(db.execute(f"PRAGMA {check}").fetchall()))
+        except db.DatabaseError as exc:
+            problems = [str(exc)]
+        finally:
+            db.close()
     if problems:
         raise BackupError(
             f"the copy of the database fails {check} ({len(problems)} problem"
@@ -326,6 +402,7 @@ def check_database(
     quick: bool = False,
     max_errors: int = 100,
     busy_timeout: float = 5.0,
+    key: Key | None = None,
 ) -> CheckResult:
     """Run ``PRAGMA integrity_check`` (``quick_check``) and ``foreign_key_check``; never writes.
 
@@ -335,24 +412,38 @@ def check_database(
     Neither looks at foreign keys, hence the second check. Safe while the
     database is in use: both read one snapshot. Raises ``OpenError`` when
     the file is missing or not a database at all.
+
+    ``key`` (as for ``get_db``) opens an encrypted database. There every page
+    read is authenticated, so a damaged page shows up as one SQLite cannot
+    read. A first page that does not decrypt is told apart from a wrong key
+    by SQLCipher's per-page HMAC check: if the key verifies other pages, the
+    file is damaged (a finding); if it verifies none, ``OpenError``.
     """
     fspath = _existing_database(path, "nothing to check")
     check: CheckMode = "quick_check" if quick else "integrity_check"
     try:
-        db = get_db(fspath, readonly=True, busy_timeout=busy_timeout)
+        db = get_db(fspath, readonly=True, busy_timeout=busy_timeout, key=key)
     except OpenError as exc:
         if "malformed" in str(exc.__cause__):  # readable header, unreadable schema
             return CheckResult(fspath, check, (f"cannot read the schema: {exc.__cause__}",), ())
+        undecryptable = getattr(exc.__cause__, "sqlite_errorcode", None) == _SQLITE_NOTADB
+        damage = (
+            _undecryptable_pages(fspath, key, max_errors)
+            if key is not None and undecryptable
+            else None
+        )
+        if damage:
+            return CheckResult(fspath, check, damage, ())
         raise
     try:
         try:
             rows = db.execute(f"PRAGMA {check}({int(max_errors)})").fetchall()
             integrity = _messages(rows)[:max_errors]
-        except sqlite3.DatabaseError as exc:
+        except db.DatabaseError as exc:  # sqlite3's or sqlcipher3's
             integrity = (f"{check} could not finish: {exc}",)
         try:
             foreign_keys = _foreign_key_problems(db)
-        except sqlite3.DatabaseError as exc:
+        except db.DatabaseError as exc:
             integrity += (f"foreign_key_check could not run: {exc}",)
             foreign_keys = ()
     finally:
@@ -361,6 +452,42 @@ def check_database(
 
 
 _ROWIDS_SHOWN = 5
+_SQLITE_NOTADB = 26
+
+
+def _undecryptable_pages(path: str, key: Key, max_errors: int) -> tuple[str, ...] | None:
+    """SQLCipher's per-page HMAC failures, when the key verifies some pages but not all.
+
+    None when the key verifies no page at all (a wrong key, or not a
+    SQLCipher 4 file): then the file cannot be told apart from one that is
+    not ours. Only reached when the normal open failed, so the raw read of
+    ``cipher_integrity_check`` (no locks, main file only, one pass over the
+    file) is good enough here.
+    """
+    with open(path, "rb") as handle:
+        if handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER:
+            return None  # a plain file opened with a key: the OpenError says so
+    driver = load_driver(path)
+    try:
+        db = driver.connect(Path(path).as_uri() + "?mode=ro&immutable=1", uri=True)
+    except driver.Error:
+        return None
+    try:
+        db.execute(f"PRAGMA key = {key_literal(key)}")
+        failures = [str(row[0]) for row in db.execute("PRAGMA cipher_integrity_check")]
+        pages = int(db.execute("PRAGMA cipher_page_size").fetchone()[0])
+    except driver.Error:
+        return None
+    finally:
+        db.close()
+    total = os.path.getsize(path) // pages if pages else 0
+    if not failures or len(failures) >= total:
+        return None
+    first = (
+        f"the file does not open, but this key verifies {total - len(failures)} of its "
+        f"{total} pages: the key is right and the file is damaged"
+    )
+    return (first, *failures)[:max_errors]
 
 
 def _messages(rows: list[tuple[object, ...]]) -> tuple[str, ...]:
