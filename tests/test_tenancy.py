@@ -424,20 +424,25 @@ def test_a_busy_connection_is_never_evicted(root: Path) -> None:
             assert caught.value.limit == 2
             assert db_a.execute("SELECT 1").fetchone() == db_b.execute("SELECT 1").fetchone()
         registry.timeout = 10
-        release = threading.Event()
+        holding, release = threading.Event(), threading.Event()
+        survived: list[object] = []
 
         def hold_a() -> None:
-            with registry.connection(a):
+            with registry.connection(a) as db:
+                holding.set()
                 release.wait(JOIN_TIMEOUT)
+                survived.append(db.execute("SELECT 1").fetchone())
 
         holder = start(hold_a)
-        time.sleep(0.05)
+        assert holding.wait(JOIN_TIMEOUT)
         with registry.connection(b):  # a busy, b idle -> reusing b is fine
             pass
         with registry.connection(c) as db_c:  # evicts idle b, never busy a
             assert db_c.execute("SELECT 1").fetchone() == (1,)
+        assert not Path(f"{b}-wal").exists()  # b's only connection was the one closed
         release.set()
         join_all([holder])
+        assert survived == [(1,)]
         assert registry.stats().open == 2
 
 
@@ -448,8 +453,11 @@ def test_a_waiter_for_the_cap_proceeds_when_a_connection_comes_back(root: Path) 
         release = threading.Event()
         done: list[float] = []
 
+        holding = threading.Event()
+
         def hold_a() -> None:
             with registry.connection(a):
+                holding.set()
                 release.wait(JOIN_TIMEOUT)
 
         def use_b() -> None:
@@ -457,7 +465,7 @@ def test_a_waiter_for_the_cap_proceeds_when_a_connection_comes_back(root: Path) 
                 done.append(time.monotonic())
 
         holder = start(hold_a)
-        time.sleep(0.05)
+        assert holding.wait(JOIN_TIMEOUT)
         waiter = start(use_b)
         time.sleep(0.2)
         assert done == []
