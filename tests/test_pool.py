@@ -111,7 +111,9 @@ def test_a_waiter_gets_the_connection_someone_returns(pool: ConnectionPool) -> N
             release.wait(JOIN_TIMEOUT)
 
     holders = [start(holder), start(holder)]
+    deadline = time.monotonic() + JOIN_TIMEOUT
     while pool.stats().busy < 2:
+        assert time.monotonic() < deadline, "the holders never got their connections"
         time.sleep(0.005)
 
     def waiter() -> None:
@@ -490,7 +492,10 @@ def test_a_forked_child_never_uses_or_closes_inherited_connections(db_path: Path
             parent_connection = db
             db.execute("INSERT INTO t (v) VALUES ('parent')")
             db.commit()
-        assert threading.active_count() == 1, "fork() needs a single-threaded parent"
+        deadline = time.monotonic() + 10  # worker threads of earlier tests may still be exiting
+        while threading.active_count() > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert threading.active_count() == 1, f"fork() needs one thread: {threading.enumerate()}"
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
