@@ -73,7 +73,7 @@ def _goal_row(
         ratio_line(label, mine, theirs, "<= 0.10x", mine <= 0.10 * theirs)
     else:
         ratio_line(label, mine, theirs, "(context)", None)
-    note(f"{theirs / mine:.0f}x faster")
+    note(f"{theirs / mine:.1f}x faster")
 
 
 # -- 1. checkout + return ------------------------------------------------------------------

@@ -29,8 +29,8 @@ import threading
 import time
 import unicodedata
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -142,18 +142,27 @@ def current_db_path(default: str | os.PathLike[str] | None = None) -> str:
     )
 
 
-@contextlib.contextmanager
-def use_db(path: str | os.PathLike[str] | None) -> Iterator[str | None]:
+class use_db:  # lower case: used like a function, as contextlib's helpers are
     """Make ``path`` this context's database for the block, then restore the previous one.
 
-    ``use_db(None)`` clears it for the block.
+    ``with use_db(path):`` (``use_db(None)`` clears it for the block). A class
+    rather than a generator: it runs on every request.
     """
-    value = None if path is None else os.fspath(path)
-    token = request_db.set(value)
-    try:
-        yield value
-    finally:
-        request_db.reset(token)
+
+    __slots__ = ("_token", "_value")
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self._value = None if path is None else os.fspath(path)
+        self._token: Token[str | None] | None = None
+
+    def __enter__(self) -> str | None:
+        self._token = request_db.set(self._value)
+        return self._value
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            request_db.reset(self._token)
+            self._token = None
 
 
 # -- safe per-user paths -----------------------------------------------------------------
@@ -187,7 +196,10 @@ def user_db_path(
     """
     root_given = os.fspath(root)
     cache_key = (root_given, user_id, product_path)
-    cached = _checked_names.get(cache_key) if _cacheable(cache_key) else None
+    try:  # only exact-str keys under an absolute root are ever stored (see _cacheable)
+        cached = _checked_names.get(cache_key)
+    except TypeError:  # an unhashable user id: refused below
+        cached = None
     if cached is None:
         root_path = os.path.abspath(root_given)
         names = _checked_names_of(user_id, product_path)
@@ -462,7 +474,9 @@ class PoolRegistry:
 
     def connection(self, path: str | os.PathLike[str]) -> _RegistryCheckout:
         """``with registry.connection(path) as db:``: a pooled connection to ``path``."""
-        return _RegistryCheckout(self, os.path.abspath(os.fspath(path)))
+        given = os.fspath(path)
+        # A key of _pools is already absolute and normalised: skip abspath for it.
+        return _RegistryCheckout(self, given if given in self._pools else os.path.abspath(given))
 
     @property
     def open_connections(self) -> int:
