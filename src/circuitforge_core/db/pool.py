@@ -257,6 +257,7 @@ class ConnectionPool:
         self._open = 0  # open or being opened, busy or idle
         self._busy = 0
         self._waiters = 0  # threads waiting on `_returned`
+        self._pins = 0  # registry checkouts under way: not to be retired meanwhile
         self._stale = 0  # open connections to a file since replaced, not closed yet
         self._generation = 0
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
@@ -347,7 +348,9 @@ class ConnectionPool:
         deadline = time.monotonic() + self.timeout
         self._notice_replacement()
         if not self._migrated:
-            self._migrate(deadline)
+            conn = self._migrate(deadline)
+            if conn is not None:
+                return conn
         return self._acquire(deadline)
 
     def _notice_replacement(self) -> None:
@@ -383,7 +386,14 @@ class ConnectionPool:
             self._close_connection(conn, stale=True)
             self._forget(conn, stale=True)
 
-    def _migrate(self, deadline: float) -> None:
+    def _migrate(self, deadline: float) -> PooledConnection | None:
+        """Run the migrations folder if no other thread has; return the connection it used.
+
+        That connection goes straight to the caller rather than back to the
+        idle list, where another file's checkout could evict it (and, in a
+        registry, retire this pool) before the caller got a connection.
+        None when another thread had already migrated the file.
+        """
         if not self._migrate_lock.acquire(timeout=self.migration_lock_timeout):
             raise PoolTimeoutError(
                 f"{self.path}: waited {self.migration_lock_timeout:g} s for another thread to "
@@ -395,20 +405,18 @@ class ConnectionPool:
             )
         try:
             if self._migrated:
-                return
+                return None
             assert self.migrations is not None
             conn = self._acquire(deadline)
             generation = conn._generation
-            failed: BaseException | None = None
             try:
                 applied = run_migrations(
                     conn, self.migrations, lock_timeout=self.migration_lock_timeout
                 )
+                _reset(conn, self.row_factory, block_failed=False)
             except BaseException as exc:
-                failed = exc
+                self._checkin(conn, exc)
                 raise
-            finally:
-                self._checkin(conn, failed)
             with self._budget.lock:
                 self._counts["migration_runs"] += 1
                 self._counts["migrations_applied"] += len(applied)
@@ -418,6 +426,7 @@ class ConnectionPool:
                 self._migrated = generation == self._generation
             if applied:
                 logger.info("%s: applied %d migration(s)", self.path, len(applied))
+            return conn
         finally:
             self._migrate_lock.release()
 
@@ -668,7 +677,7 @@ class ConnectionPool:
         for conn in self._idle:
             _abandon(conn)
         self._idle = []
-        self._open = self._busy = self._stale = self._waiters = 0
+        self._open = self._busy = self._stale = self._waiters = self._pins = 0
         self._generation += 1
         self._identity = None
         self._new_locks()

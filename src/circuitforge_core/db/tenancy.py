@@ -483,26 +483,28 @@ class PoolRegistry:
         """Connections open right now across all files (cheap: for a metrics gauge)."""
         return self._budget.open
 
-    def _pool(self, key: str) -> ConnectionPool:
-        """The pool for the absolute path ``key``, made when missing (opens nothing)."""
-        pool = self._pools.get(key)
-        if pool is not None:
-            return pool
+    def _pin(self, key: str) -> ConnectionPool:
+        """The pool for the absolute path ``key`` (made when missing), pinned for a checkout.
+
+        A pinned pool is not retired when eviction takes its last connection:
+        the caller is about to open one. ``_unpin`` when the checkout ends.
+        """
         with self._budget.lock:
-            self._check_open(key)
             pool = self._pools.get(key)
             if pool is None:
+                self._check_open(key)
                 pool = self._new_pool(key)
                 self._pools[key] = pool
+            pool._pins += 1
             return pool
 
-    def _retire(self, pool: ConnectionPool) -> None:
-        """Budget hook, lock held: eviction took ``pool``'s last connection; forget it.
+    def _unpin(self, pool: ConnectionPool) -> None:
+        with self._budget.lock:
+            pool._pins -= 1
 
-        A thread that looked the pool up just before gets PoolClosedError from
-        it, and _RegistryCheckout then takes the new pool for the same path.
-        """
-        if pool._busy or self._pools.get(pool.path) is not pool:
+    def _retire(self, pool: ConnectionPool) -> None:
+        """Budget hook, lock held: eviction took ``pool``'s last connection; forget it."""
+        if pool._busy or pool._pins or self._pools.get(pool.path) is not pool:
             return
         del self._pools[pool.path]
         pool._closed = True
@@ -648,16 +650,18 @@ class _RegistryCheckout:
     def __enter__(self) -> Connection:
         registry = self._registry
         for attempt in range(_CHECKOUT_ATTEMPTS):
-            pool = registry._pool(self._path)
+            pool = registry._pin(self._path)
             try:
                 conn = pool._checkout()
                 break
             except PoolClosedError:
-                # Eviction or evict() retired this pool between the lookup and
-                # the checkout: the next lookup makes its successor.
+                # evict() closed this pool between the lookup and the checkout:
+                # the next lookup makes its successor.
                 retired = registry._pools.get(self._path) is not pool
                 if not retired or registry.closed or attempt == _CHECKOUT_ATTEMPTS - 1:
                     raise
+            finally:
+                registry._unpin(pool)
         self._pool, self._conn = pool, conn
         return conn
 
