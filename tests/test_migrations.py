@@ -396,6 +396,36 @@ def test_no_transaction_file_restores_foreign_keys(
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
+def test_no_transaction_lock_file_is_private(
+    db: sqlite3.Connection, migrations_dir: Path, write_migration: Write, db_path: Path
+) -> None:
+    """The lock file beside the database is 0600 whatever the umask."""
+    write_migration("001_v.sql", "-- cf-db: no-transaction\nVACUUM;\n")
+    old_umask = os.umask(0)
+    try:
+        run_migrations(db, migrations_dir)
+    finally:
+        os.umask(old_umask)
+    assert (Path(str(db_path) + ".migrate-lock").stat().st_mode & 0o777) == 0o600
+
+
+def test_shortcut_memory_stays_bounded(
+    tmp_path: Path, write_migration: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migrating more databases than the limit forgets the oldest, not growing forever."""
+    monkeypatch.setattr(migrations_module, "_up_to_date", {})
+    monkeypatch.setattr(migrations_module, "_UP_TO_DATE_KEPT", 5)
+    write_migration("001_a.sql", "CREATE TABLE a (x);")
+    for number in range(12):
+        db = get_db(tmp_path / f"user{number}.db")
+        try:
+            assert run_migrations(db, tmp_path / "migrations") == ["001_a.sql"]
+            assert run_migrations(db, tmp_path / "migrations") == []
+        finally:
+            db.close()
+    assert len(migrations_module._up_to_date) == 5
+
+
 def test_no_transaction_failure_is_not_recorded(
     db: sqlite3.Connection, migrations_dir: Path, write_migration: Write
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sqlite3
 import threading
 from pathlib import Path
@@ -197,3 +198,21 @@ def test_writer_queue_times_out_with_a_clear_error(db_path: Path) -> None:
         holder.close()
         waiter.close()
     assert not thread.is_alive()
+
+
+def test_writer_locks_of_many_files_stay_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Touching more files than the limit forgets idle locks instead of growing forever."""
+    module = importlib.import_module("circuitforge_core.db.transaction")  # not the function
+
+    monkeypatch.setattr(module, "_writer_locks", {})
+    monkeypatch.setattr(module, "_WRITER_LOCKS_KEPT", 8)
+    for number in range(30):
+        db = get_db(tmp_path / f"user{number}.db")
+        try:
+            with transaction(db):
+                db.execute("CREATE TABLE t (x)")
+        finally:
+            db.close()
+        assert len(module._writer_locks) <= 8

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -367,7 +368,7 @@ def run_migrations(
             if on_applied is not None:
                 on_applied(plan.file.name, seconds)
     if signature is not None:
-        _up_to_date[cache_key] = _signature(db, db_path, migrations_dir)
+        _remember_up_to_date(cache_key, _signature(db, db_path, migrations_dir))
     return applied
 
 
@@ -654,7 +655,9 @@ def _file_lock(db_path: str | None, deadline: float) -> Iterator[None]:
     if db_path is None or fcntl is None:
         yield
         return
-    with open(db_path + ".migrate-lock", "a+b") as handle:
+    # Private like the database beside it (0600), whatever the umask.
+    descriptor = os.open(db_path + ".migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    with open(descriptor, "r+b") as handle:
         while True:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -695,6 +698,16 @@ def _database_path(db: sqlite3.Connection) -> str | None:
 # more than the old runner's whole call; such an edit is caught by the next
 # call that finds the folder changed, before anything new is applied.
 _up_to_date: dict[tuple[str | None, str], object] = {}
+_up_to_date_guard = threading.Lock()
+_UP_TO_DATE_KEPT = 4096  # cloud mode: thousands of files; the oldest are forgotten first
+
+
+def _remember_up_to_date(key: tuple[str | None, str], signature: object) -> None:
+    with _up_to_date_guard:
+        _up_to_date.pop(key, None)  # re-inserted last: the dict's order is the age
+        _up_to_date[key] = signature
+        while len(_up_to_date) > _UP_TO_DATE_KEPT:
+            del _up_to_date[next(iter(_up_to_date))]
 
 
 def _source_key(migrations_dir: MigrationsDir) -> str:

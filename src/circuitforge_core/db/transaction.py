@@ -31,6 +31,10 @@ ConnectionT = TypeVar("ConnectionT", bound=sqlite3.Connection)
 _savepoint_numbers = itertools.count(1)
 _writer_locks: dict[str, threading.Lock] = {}
 _writer_locks_guard = threading.Lock()
+# Cloud mode touches thousands of files: past this many, locks nobody holds are
+# forgotten. Forgetting one that a thread is about to take only costs fairness
+# for a moment (SQLite's own lock still serialises the writers).
+_WRITER_LOCKS_KEPT = 1024
 
 
 @contextmanager
@@ -103,6 +107,9 @@ def _writer_lock(db: sqlite3.Connection) -> threading.Lock | None:
     lock = _writer_locks.get(path)
     if lock is None:
         with _writer_locks_guard:
+            if len(_writer_locks) >= _WRITER_LOCKS_KEPT:
+                for idle in [p for p, held in _writer_locks.items() if not held.locked()]:
+                    del _writer_locks[idle]
             lock = _writer_locks.setdefault(path, threading.Lock())
     return lock
 
