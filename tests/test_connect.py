@@ -229,24 +229,32 @@ def test_wrong_path_type() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "setuid"), reason="needs POSIX users")
-def test_unreadable_file_names_the_path() -> None:
-    """A file the service user may not read raises OpenError naming it (run as another user)."""
+@pytest.mark.parametrize(
+    ("mode", "what"),
+    [(0o600, "unreadable"), (0o644, "readable but not writable")],
+)
+def test_file_without_permission_names_the_path(mode: int, what: str) -> None:
+    """An unreadable or write-protected file raises OpenError naming it, never a read-only handle.
+
+    SQLite silently opens a write-protected file read-only; get_db refuses at
+    open instead of failing at the first write. Run as another user.
+    """
     # pytest's own temporary folders are private to root; this one must be traversable.
     folder = Path(tempfile.mkdtemp(prefix="cf-db-perm-"))
     try:
-        _check_unreadable(folder)
+        _check_permission_denied(folder, mode)
     finally:
         shutil.rmtree(folder)
 
 
-def _check_unreadable(tmp_path: Path) -> None:
+def _check_permission_denied(tmp_path: Path, mode: int) -> None:
     path = tmp_path / "private.db"
     db = get_db(path)
     db.execute("CREATE TABLE t (x)")
     db.commit()
     db.close()
-    path.chmod(0o600)
-    tmp_path.chmod(0o755)
+    path.chmod(mode)
+    tmp_path.chmod(0o777)  # the folder is not the obstacle: SQLite may create -wal and -shm
     script = (
         "import sys\n"
         "from circuitforge_core.db import get_db, OpenError\n"

@@ -16,6 +16,7 @@ instead of failing with SQLITE_BUSY mid-transaction. ``commit()``,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -268,20 +269,26 @@ def _connect(
         "factory": factory,
         **_TRANSACTION_CONTROL,
     }
-    if not readonly:
+    db: Connection | None = None
+    if not readonly and os.path.isdir(os.path.dirname(path)):
         # The common case first, and the cheapest: an existing file, or a new one
-        # in an existing folder. sqlite3.connect fails at once on a folder or a
-        # missing parent; the careful path below then explains or creates it.
+        # in an existing folder; it fails at once if the path is a folder. Only
+        # with the folder in place: when SQLite cannot open a file read-write it
+        # silently retries read-only, and a file that another process creates in
+        # between would leave us a read-only connection.
+        with contextlib.suppress(sqlite3.Error):
+            db = cast(Connection, sqlite3.connect(path, **options))
+    if db is None:
+        uri = _prepare_path(path, readonly=readonly)
         try:
-            return cast(Connection, sqlite3.connect(path, **options))
-        except sqlite3.Error:
-            pass
-    uri = _prepare_path(path, readonly=readonly)
-    try:
-        db = sqlite3.connect(uri, uri=True, **options)
-    except sqlite3.Error as exc:
-        raise OpenError(path, _why_unopenable(path, readonly, exc)) from exc
-    return cast(Connection, db)
+            db = cast(Connection, sqlite3.connect(uri, uri=True, **options))
+        except sqlite3.Error as exc:
+            raise OpenError(path, _why_unopenable(path, readonly, exc)) from exc
+    if not readonly and not os.access(path, os.W_OK):
+        # SQLite fell back to read-only (see above): refuse now, not at the first write.
+        db.close()
+        raise OpenError(path, _why_unopenable(path, readonly, PermissionError(path)))
+    return db
 
 
 def _connect_encrypted(
