@@ -107,6 +107,10 @@ def get_db(
             fspath, key, readonly=readonly, busy_timeout=busy_timeout, factory=factory
         )
     try:
+        if not readonly and not os.access(fspath, os.W_OK):
+            # SQLite opens a write-protected file read-only without a word: refuse
+            # now, not at the first write.
+            raise OpenError(fspath, _why_unopenable(fspath, readonly, PermissionError(fspath)))
         db.path = fspath
         db.readonly = readonly
         db.busy_timeout = busy_timeout
@@ -284,10 +288,6 @@ def _connect(
             db = cast(Connection, sqlite3.connect(uri, uri=True, **options))
         except sqlite3.Error as exc:
             raise OpenError(path, _why_unopenable(path, readonly, exc)) from exc
-    if not readonly and not os.access(path, os.W_OK):
-        # SQLite fell back to read-only (see above): refuse now, not at the first write.
-        db.close()
-        raise OpenError(path, _why_unopenable(path, readonly, PermissionError(path)))
     return db
 
 
