@@ -38,6 +38,7 @@ from types import ModuleType
 from typing import Any
 
 from .errors import DBError, EncryptionUnavailableError, OpenError
+from .files import fsync, remove_quietly
 
 logger = logging.getLogger("circuitforge_core.db")
 
@@ -341,10 +342,10 @@ def _convert(
                 )
                 _finish(driver, temp, new_key, new_literal, busy_timeout, was_wal)
                 _copy_ownership(fspath, temp)
-                _fsync(temp)
+                fsync(temp)
                 os.replace(temp, fspath)
             except BaseException:
-                _remove_quietly(temp, temp + "-wal", temp + "-shm", temp + "-journal")
+                remove_quietly(temp, temp + "-wal", temp + "-shm", temp + "-journal")
                 _release(holder, restore_wal=was_wal)
                 raise
             # The holder's file is unlinked now; ending its transaction touches nothing.
@@ -355,7 +356,7 @@ def _convert(
         raise DBError(
             f"{fspath}: could not {verb} the database: {exc}. The file was not changed."
         ) from exc
-    _fsync(folder)
+    fsync(folder)
     logger.info("%sed %s (%d rows checked)", verb.removesuffix("e"), fspath, rows)
     return rows
 
@@ -505,7 +506,7 @@ def _finish(
     for suffix in ("-wal", "-journal"):
         if os.path.exists(temp + suffix) and os.path.getsize(temp + suffix) > 0:
             raise DBError(f"{temp}{suffix} was left behind; nothing was changed.")
-    _remove_quietly(temp + "-wal", temp + "-shm", temp + "-journal")
+    remove_quietly(temp + "-wal", temp + "-shm", temp + "-journal")
 
 
 def _copy_ownership(source: str, target: str) -> None:
@@ -519,14 +520,6 @@ def _copy_ownership(source: str, target: str) -> None:
             logger.warning("%s: could not keep the file's owner (needs root)", source)
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove_leftovers(folder: str, name: str) -> None:
     """Delete copies left by a conversion that was killed before its rename.
 
@@ -538,7 +531,7 @@ def _remove_leftovers(folder: str, name: str) -> None:
         stale = [entry.path for entry in entries if entry.name.startswith(prefix)]
     for path in stale:
         logger.info("removing %s, left by an interrupted conversion", path)
-        _remove_quietly(path)
+        remove_quietly(path)
 
 
 def _release(holder: Any, *, restore_wal: bool) -> None:
@@ -548,12 +541,6 @@ def _release(holder: Any, *, restore_wal: bool) -> None:
     if restore_wal:
         with contextlib.suppress(holder.Error):
             holder.execute("PRAGMA journal_mode=WAL")
-
-
-def _remove_quietly(*names: str) -> None:
-    for name in names:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(name)
 
 
 def _string_literal(text: str) -> str:

@@ -25,7 +25,6 @@ writers for the whole copy instead; ``get_db`` always makes WAL databases.)
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sqlite3
@@ -39,6 +38,7 @@ from typing import Any, Literal
 from .cipher import Key, apply_key, key_literal, load_driver
 from .connect import Connection, get_db
 from .errors import BackupError, OpenError
+from .files import fsync, remove_quietly
 from .migrations import MigrationsDir, _read_records, read_migrations
 
 try:  # POSIX only; elsewhere copies left by a killed backup stay until removed by hand
@@ -134,16 +134,16 @@ def backup_database(
                 ) from exc
             _check_copy(temp, target, check, key)
             os.chmod(temp, os.stat(source_path).st_mode & 0o777)
-            _fsync(temp)
+            fsync(temp)
             os.replace(temp, target)
         except BaseException:
-            _remove_quietly(*_with_companions(temp))
+            remove_quietly(*_with_companions(temp))
             raise
         finally:
             os.close(fd)
     finally:
         src.close()
-    _fsync(folder)
+    fsync(folder)
     return BackupResult(
         source_path, target, os.path.getsize(target), pages, time.perf_counter() - started, check
     )
@@ -191,7 +191,7 @@ def _remove_abandoned_copies(folder: str, name: str) -> None:
             continue  # a backup in progress
         else:
             logger.info("removing %s, left by an interrupted backup", path)
-            _remove_quietly(*_with_companions(path))
+            remove_quietly(*_with_companions(path))
         finally:
             os.close(fd)
 
@@ -346,21 +346,7 @@ def _check_copy(temp: str, target: str, check: CheckMode, key: Key | None) -> No
     wal = temp + "-wal"
     if os.path.exists(wal) and os.path.getsize(wal) > 0:
         raise BackupError(f"{wal} was left behind; {target} was not written.", path=target)
-    _remove_quietly(wal, temp + "-shm")
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_quietly(*names: str) -> None:
-    for name in names:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(name)
+    remove_quietly(wal, temp + "-shm")
 
 
 # -- check ---------------------------------------------------------------------------

@@ -1,0 +1,26 @@
+"""Small file-system steps shared by the modules that replace database files.
+
+Owns making a write durable (fsync of a file or of the folder that holds a
+rename) and removing files that may already be gone. Knows nothing of SQLite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+
+def fsync(path: str) -> None:
+    """Flush ``path`` (a file, or a folder after a rename in it) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_quietly(*paths: str) -> None:
+    """Remove each of ``paths`` that exists."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
