@@ -322,7 +322,10 @@ def _connect_encrypted(
     except driver.Error as exc:
         raise OpenError(path, _why_unopenable(path, readonly, exc)) from exc
     try:
-        _translate_open_errors(db, path, lambda: cipher.apply_key(db, path, key, literal))
+        try:
+            cipher.apply_key(db, path, key, literal)
+        except db.DatabaseError as exc:  # sqlcipher3's
+            raise _open_error(path, exc) from exc
     except BaseException:
         db.close()
         if not existed and os.path.exists(path) and os.path.getsize(path) == 0:
@@ -395,14 +398,6 @@ def _why_unopenable(path: str, readonly: bool, exc: Exception) -> str:
             f"-wal and -shm files beside the database."
         )
     return f"{path}: cannot open the database ({exc}). Check the path and its permissions."
-
-
-def _translate_open_errors(db: Connection, path: str, step: Any) -> None:
-    """Run one open step, naming the file in what goes wrong."""
-    try:
-        step()
-    except db.DatabaseError as exc:  # sqlite3's or sqlcipher3's
-        raise _open_error(path, exc) from exc
 
 
 def _open_error(path: str, exc: Exception) -> OpenError:

@@ -38,6 +38,7 @@ from .migrations import (
     _needs_no_transaction,
     _normalised,
     _plan,
+    _read_bytes,
     _short,
 )
 from .sqlsplit import Statement, split_sql
@@ -287,12 +288,7 @@ def _check_duplicates(numbered: list[tuple[str, str]], add: Add) -> None:
 
 def _read(entry: Traversable, folder: Traversable, add: Add) -> MigrationFile | None:
     """The file as the runner reads it, or None (and a finding) when it cannot be decoded."""
-    try:
-        raw = entry.read_bytes()
-    except OSError as exc:
-        raise MigrationSourceError(
-            f"cannot read migration {entry.name} in {folder}: {exc}.", name=entry.name
-        ) from exc
+    raw = _read_bytes(entry, folder)
     try:
         return _normalised(entry.name, raw, folder)
     except MigrationSourceError as exc:

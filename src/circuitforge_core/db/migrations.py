@@ -106,14 +106,18 @@ def read_migrations(migrations_dir: MigrationsDir) -> list[MigrationFile]:
     for entry in sorted(entries, key=lambda e: e.name):
         if not entry.is_file():
             continue
-        try:
-            raw = entry.read_bytes()
-        except OSError as exc:
-            raise MigrationSourceError(
-                f"cannot read migration {entry.name} in {folder}: {exc}.", name=entry.name
-            ) from exc
-        files.append(_normalised(entry.name, raw, folder))
+        files.append(_normalised(entry.name, _read_bytes(entry, folder), folder))
     return files
+
+
+def _read_bytes(entry: Traversable, folder: Traversable) -> bytes:
+    """The raw bytes of one migration file, naming it if they cannot be read."""
+    try:
+        return entry.read_bytes()
+    except OSError as exc:
+        raise MigrationSourceError(
+            f"cannot read migration {entry.name} in {folder}: {exc}.", name=entry.name
+        ) from exc
 
 
 def _as_traversable(migrations_dir: MigrationsDir) -> Traversable:
