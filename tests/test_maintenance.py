@@ -16,11 +16,11 @@ import pytest
 from circuitforge_core.db import get_db, run_migrations
 from circuitforge_core.db.errors import BackupError, OpenError
 from circuitforge_core.db.maintenance import (
-    SQLITE_HEADER,
     backup_database,
     check_database,
     verify_migrations,
 )
+from circuitforge_core.db.sqlite_facts import HEADER as SQLITE_HEADER
 
 Write = Callable[[str, "str | bytes"], Path]
 

@@ -39,6 +39,16 @@ from typing import Any
 
 from .errors import DBError, EncryptionUnavailableError, OpenError
 from .files import fsync, remove_quietly
+from .sqlite_facts import (
+    DEFAULT_BUSY_TIMEOUT,
+    FIRST_SQLITE_WITHOUT_WAL_RESET_BUG,
+    HEADER,
+    SQLITE_NOTADB,
+    WAL_RESET_BUG_URL,
+    error_code,
+    has_wal_reset_bug,
+    quote_identifier,
+)
 
 logger = logging.getLogger("circuitforge_core.db")
 
@@ -53,9 +63,7 @@ MIN_SERVER_SECRET_BYTES = 16
 # digits (the key) or 96 (key and salt). The same text is also what we send
 # for a bytes key, so both go through one quoting path.
 _RAW_KEY_TEXT = re.compile(r"[xX]'(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{96})'")
-_PLAIN_HEADER = b"SQLite format 3\x00"
 _TEMP_PREFIX = ".{name}.cf-db-"  # + verb-random.tmp: the copy a conversion builds
-_SQLITE_NOTADB = 26
 
 # HKDF parameters for derive_user_key. Changing any of them makes every
 # existing user database unreadable: they are part of the file format.
@@ -227,7 +235,7 @@ def apply_key(db: Any, path: str, key: Key | None, literal: str | None = None) -
     try:
         db.execute("SELECT count(*) FROM sqlite_schema").fetchone()
     except db.DatabaseError as exc:
-        if getattr(exc, "sqlite_errorcode", None) != _SQLITE_NOTADB:
+        if error_code(exc) != SQLITE_NOTADB:
             raise
         raise OpenError(path, _why_undecryptable(path, key is not None)) from exc
     # After the read: any statement, even SELECT sqlite_version(), reads the schema first,
@@ -238,7 +246,7 @@ def apply_key(db: Any, path: str, key: Key | None, literal: str | None = None) -
 def _why_undecryptable(path: str, keyed: bool) -> str:
     try:
         with open(path, "rb") as handle:
-            plain = handle.read(len(_PLAIN_HEADER)) == _PLAIN_HEADER
+            plain = handle.read(len(HEADER)) == HEADER
     except OSError:
         plain = False
     if keyed and plain:
@@ -264,11 +272,13 @@ def _log_driver_once(db: Any, cipher_version: str) -> None:
     _driver_logged.set()
     sqlite_version = db.execute("SELECT sqlite_version()").fetchone()[0]
     logger.info("SQLCipher %s on SQLite %s (sqlcipher3)", cipher_version, sqlite_version)
-    if tuple(int(part) for part in sqlite_version.split(".")[:3]) < (3, 51, 3):
+    if has_wal_reset_bug(sqlite_version):
         logger.warning(
-            "the SQLite %s inside sqlcipher3 is older than 3.51.3 and has the WAL-reset bug "
-            "(https://sqlite.org/wal.html#walresetbug); upgrade: %s",
+            "the SQLite %s inside sqlcipher3 is older than %s and has the WAL-reset bug "
+            "(%s); upgrade: %s",
             sqlite_version,
+            ".".join(map(str, FIRST_SQLITE_WITHOUT_WAL_RESET_BUG)),
+            WAL_RESET_BUG_URL,
             INSTALL_HINT,
         )
 
@@ -276,7 +286,9 @@ def _log_driver_once(db: Any, cipher_version: str) -> None:
 # -- conversions ---------------------------------------------------------------------
 
 
-def encrypt_database(path: str | os.PathLike[str], key: Key, *, busy_timeout: float = 5.0) -> int:
+def encrypt_database(
+    path: str | os.PathLike[str], key: Key, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+) -> int:
     """Turn the plain database at ``path`` into one encrypted with ``key``, atomically.
 
     Returns the number of table rows copied (and checked). See
@@ -285,7 +297,9 @@ def encrypt_database(path: str | os.PathLike[str], key: Key, *, busy_timeout: fl
     return _convert(path, None, key, busy_timeout=busy_timeout, verb="encrypt")
 
 
-def decrypt_database(path: str | os.PathLike[str], key: Key, *, busy_timeout: float = 5.0) -> int:
+def decrypt_database(
+    path: str | os.PathLike[str], key: Key, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+) -> int:
     """Turn the database at ``path``, encrypted with ``key``, back into a plain one.
 
     Returns the number of table rows copied (and checked).
@@ -294,7 +308,11 @@ def decrypt_database(path: str | os.PathLike[str], key: Key, *, busy_timeout: fl
 
 
 def rekey_database(
-    path: str | os.PathLike[str], old_key: Key, new_key: Key, *, busy_timeout: float = 5.0
+    path: str | os.PathLike[str],
+    old_key: Key,
+    new_key: Key,
+    *,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
 ) -> int:
     """Re-encrypt the database at ``path`` from ``old_key`` to ``new_key``, atomically.
 
@@ -460,7 +478,7 @@ def _check_copy(db: Any, path: str) -> int:
         "VIRTUAL%'"
     ).fetchall()
     for (table,) in tables:
-        quoted = '"' + table.replace('"', '""') + '"'
+        quoted = quote_identifier(table)
         before = db.execute(f"SELECT count(*) FROM main.{quoted}").fetchone()[0]
         after = db.execute(f"SELECT count(*) FROM converted.{quoted}").fetchone()[0]
         if before != after:

@@ -27,23 +27,15 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from . import cipher
+from . import cipher, sqlite_facts
 from .cipher import Key
 from .errors import OpenError
 
 logger = logging.getLogger("circuitforge_core.db")
 
-#: SQLite releases before this one carry the WAL-reset bug, which can corrupt a
-#: WAL database when two connections write and checkpoint at the same moment.
-#: https://sqlite.org/wal.html#walresetbug
-FIRST_SQLITE_WITHOUT_WAL_RESET_BUG = (3, 51, 3)
-
-DEFAULT_BUSY_TIMEOUT = 5.0
+DEFAULT_BUSY_TIMEOUT = sqlite_facts.DEFAULT_BUSY_TIMEOUT
 DEFAULT_CACHE_SIZE_KIB = 8192
 DEFAULT_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
-
-_SQLITE_BUSY = 5
-_SQLITE_LOCKED = 6
 
 # On 3.12+ pin the legacy transaction control explicitly: its default is
 # announced to change, and autocommit=False would keep a transaction open from
@@ -157,32 +149,32 @@ def _ensure_wal(db: Connection, path: str, deadline: float) -> None:
     locked" while one of them switches; that is retried until the busy
     timeout. https://sqlite.org/wal.html
     """
-    while True:
-        try:
-            mode = db.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode == "wal" or db.readonly:
-                return
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        except db.OperationalError as exc:  # sqlite3's or sqlcipher3's
-            if exc.sqlite_errorcode & 0xFF not in (_SQLITE_BUSY, _SQLITE_LOCKED):
-                raise
-            if time.monotonic() >= deadline:
-                raise OpenError(
-                    path,
-                    f"{path}: could not switch the database to WAL mode: it stayed locked by "
-                    f"another connection for the whole busy timeout. Retry, or raise "
-                    f"busy_timeout.",
-                ) from exc
-            time.sleep(0.005)
-            continue
-        if mode != "wal":
-            raise OpenError(
-                path,
-                f"{path}: SQLite refused WAL mode (journal mode stays {mode!r}). WAL needs a "
-                f"local filesystem with shared memory; keep the database on a local disk, "
-                f"not a network share.",
-            )
-        return
+
+    def switch() -> str:
+        mode: str = db.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode == "wal" or db.readonly:
+            return "wal"
+        switched: str = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        return switched
+
+    try:
+        mode = sqlite_facts.retry_while_busy(switch, deadline, interval=0.005)
+    except db.OperationalError as exc:  # sqlite3's or sqlcipher3's
+        if not sqlite_facts.is_busy(exc):
+            raise
+        raise OpenError(
+            path,
+            f"{path}: could not switch the database to WAL mode: it stayed locked by "
+            f"another connection for the whole busy timeout. Retry, or raise "
+            f"busy_timeout.",
+        ) from exc
+    if mode != "wal":
+        raise OpenError(
+            path,
+            f"{path}: SQLite refused WAL mode (journal mode stays {mode!r}). WAL needs a "
+            f"local filesystem with shared memory; keep the database on a local disk, "
+            f"not a network share.",
+        )
 
 
 def _synchronous(level: str) -> str:
@@ -423,12 +415,13 @@ def _log_library_version_once() -> None:
         return
     _version_logged.set()
     logger.info("SQLite library %s (Python %s)", sqlite3.sqlite_version, sys.version.split()[0])
-    if sqlite3.sqlite_version_info < FIRST_SQLITE_WITHOUT_WAL_RESET_BUG:
-        wanted = ".".join(map(str, FIRST_SQLITE_WITHOUT_WAL_RESET_BUG))
+    if sqlite3.sqlite_version_info < sqlite_facts.FIRST_SQLITE_WITHOUT_WAL_RESET_BUG:
+        wanted = ".".join(map(str, sqlite_facts.FIRST_SQLITE_WITHOUT_WAL_RESET_BUG))
         logger.warning(
             "SQLite %s is older than %s and has the WAL-reset bug, which can corrupt a WAL "
             "database under concurrent writes and checkpoints "
-            "(https://sqlite.org/wal.html#walresetbug). Upgrade the SQLite library.",
+            "(%s). Upgrade the SQLite library.",
             sqlite3.sqlite_version,
             wanted,
+            sqlite_facts.WAL_RESET_BUG_URL,
         )

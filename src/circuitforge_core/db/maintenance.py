@@ -40,6 +40,13 @@ from .connect import Connection, get_db
 from .errors import BackupError, OpenError
 from .files import fsync, remove_quietly
 from .migrations import MigrationsDir, _read_records, read_migrations
+from .sqlite_facts import (
+    DEFAULT_BUSY_TIMEOUT,
+    HEADER,
+    SQLITE_NOTADB,
+    error_code,
+    quote_identifier,
+)
 
 try:  # POSIX only; elsewhere copies left by a killed backup stay until removed by hand
     import fcntl
@@ -50,7 +57,6 @@ logger = logging.getLogger("circuitforge_core.db")
 
 DEFAULT_PAGES_PER_STEP = 1024
 #: The first 16 bytes of every SQLite database file.
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 Progress = Callable[[int, int], None]
 CheckMode = Literal["integrity_check", "quick_check"]
@@ -79,7 +85,7 @@ def backup_database(
     quick: bool = False,
     progress: Progress | None = None,
     pages_per_step: int = DEFAULT_PAGES_PER_STEP,
-    busy_timeout: float = 5.0,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     key: Key | None = None,
 ) -> BackupResult:
     """Copy the database ``source`` to ``dest`` while others keep using it.
@@ -228,8 +234,8 @@ def _backup_target(source: str, dest: str, key: Key | None) -> str:
         if not os.path.isfile(dest):
             raise BackupError(f"cannot back up to {dest}: it is not a regular file.", path=dest)
         with open(dest, "rb") as existing:
-            header = existing.read(len(SQLITE_HEADER))
-        if header and header != SQLITE_HEADER and not _opens_with(dest, key):
+            header = existing.read(len(HEADER))
+        if header and header != HEADER and not _opens_with(dest, key):
             also = ", nor one that this key decrypts" if key is not None else ""
             raise BackupError(
                 f"{dest} exists and is not an SQLite database{also}; refusing to overwrite it. "
@@ -315,7 +321,7 @@ def _check_copy(temp: str, target: str, check: CheckMode, key: Key | None) -> No
     """The copy must open (with the key, if any) and pass its check, and leave no -wal behind."""
     if key is not None:
         with open(temp, "rb") as copy:
-            if copy.read(len(SQLITE_HEADER)) == SQLITE_HEADER:  # never a plaintext copy
+            if copy.read(len(HEADER)) == HEADER:  # never a plaintext copy
                 raise BackupError(
                     f"the copy of an encrypted database came out unencrypted; {target} was not "
                     f"written. Reinstall the SQLCipher driver: pip install "
@@ -387,7 +393,7 @@ def check_database(
     *,
     quick: bool = False,
     max_errors: int = 100,
-    busy_timeout: float = 5.0,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     key: Key | None = None,
 ) -> CheckResult:
     """Run ``PRAGMA integrity_check`` (``quick_check``) and ``foreign_key_check``; never writes.
@@ -412,7 +418,7 @@ def check_database(
     except OpenError as exc:
         if "malformed" in str(exc.__cause__):  # readable header, unreadable schema
             return CheckResult(fspath, check, (f"cannot read the schema: {exc.__cause__}",), ())
-        undecryptable = getattr(exc.__cause__, "sqlite_errorcode", None) == _SQLITE_NOTADB
+        undecryptable = exc.__cause__ is not None and error_code(exc.__cause__) == SQLITE_NOTADB
         damage = (
             _undecryptable_pages(fspath, key, max_errors)
             if key is not None and undecryptable
@@ -438,7 +444,6 @@ def check_database(
 
 
 _ROWIDS_SHOWN = 5
-_SQLITE_NOTADB = 26
 
 
 def _undecryptable_pages(path: str, key: Key, max_errors: int) -> tuple[str, ...] | None:
@@ -451,7 +456,7 @@ def _undecryptable_pages(path: str, key: Key, max_errors: int) -> tuple[str, ...
     file) is good enough here.
     """
     with open(path, "rb") as handle:
-        if handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER:
+        if handle.read(len(HEADER)) == HEADER:
             return None  # a plain file opened with a key: the OpenError says so
     driver = load_driver(path)
     try:
@@ -497,7 +502,7 @@ def _foreign_key_problems(db: Connection) -> tuple[ForeignKeyProblem, ...]:
         parents[(table, fkid)] = parent
     problems = []
     for (table, fkid), rowids in groups.items():
-        quoted = '"' + table.replace('"', '""') + '"'
+        quoted = quote_identifier(table)
         links = [
             (row[3], row[4])
             for row in db.execute(f"PRAGMA foreign_key_list({quoted})")

@@ -41,6 +41,7 @@ from .errors import (
     MigrationRefusedError,
     MigrationSourceError,
 )
+from .sqlite_facts import is_busy, quote_identifier, retry_while_busy
 from .sqlsplit import Statement, split_sql
 
 try:  # POSIX only; elsewhere no-transaction files are not serialised across processes
@@ -58,8 +59,6 @@ NO_TRANSACTION_MARKER = "-- cf-db: no-transaction"
 DEFAULT_LOCK_TIMEOUT = 600.0
 
 _BOOKKEEPING_COLUMNS = {"checksum": "TEXT", "duration_ms": "REAL"}
-_SQLITE_BUSY = 5
-_SQLITE_LOCKED = 6
 
 # Statements SQLite refuses, or silently ignores, inside a transaction.
 _NEEDS_NO_TRANSACTION_PRAGMAS = {
@@ -528,24 +527,22 @@ def _immediate(db: sqlite3.Connection, deadline: float) -> Iterator[None]:
 
     Commits if the block ends normally and the transaction is still open.
     """
-    waited_logged = False
-    while True:
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            break
-        except db.OperationalError as exc:  # sqlite3's or sqlcipher3's
-            if exc.sqlite_errorcode & 0xFF not in (_SQLITE_BUSY, _SQLITE_LOCKED):
-                raise
-            if time.monotonic() >= deadline:
-                raise MigrationError(
-                    f"gave up waiting for the write lock on {_database_path(db)}: another "
-                    f"connection held it past the migration lock timeout. Find the process "
-                    f"holding it, or raise lock_timeout."
-                ) from exc
-            if not waited_logged:
-                logger.info("waiting for another connection to release %s", _database_path(db))
-                waited_logged = True
-            time.sleep(0.01)
+    try:
+        retry_while_busy(
+            lambda: db.execute("BEGIN IMMEDIATE"),
+            deadline,
+            on_first_wait=lambda: logger.info(
+                "waiting for another connection to release %s", _database_path(db)
+            ),
+        )
+    except db.OperationalError as exc:  # sqlite3's or sqlcipher3's
+        if not is_busy(exc):
+            raise
+        raise MigrationError(
+            f"gave up waiting for the write lock on {_database_path(db)}: another "
+            f"connection held it past the migration lock timeout. Find the process "
+            f"holding it, or raise lock_timeout."
+        ) from exc
     try:
         yield
     except BaseException:
@@ -628,7 +625,7 @@ def _check_foreign_keys(db: sqlite3.Connection, name: str, touched: set[str]) ->
             to_check[table] = None
     violations: list[tuple[str, int | None, str]] = []
     for table in to_check:
-        for row in db.execute(f"PRAGMA foreign_key_check({_quote(table)})"):
+        for row in db.execute(f"PRAGMA foreign_key_check({quote_identifier(table)})"):
             violations.append((row[0], row[1], row[2]))
     if violations:
         sample = ", ".join(f"{t} rowid {r} -> {p}" for t, r, p in violations[:5])
@@ -640,10 +637,6 @@ def _check_foreign_keys(db: sqlite3.Connection, name: str, touched: set[str]) ->
             name=name,
             violations=violations[:20],
         )
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 # -- concurrency helpers -------------------------------------------------------------

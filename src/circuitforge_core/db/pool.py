@@ -49,6 +49,7 @@ from .cipher import Key
 from .connect import Connection, get_db
 from .errors import PoolClosedError, PoolTimeoutError
 from .migrations import DEFAULT_LOCK_TIMEOUT, MigrationsDir, run_migrations
+from .sqlite_facts import is_broken
 
 logger = logging.getLogger("circuitforge_core.db")
 
@@ -61,13 +62,6 @@ RowFactory = Callable[[sqlite3.Cursor, tuple[Any, ...]], Any] | None
 #: each time a connection is opened, returning its key (None: a plain file).
 KeySource = Key | Callable[[str], Key | None] | None
 
-# Primary result codes after which a connection is not trusted again.
-_SQLITE_IOERR = 10
-_SQLITE_CORRUPT = 11
-_SQLITE_CANTOPEN = 14
-_SQLITE_NOTADB = 26
-_SQLITE_READONLY_DBMOVED = 8 | (4 << 8)
-_BROKEN_CODES = {_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_CANTOPEN, _SQLITE_NOTADB}
 _PRUNE_HANDLES_AT = 256
 
 
@@ -733,10 +727,7 @@ def _is_broken(conn: PooledConnection, exc: BaseException | None) -> bool:
     """Whether the error the block raised means the connection must not be reused."""
     if not isinstance(exc, conn.DatabaseError):  # sqlite3's or sqlcipher3's
         return False
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is None:
-        return False
-    return code & 0xFF in _BROKEN_CODES or code == _SQLITE_READONLY_DBMOVED
+    return is_broken(exc)
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:

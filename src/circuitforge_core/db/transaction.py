@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from .errors import TransactionError
+from .sqlite_facts import DEFAULT_BUSY_TIMEOUT
 
 ConnectionT = TypeVar("ConnectionT", bound=sqlite3.Connection)
 
@@ -115,4 +116,4 @@ def _writer_lock(db: sqlite3.Connection) -> threading.Lock | None:
 
 
 def _busy_timeout(db: sqlite3.Connection) -> float:
-    return float(getattr(db, "busy_timeout", 5.0))
+    return float(getattr(db, "busy_timeout", DEFAULT_BUSY_TIMEOUT))

@@ -1,0 +1,124 @@
+"""What every module must know about SQLite itself: result codes, the header, quoting, versions.
+
+Owns facts that hold for any SQLite file and library, written once so that no
+module keeps its own copy, plus the one loop that waits out a busy write
+lock. Imports nothing of this package, so every module may use it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
+# -- result codes (https://sqlite.org/rescode.html) ----------------------------------
+
+SQLITE_BUSY = 5
+SQLITE_LOCKED = 6
+SQLITE_READONLY = 8
+SQLITE_IOERR = 10
+SQLITE_CORRUPT = 11
+SQLITE_FULL = 13
+SQLITE_CANTOPEN = 14
+SQLITE_NOTADB = 26
+#: The file was moved or replaced under an open connection.
+SQLITE_READONLY_DBMOVED = SQLITE_READONLY | (4 << 8)
+
+#: Primary codes after which a connection is not trusted again.
+BROKEN_CONNECTION_CODES = frozenset({SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_CANTOPEN, SQLITE_NOTADB})
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The extended result code of an ``sqlite3`` (or ``sqlcipher3``) error, if it has one."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code if isinstance(code, int) else None
+
+
+def primary_code(exc: BaseException) -> int | None:
+    """The primary result code (the low byte of the extended one), if there is one."""
+    code = error_code(exc)
+    return None if code is None else code & 0xFF
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds a lock we need."""
+    return primary_code(exc) in (SQLITE_BUSY, SQLITE_LOCKED)
+
+
+def is_broken(exc: BaseException) -> bool:
+    """An error after which the connection must not be handed out again."""
+    code = error_code(exc)
+    if code is None:
+        return False
+    return code & 0xFF in BROKEN_CONNECTION_CODES or code == SQLITE_READONLY_DBMOVED
+
+
+# -- files ---------------------------------------------------------------------------
+
+#: The first 16 bytes of every plain SQLite database (https://sqlite.org/fileformat.html).
+HEADER = b"SQLite format 3\x00"
+#: What SQLite puts beside a database file.
+COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a double-quoted SQL identifier, safe whatever it holds."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+# -- versions ------------------------------------------------------------------------
+
+#: SQLite releases before this one carry the WAL-reset bug, which can corrupt a
+#: WAL database when two connections write and checkpoint at the same moment.
+FIRST_SQLITE_WITHOUT_WAL_RESET_BUG = (3, 51, 3)
+WAL_RESET_BUG_URL = "https://sqlite.org/wal.html#walresetbug"
+
+
+def version_info(version: str) -> tuple[int, ...]:
+    """``"3.40.1"`` -> ``(3, 40, 1)``."""
+    return tuple(int(part) for part in version.split(".")[:3])
+
+
+def has_wal_reset_bug(version: str) -> bool:
+    """Whether the SQLite library of this version carries the WAL-reset bug."""
+    return version_info(version) < FIRST_SQLITE_WITHOUT_WAL_RESET_BUG
+
+
+# -- defaults ------------------------------------------------------------------------
+
+#: Seconds a connection waits for another's lock unless told otherwise. Here,
+#: not in connect.py, because modules that connect.py imports need it too.
+DEFAULT_BUSY_TIMEOUT = 5.0
+
+
+# -- waiting for the write lock ------------------------------------------------------
+
+
+def retry_while_busy(
+    action: Callable[[], _T],
+    deadline: float,
+    *,
+    interval: float = 0.01,
+    on_first_wait: Callable[[], None] | None = None,
+) -> _T:
+    """Run ``action`` again while it fails with SQLITE_BUSY/LOCKED, until ``deadline``.
+
+    For the waits SQLite's busy handler does not cover (switching the journal
+    mode of a file others are opening, ``BEGIN IMMEDIATE`` past the busy
+    timeout). Past ``deadline`` (``time.monotonic()``) the last busy error is
+    raised; any other error at once. ``on_first_wait`` runs once, before the
+    first retry (to log that we wait).
+    """
+    waited = False
+    while True:
+        try:
+            return action()
+        except Exception as exc:  # sqlite3's or sqlcipher3's OperationalError
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+            if not waited and on_first_wait is not None:
+                on_first_wait()
+            waited = True
+            time.sleep(interval)
