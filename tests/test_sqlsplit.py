@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from circuitforge_core.db import MigrationError, get_db, run_migrations
@@ -347,22 +347,31 @@ def _one_by_one(script: str) -> tuple[list[str], object]:
         db.close()
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Seeds 5 and 7 (7 of 70 seeds) drew this: the old check looked the statement up with
+# str.index and found the `BEGIN;` inside the `--BEGIN;` comment before it.
+@example(
+    'CREATE TABLE log (id INTEGER, note TEXT);CREATE TABLE "t0"(id INTEGER PRIMARY KEY, '
+    '"c" TEXT);--BEGIN;\nBEGIN;INSERT INTO "t0"VALUES (1, \'\');COMMIT;'
+)
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(scripts())
 def test_split_agrees_with_sqlite(script: str) -> None:
     """On generated scripts, split_sql finds SQLite's statements, and running them gives its db."""
     expected, expected_state = _oracle(script)
-    statements = split_sql(script)
     got, got_state = _one_by_one(script)
     assert all(a != b for a, b in itertools.pairwise(got)), "generator repeated a statement"
     assert got == expected
     assert got_state == expected_state
-    # The statements are the script's own text, in order, with only gaps between them,
-    # and each one's line is the line its first character is on.
+    assert_statements_tile_the_script(script, split_sql(script))
+
+
+def assert_statements_tile_the_script(script: str, statements: list[Statement]) -> None:
+    """The statements are the script's own text, in order, with only gaps between them,
+    and each one's line is the line its first character is on."""
     pos = 0
     for statement in statements:
-        start = script.index(statement.sql, pos)
-        assert _GAP_RE.match(script, pos).end() == start  # type: ignore[union-attr]
+        start = _GAP_RE.match(script, pos).end()  # type: ignore[union-attr]
+        assert script.startswith(statement.sql, start), (pos, statement)
         assert statement.line == script.count("\n", 0, start) + 1
         pos = start + len(statement.sql)
     assert _GAP_RE.match(script, pos).end() == len(script)  # type: ignore[union-attr]
