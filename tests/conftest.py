@@ -1,4 +1,15 @@
-"""Shared fixtures: real SQLite files in temporary folders, a clean environment."""
+"""Shared fixtures: real SQLite files in temporary folders, a clean environment.
+
+Also the Hypothesis profiles. ``ci`` is the default for every run (``make test``,
+CI, a bare ``pytest``): derandomised, so each run tries the same examples and a
+red run is never luck; no example database, so a local ``.hypothesis`` folder
+cannot make one machine's run differ from another's; no deadline and no
+too-slow health check, so a loaded machine cannot fail a test that is merely
+slow. Failures found once stay as explicit ``@example``s. ``deep``
+(``make test-deep``, ``pytest --hypothesis-profile=deep``) draws fresh examples,
+25 times as many, and keeps what fails in ``.hypothesis`` to replay it first.
+Tests leave ``max_examples`` and ``deadline`` to the profile.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    max_examples=200,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "deep",
+    derandomize=False,
+    max_examples=5_000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+# The default; `--hypothesis-profile=NAME` is applied after this file and wins.
+settings.load_profile("ci")
 
 # Environment variables the library (or its later parts) may read; tests never
 # inherit them from the machine they run on.
