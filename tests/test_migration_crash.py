@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,54 +16,57 @@ from circuitforge_core.db import get_db, run_migrations
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 
+# The migrator stops at one named kill point of the file and says so; the test
+# then kills it there. A kill point is an SQL function call, so it can sit between
+# statements or inside one (in a WHERE clause, at one row of a long INSERT); the
+# moment of the kill depends on nothing but the file, never on machine speed.
 MIGRATOR_SCRIPT = """
-import sys
-from pathlib import Path
+import sys, threading
 from circuitforge_core.db import get_db, run_migrations
 
-db_path, folder, marker, target = sys.argv[1:5]
+db_path, folder, stop_at = sys.argv[1:4]
 
-def on_start(name):
-    if name == target:
-        Path(marker).write_text(name)
+def kill_point(name, now):
+    if name == stop_at and now:
+        print(name, flush=True)
+        threading.Event().wait()  # until SIGKILL
+    return 1
 
 db = get_db(db_path)
-run_migrations(db, folder, on_start=on_start)
+db.create_function("kill_point", 2, kill_point)
+run_migrations(db, folder)
 db.close()
 """
 
 
-def _rows(count: int, label: str) -> str:
+def no_kill_points(db: sqlite3.Connection) -> None:
+    """Let the test's own connection run files that hold kill points."""
+    db.create_function("kill_point", 2, lambda name, now: 1)
+
+
+def _rows(count: int, label: str, kill_at_row: int = 0) -> str:
+    where = f" WHERE kill_point('{label}', i = {kill_at_row})" if kill_at_row else ""
     return (
         f"WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {count})\n"
-        f"INSERT INTO big (v) SELECT printf('{label}-%08d-%s', i, hex(randomblob(6))) FROM c;\n"
+        f"INSERT INTO big (v) SELECT printf('{label}-%08d-%s', i, hex(randomblob(6))) FROM c"
+        f"{where};\n"
     )
 
 
-def _spin(count: int) -> str:
-    """CPU work that writes one row: time passes inside the transaction without disk growth."""
-    return (
-        f"WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {count})\n"
-        f"INSERT INTO spins SELECT count(*) FROM c;\n"
-    )
-
-
-# About 3-4 s on a busy 2-core machine: writes that outgrow the page cache (so
-# uncommitted pages reach the WAL file), a long CPU stretch, more writes, and a
-# last CPU stretch that keeps the commit well after the latest kill.
+# Writes that outgrow the page cache, so that uncommitted pages reach the WAL file
+# long before the commit; kill points before the first write, inside the second
+# INSERT (its first 200,000 rows written), and after the last statement (the commit
+# and its _migrations row are next).
 LONG_MIGRATION = (
     "CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT NOT NULL);\n"
-    "CREATE TABLE spins (n INTEGER);\n"
+    "SELECT kill_point('start', 1);\n"
     + _rows(300_000, "a")
     + "CREATE INDEX big_v ON big (v);\n"
-    + _spin(6_000_000)
-    + _rows(300_000, "b")
-    + _spin(4_000_000)
+    + _rows(300_000, "b", kill_at_row=200_000)
+    + "SELECT kill_point('end', 1);\n"
 )
-# When to kill, judged from outside so that machine speed does not matter:
-# right after the migration starts, then once its uncommitted pages have grown
-# the WAL file past 6 MiB (first writes), then past 20 MiB (second writes).
-KILL_WHEN = [("soon after the start", 0), ("after the first writes", 6), ("late", 20)]
+# (kill point, the least the WAL holds by then, in MiB)
+KILL_POINTS = [("start", 0), ("b", 20), ("end", 28)]
 MIB = 1024 * 1024
 
 EARLIER = {
@@ -72,38 +75,32 @@ EARLIER = {
 }
 
 
-def _start_migrator(db_path: Path, folder: Path, target: str, log: Path) -> subprocess.Popen[bytes]:
-    marker = db_path.parent / "started"
+def _start_migrator(
+    db_path: Path, folder: Path, kill_point: str, log: Path
+) -> subprocess.Popen[bytes]:
+    """Start the migrator and return once it waits at ``kill_point``."""
     with log.open("wb") as stderr:
         child = subprocess.Popen(
-            [sys.executable, "-c", MIGRATOR_SCRIPT, str(db_path), str(folder), str(marker), target],
-            stdout=subprocess.DEVNULL,
+            [sys.executable, "-c", MIGRATOR_SCRIPT, str(db_path), str(folder), kill_point],
+            stdout=subprocess.PIPE,
             stderr=stderr,
         )
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        if child.poll() is not None or time.monotonic() > deadline:
-            child.kill()
-            child.wait()
-            raise AssertionError(f"the migrator never started {target}: {log.read_text()}")
-        time.sleep(0.01)
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], 120)
+    line = child.stdout.readline() if ready else b""
+    if line.strip() != kill_point.encode():
+        child.kill()
+        child.wait()
+        raise AssertionError(f"the migrator never reached {kill_point}: {log.read_text()}")
     return child
 
 
-def _wait_for_wal(db_path: Path, size: int, child: subprocess.Popen[bytes]) -> None:
-    """Return once the database's WAL file holds at least ``size`` bytes."""
-    deadline = time.monotonic() + 60
-    while os.path.getsize(f"{db_path}-wal") < size:
-        assert child.poll() is None, "the migration ended before its WAL grew"
-        assert time.monotonic() < deadline, "the WAL never grew"
-        time.sleep(0.002)
-
-
-def _kill(child: subprocess.Popen[bytes], after: float, log: Path) -> None:
-    time.sleep(after)
-    assert child.poll() is None, f"the migration ended before the kill: {log.read_text()}"
+def _kill(child: subprocess.Popen[bytes]) -> None:
+    assert child.poll() is None
     os.kill(child.pid, signal.SIGKILL)
     assert child.wait(30) == -signal.SIGKILL
+    assert child.stdout is not None
+    child.stdout.close()
 
 
 def _recorded(db_path: Path) -> list[str]:
@@ -122,24 +119,20 @@ def test_killed_migration_leaves_no_trace_and_reruns(tmp_path: Path) -> None:
     for name, text in EARLIER.items():
         (folder / name).write_text(text, encoding="utf-8")
     (folder / "003_long.sql").write_text(LONG_MIGRATION, encoding="utf-8")
-    for attempt, (when, wal_mib) in enumerate(KILL_WHEN):
+    for attempt, (kill_point, wal_mib) in enumerate(KILL_POINTS):
         db_path = tmp_path / f"attempt{attempt}" / "app.db"
         log = tmp_path / f"attempt{attempt}.log"
         db_path.parent.mkdir()
-        child = _start_migrator(db_path, folder, "003_long.sql", log)
-        if wal_mib:
-            _wait_for_wal(db_path, wal_mib * MIB, child)
-            _kill(child, 0, log)
-        else:
-            _kill(child, 0.1, log)
+        _kill(_start_migrator(db_path, folder, kill_point, log))
         # Uncommitted frames stay in the WAL: recovery must tell them from committed ones.
-        assert os.path.getsize(f"{db_path}-wal") >= wal_mib * MIB
+        assert os.path.getsize(f"{db_path}-wal") >= wal_mib * MIB, kill_point
 
         db = get_db(db_path)
+        no_kill_points(db)
         try:
             assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
             tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
-            assert not tables & {"big", "spins", "big_v"}, f"killed {when}"
+            assert not tables & {"big", "big_v"}, f"killed at {kill_point}"
             assert [n for (n,) in db.execute("SELECT name FROM _migrations ORDER BY name")] == [
                 "001_keep.sql",
                 "002_more.sql",
@@ -148,10 +141,6 @@ def test_killed_migration_leaves_no_trace_and_reruns(tmp_path: Path) -> None:
 
             assert run_migrations(db, folder) == ["003_long.sql"]
             assert db.execute("SELECT count(*) FROM big").fetchone() == (600_000,)
-            assert db.execute("SELECT n FROM spins ORDER BY n").fetchall() == [
-                (4_000_000,),
-                (6_000_000,),
-            ]
             assert run_migrations(db, folder) == []
             assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         finally:
@@ -159,25 +148,15 @@ def test_killed_migration_leaves_no_trace_and_reruns(tmp_path: Path) -> None:
         assert _recorded(db_path) == ["001_keep.sql", "002_more.sql", "003_long.sql"]
 
 
-# Six autocommitted chunks, each a statement of its own; safe to run again.
+# Six autocommitted chunks, each a statement of its own; safe to run again. The
+# kill point sits in the second chunk, 150,000 rows in.
 OUTSIDE_MIGRATION = "-- cf-db: no-transaction\n" + "".join(
     f"INSERT OR IGNORE INTO chunks (id, v)\n"
     f"  WITH RECURSIVE c(i) AS (SELECT {start} UNION ALL SELECT i + 1 FROM c "
     f"WHERE i < {start + 299_999})\n"
-    f"  SELECT i, printf('chunk-%08d', i) FROM c;\n"
+    f"  SELECT i, printf('chunk-%08d', i) FROM c WHERE kill_point('chunk 2', i = 450000);\n"
     for start in range(1, 1_800_000, 300_000)
 )
-
-
-def _wait_for_rows(db_path: Path, count: int) -> None:
-    reader = sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True, timeout=5)
-    try:
-        deadline = time.monotonic() + 60
-        while reader.execute("SELECT count(*) FROM chunks").fetchone()[0] < count:
-            assert time.monotonic() < deadline, "the no-transaction migration never progressed"
-            time.sleep(0.01)
-    finally:
-        reader.close()
 
 
 @pytest.mark.slow
@@ -190,18 +169,15 @@ def test_killed_no_transaction_migration_is_not_recorded(tmp_path: Path) -> None
     )
     (folder / "002_fill.sql").write_text(OUTSIDE_MIGRATION, encoding="utf-8")
     db_path = tmp_path / "app.db"
-    log = tmp_path / "migrator.log"
-    child = _start_migrator(db_path, folder, "002_fill.sql", log)
-    _wait_for_rows(db_path, 300_000)  # the first chunk is committed
-    _kill(child, 0, log)
+    _kill(_start_migrator(db_path, folder, "chunk 2", tmp_path / "migrator.log"))
 
     db = get_db(db_path)
+    no_kill_points(db)
     try:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert [n for (n,) in db.execute("SELECT name FROM _migrations")] == ["001_chunks.sql"]
-        (done,) = db.execute("SELECT count(*) FROM chunks").fetchone()
-        assert done % 300_000 == 0, "each chunk is one statement: all of it or none"
-        assert 300_000 <= done < 1_800_000
+        # Each chunk is one statement: the first is all there, the second not at all.
+        assert db.execute("SELECT count(*), max(id) FROM chunks").fetchone() == (300_000, 300_000)
         # The lock file the killed process held does not block the rerun.
         assert run_migrations(db, folder, lock_timeout=30) == ["002_fill.sql"]
         assert db.execute("SELECT count(*), min(id), max(id) FROM chunks").fetchone() == (
