@@ -98,17 +98,30 @@ def test_path_with_uri_characters(tmp_path: Path) -> None:
 def test_implicit_transaction_takes_the_write_lock(db_path: Path) -> None:
     """A plain INSERT opens BEGIN IMMEDIATE: a second writer waits instead of failing."""
     first = get_db(db_path)
-    second = get_db(db_path, busy_timeout=5)
+    second = get_db(db_path, busy_timeout=60)
+    began = threading.Event()
+    committed: list[bool] = []
+
+    def commit_once_the_second_writer_begins() -> None:
+        # The trace fires as BEGIN IMMEDIATE starts to run, before it asks for the lock.
+        committed.append(began.wait(60))
+        first.commit()
+
     try:
         first.execute("CREATE TABLE t (x)")
         first.commit()
         first.execute("SELECT * FROM t").fetchall()
         first.execute("INSERT INTO t VALUES (1)")  # holds the write lock now
-        released = threading.Timer(0.3, first.commit)
-        released.start()
+        second.set_trace_callback(
+            lambda sql: began.set() if sql.upper().startswith("BEGIN") else None
+        )
+        releaser = threading.Thread(target=commit_once_the_second_writer_begins)
+        releaser.start()
         second.execute("INSERT INTO t VALUES (2)")  # waits on the busy timeout, then succeeds
         second.commit()
-        released.join(5)
+        releaser.join(60)
+        assert not releaser.is_alive()
+        assert committed == [True]
         assert second.execute("SELECT count(*) FROM t").fetchone()[0] == 2
     finally:
         first.close()

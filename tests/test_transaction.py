@@ -181,12 +181,12 @@ def test_writer_queue_times_out_with_a_clear_error(db_path: Path) -> None:
     def hold() -> None:
         with transaction(holder):
             got_lock.set()
-            release.wait(10)
+            release.wait(120)  # set as soon as the waiter has given up
 
     thread = threading.Thread(target=hold)
     thread.start()
     try:
-        assert got_lock.wait(10)
+        assert got_lock.wait(60)
         with (
             pytest.raises(sqlite3.OperationalError, match="database is locked"),
             transaction(waiter),
@@ -194,7 +194,7 @@ def test_writer_queue_times_out_with_a_clear_error(db_path: Path) -> None:
             pass  # pragma: no cover - never entered
     finally:
         release.set()
-        thread.join(10)
+        thread.join(60)
         holder.close()
         waiter.close()
     assert not thread.is_alive()
