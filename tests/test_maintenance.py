@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sqlite3
 import subprocess
@@ -229,10 +230,42 @@ def test_backup_of_a_damaged_database_writes_nothing(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
+# A stepped backup (8 pages a step) that lets the writer commit at least once more
+# after every step before it takes the next: the copy meets a commit between each
+# pair of steps, whatever the speed of the machine.
+BACKUP_BETWEEN_COMMITS = """
+import sys, time
+from circuitforge_core.db import get_db
+from circuitforge_core.db.maintenance import backup_database
+
+source, dest = sys.argv[1:3]
+key = bytes.fromhex(sys.argv[3]) if len(sys.argv) > 3 else None
+watch = get_db(source, key=key, readonly=True)
+
+def newest():
+    return watch.execute("SELECT max(id) FROM t").fetchone()[0]
+
+seen = newest()
+
+def progress(done, total):
+    global seen
+    deadline = time.monotonic() + 30
+    while newest() == seen:
+        if time.monotonic() > deadline:
+            sys.exit("the writer stopped committing")
+        time.sleep(0.001)
+    seen = newest()
+
+backup_database(source, dest, key=key, pages_per_step=8, progress=progress)
+watch.close()
+"""
+
+
 def test_backup_holds_every_row_committed_before_it_began(
     tmp_path: Path, writer: Callable[[Path], subprocess.Popen[bytes]]
 ) -> None:
-    """A slow stepped copy while another process commits continuously: no restart, no loss.
+    """A stepped copy with another process's commits between every two steps: no restart,
+    no loss.
 
     Without the snapshot the backup holds, each commit between two steps
     restarts the copy and this one would never finish (it runs in a child
@@ -242,16 +275,10 @@ def test_backup_holds_every_row_committed_before_it_began(
     make_database(source, rows=3000, blob=1000)
     process = writer(source)
     before = max_id(source)
-    script = (
-        "import sys, time\n"
-        "from circuitforge_core.db.maintenance import backup_database\n"
-        "backup_database(sys.argv[1], sys.argv[2], pages_per_step=8,\n"
-        "                progress=lambda done, total: time.sleep(0.002))\n"
-    )
     subprocess.run(
-        [sys.executable, "-c", script, str(source), str(tmp_path / "copy.db")],
+        [sys.executable, "-c", BACKUP_BETWEEN_COMMITS, str(source), str(tmp_path / "copy.db")],
         check=True,
-        timeout=60,
+        timeout=120,
     )
     assert process.poll() is None, "the writer stopped during the backup"
     assert max_id(source) > before
@@ -260,27 +287,36 @@ def test_backup_holds_every_row_committed_before_it_began(
     assert query(copy, f"SELECT count(*) FROM t WHERE id <= {before}") == [(before,)]
 
 
-# A backup whose progress callback dawdles, so that the test can act in the middle of it.
-SLOW_BACKUP = """
-import sys, time
-from pathlib import Path
+# A backup that stops after its first step, says so on stdout, and goes on when the
+# test writes a line to its stdin (or is killed there).
+PAUSED_BACKUP = """
+import sys
 from circuitforge_core.db.maintenance import backup_database
 
+paused = False
+
 def progress(done, total):
-    Path(sys.argv[3]).write_text(f"{done}/{total}")
-    time.sleep(0.02)
+    global paused
+    if not paused:
+        paused = True
+        print(f"{done}/{total}", flush=True)
+        sys.stdin.readline()
 
 backup_database(sys.argv[1], sys.argv[2], pages_per_step=8, progress=progress)
 """
 
 
-def start_slow_backup(source: Path, dest: Path, marker: Path) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([sys.executable, "-c", SLOW_BACKUP, source, dest, marker])
-    deadline = time.monotonic() + 30
-    while not marker.exists():
-        assert process.poll() is None, "the backup ended early"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+def start_paused_backup(source: Path, dest: Path) -> subprocess.Popen[bytes]:
+    """A backup of ``source`` to ``dest`` stopped in the middle of its copy."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_BACKUP, source, dest],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 60)
+    assert ready, "the backup never finished its first step"
+    assert process.stdout.readline(), "the backup ended before its first step"
     return process
 
 
@@ -291,10 +327,11 @@ def test_killed_backup_leaves_the_old_dest_and_the_next_one_cleans_up(tmp_path: 
     make_database(source, rows=400, blob=1000)
     dest = tmp_path / "copy.db"
     make_database(dest, rows=3)
-    process = start_slow_backup(source, dest, tmp_path / "marker")
+    process = start_paused_backup(source, dest)
     assert leftovers(tmp_path), "the copy in progress should exist"
     process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL
     assert query(dest, "SELECT count(*) FROM t") == [(3,)]
     assert query(dest, "PRAGMA integrity_check") == [("ok",)]
     assert leftovers(tmp_path)  # a killed process cannot clean up
@@ -308,11 +345,12 @@ def test_a_concurrent_backup_keeps_its_copy(tmp_path: Path) -> None:
     source = tmp_path / "app.db"
     make_database(source, rows=400, blob=1000)
     dest = tmp_path / "copy.db"
-    process = start_slow_backup(source, dest, tmp_path / "marker")
+    process = start_paused_backup(source, dest)
     try:
         backup_database(source, dest)
+        assert leftovers(tmp_path), "the paused backup's copy was removed"
     finally:
-        process.wait(timeout=60)
+        process.communicate(b"go on\n", timeout=60)
     assert process.returncode == 0
     assert query(dest, "SELECT count(*) FROM t") == [(400,)]
     assert leftovers(tmp_path) == []
@@ -596,7 +634,7 @@ while True:
 def test_encrypted_backup_holds_every_row_committed_before_it_began(
     tmp_path: Path, sqlcipher: None
 ) -> None:
-    """A slow stepped copy of an encrypted file while another process commits: no restart,
+    """A stepped copy of an encrypted file with commits between every two steps: no restart,
     no loss, and the copy checks out with the key."""
     source = tmp_path / "app.db"
     make_encrypted(source, RAW_KEY, rows=3000, blob=1000)
@@ -613,16 +651,17 @@ def test_encrypted_backup_holds_every_row_committed_before_it_began(
             assert time.monotonic() < deadline, "the writer never wrote"
             time.sleep(0.01)
         before = max_id()
-        script = (
-            "import sys, time\n"
-            "from circuitforge_core.db.maintenance import backup_database\n"
-            "backup_database(sys.argv[1], sys.argv[2], key=bytes.fromhex(sys.argv[3]),\n"
-            "                pages_per_step=8, progress=lambda done, total: time.sleep(0.002))\n"
-        )
         subprocess.run(
-            [sys.executable, "-c", script, source, tmp_path / "copy.db", RAW_KEY.hex()],
+            [
+                sys.executable,
+                "-c",
+                BACKUP_BETWEEN_COMMITS,
+                source,
+                tmp_path / "copy.db",
+                RAW_KEY.hex(),
+            ],
             check=True,
-            timeout=60,
+            timeout=120,
         )
         assert writer.poll() is None, "the writer stopped during the backup"
         assert max_id() > before
