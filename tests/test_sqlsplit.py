@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from circuitforge_core.db import (
@@ -432,7 +432,6 @@ adversarial_scripts = st.lists(st.sampled_from(_ADVERSARIAL_ATOMS), max_size=40)
 @example("CREATE TR\u0131GGER tr BEGIN SELECT 1; END; SELECT 2;")  # dotless i upper-cases to I
 @example("CREATE TRIGGER tr BEGIN SELECT 1; [a; END; SELECT 2;")
 @example("CREATE/**/TEMP--x\nTRIGGER tr BEGIN ;; END ; SELECT 1; end;")
-@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(adversarial_scripts)
 def test_split_agrees_with_complete_statement_on_adversarial_text(script: str) -> None:
     """Runs of whitespace, comments, open quotes and trigger look-alikes split as SQLite says."""
@@ -613,7 +612,6 @@ def _one_by_one(script: str) -> tuple[list[str], object]:
     'CREATE TABLE log (id INTEGER, note TEXT);CREATE TABLE "t0"(id INTEGER PRIMARY KEY, '
     '"c" TEXT);--BEGIN;\nBEGIN;INSERT INTO "t0"VALUES (1, \'\');COMMIT;'
 )
-@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(scripts())
 def test_split_agrees_with_sqlite(script: str) -> None:
     """On generated scripts, split_sql finds SQLite's statements, and running them gives its db."""
