@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-pythons lint typecheck pytest bench clean
+.PHONY: demo test test-fast test-deep test-pythons lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,26 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The suite runs in parallel worker processes (pytest-xdist): one per CPU, and
+# worksteal hands a waiting worker the tests another has not started yet, so the
+# slow ones do not pile up on one worker. `make test PYTEST_WORKERS=0` runs it in
+# this process alone (for pdb, or to compare).
+PYTEST_WORKERS ?= auto
+PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist worksteal)
+
 pytest: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest $(PARALLEL)
 
 test: lint typecheck pytest
+
+# The quick loop while developing: every test but those marked slow.
+test-fast: $(STAMP)
+	$(BIN)/pytest $(PARALLEL) -m "not slow"
+
+# The property tests under the deep Hypothesis profile: 25 times the examples, fresh
+# ones on every run (CI's profile is derandomised); what fails is kept in .hypothesis.
+test-deep: $(STAMP)
+	$(BIN)/pytest $(PARALLEL) -m hypothesis --hypothesis-profile=deep
 
 # The suite again on Python 3.12 and 3.13 where installed (CI runs it after `make test`).
 test-pythons:

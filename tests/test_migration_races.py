@@ -262,7 +262,6 @@ class _Seen(logging.Handler):
             self.event.set()
 
 
-@pytest.mark.slow
 def test_caller_waits_past_busy_timeout_for_a_long_migration(
     db_path: Path,
     migrations_dir: Path,

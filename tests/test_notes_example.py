@@ -87,6 +87,7 @@ def cloud(example: ModuleType, root: Path) -> Iterator[Server]:
     assert app.state.registry.stats().open == 0
 
 
+@pytest.mark.slow
 def test_many_users_at_once_each_see_only_their_own_notes(cloud: Server, root: Path) -> None:
     """40 users x 6 notes posted concurrently over HTTP; every list holds only its owner's."""
     users = [f"user{n:02d}" for n in range(40)]

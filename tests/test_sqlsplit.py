@@ -442,6 +442,7 @@ _EXHAUSTIVE_ATOMS = [";", " ", "\n", "\v", "'", '"', "`", "[", "]", "--", "/*", 
 _EXHAUSTIVE_ATOMS += ["END", "CREATE ", "TEMPORARY ", "TRIGGER ", "EXPLAIN"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("prefix", "suffix"),
     [("", ""), ("", "; x;"), ("CREATE TRIGGER tr BEGIN SELECT 1", "; x;")],
