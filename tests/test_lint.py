@@ -10,7 +10,7 @@ import pytest
 
 from circuitforge_core.db import get_db, run_migrations
 from circuitforge_core.db.errors import MigrationSourceError
-from circuitforge_core.db.lint import LintFinding, lint_migrations
+from circuitforge_core.db.migrations import LintFinding, lint_migrations
 
 Write = Callable[[str, "str | bytes"], Path]
 
@@ -307,7 +307,7 @@ def test_a_long_statement_is_cut_short(
     write_migration: Write, migrations_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A migration generating many rows stops at the replay budget, without a finding."""
-    monkeypatch.setattr("circuitforge_core.db.lint.REPLAY_STATEMENT_BUDGET", 0.05)
+    monkeypatch.setattr("circuitforge_core.db.migrations.lint.REPLAY_STATEMENT_BUDGET", 0.05)
     write_migration(
         "001_a.sql",
         "CREATE TABLE IF NOT EXISTS t (a);\n"

@@ -24,7 +24,7 @@ from circuitforge_core.db import (
     migration_status,
     run_migrations,
 )
-from circuitforge_core.db import migrations as migrations_module
+from circuitforge_core.db.migrations import shortcut as migrations_module
 
 Write = Callable[[str, "str | bytes"], Path]
 

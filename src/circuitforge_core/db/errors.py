@@ -17,6 +17,7 @@ migration), always chaining the original with ``raise ... from exc``.
     ├── BackupError                a backup could not be written (DEST left as it was)
     └── MigrationError             a migration cannot be planned or applied
         ├── MigrationSourceError       the folder or a file cannot be read
+        ├── MigrationNameError         (also ValueError) a new migration's name cannot be used
         ├── MigrationRefusedError      a file breaks a rule; nothing ran
         ├── MigrationModifiedError     an applied file was edited afterwards
         ├── MigrationFailedError       a statement failed; the file rolled back
@@ -115,6 +116,13 @@ class MigrationError(DBError):
 
 class MigrationSourceError(MigrationError):
     """The migrations folder or one of its files cannot be read."""
+
+
+class MigrationNameError(MigrationError, ValueError):
+    """A new migration cannot take the name asked for: unsafe, taken, or out of numbers.
+
+    ``name`` is the existing file that already has the name, when that is why.
+    """
 
 
 class MigrationRefusedError(MigrationError):

@@ -1,10 +1,10 @@
-"""Looking after a database file that may be in use: backup, checks, verification.
+"""Looking after a database file that may be in use: backup and checks.
 
 Owns the online backup (SQLite's backup API into a temporary file beside the
-destination, checked, synced and renamed into place), the integrity and
-foreign-key check, and the comparison of applied migrations' checksums with
-their files. Never writes the database it looks at. Does not print or parse
-arguments (cli.py does). An encrypted database is read through SQLCipher with
+destination, checked, synced and renamed into place) and the integrity and
+foreign-key check; ``verify_migrations`` is imported from the migrations package
+for its old import path. Never writes the database it looks at. Does not print or parse
+arguments (the CLI does). An encrypted database is read through SQLCipher with
 its key (cipher.py owns the driver and the keys) and its backup is encrypted
 with the same key: SQLCipher's backup API copies between two connections
 keyed alike, decrypting each page from the source and encrypting it for the
@@ -39,7 +39,8 @@ from .cipher import Key, apply_key, key_literal, load_driver
 from .connect import Connection, get_db
 from .errors import BackupError, OpenError
 from .files import fsync, remove_quietly
-from .migrations import MigrationsDir, _read_records, read_migrations
+from .migrations import ChecksumCheck as ChecksumCheck  # the old import path of verify
+from .migrations import verify_migrations as verify_migrations
 from .sqlite_facts import (
     DEFAULT_BUSY_TIMEOUT,
     HEADER,
@@ -60,7 +61,6 @@ DEFAULT_PAGES_PER_STEP = 1024
 
 Progress = Callable[[int, int], None]
 CheckMode = Literal["integrity_check", "quick_check"]
-ChecksumState = Literal["ok", "modified", "missing", "unchecked", "pending"]
 
 
 # -- backup --------------------------------------------------------------------------
@@ -519,53 +519,3 @@ def _foreign_key_problems(db: Connection) -> tuple[ForeignKeyProblem, ...]:
             )
         )
     return tuple(problems)
-
-
-# -- verify --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ChecksumCheck:
-    """One migration's recorded checksum against its file.
-
-    ``state`` is ``ok`` (they match), ``modified`` (they differ), ``missing``
-    (recorded, no file), ``unchecked`` (recorded without a checksum by the old
-    runner; the next ``run_migrations`` records the file's) or ``pending``
-    (a file not applied yet, nothing to compare).
-    """
-
-    name: str
-    state: ChecksumState
-    applied_at: str | None
-    recorded: str | None
-    actual: str | None
-
-
-def verify_migrations(db: sqlite3.Connection, migrations_dir: MigrationsDir) -> list[ChecksumCheck]:
-    """Compare the checksums ``_migrations`` recorded with the files; never writes.
-
-    Files in filename order, then recorded names without a file. Works on a
-    read-only connection.
-    """
-    files = read_migrations(migrations_dir)
-    records, _ = _read_records(db)
-    checks = []
-    for file in files:
-        record = records.get(file.name)
-        if record is None:
-            checks.append(ChecksumCheck(file.name, "pending", None, None, file.checksum))
-            continue
-        if record.checksum is None:
-            state: ChecksumState = "unchecked"
-        elif record.checksum == file.checksum:
-            state = "ok"
-        else:
-            state = "modified"
-        checks.append(
-            ChecksumCheck(file.name, state, record.applied_at, record.checksum, file.checksum)
-        )
-    present = {file.name for file in files}
-    for name in sorted(set(records) - present):
-        record = records[name]
-        checks.append(ChecksumCheck(name, "missing", record.applied_at, record.checksum, None))
-    return checks
