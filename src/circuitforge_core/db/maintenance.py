@@ -40,6 +40,7 @@ from .connect import Connection, get_db
 from .errors import BackupError, OpenError
 from .files import fsync, remove_quietly
 from .migrations import ChecksumCheck as ChecksumCheck  # the old import path of verify
+from .migrations import ChecksumState as ChecksumState
 from .migrations import verify_migrations as verify_migrations
 from .sqlite_facts import (
     DEFAULT_BUSY_TIMEOUT,
