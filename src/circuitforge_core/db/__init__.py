@@ -10,8 +10,9 @@ Depends on the standard library only.
 
 from .asgi import DatabaseMiddleware, database_dependency
 from .base import get_connection
-from .cipher import decrypt_database, derive_user_key, encrypt_database, rekey_database
+from .cipher import derive_user_key
 from .connect import Connection, get_db
+from .conversions import decrypt_database, encrypt_database, rekey_database
 from .errors import (
     BackupError,
     DBError,
