@@ -47,6 +47,14 @@ def join_all(threads: list[threading.Thread]) -> None:
     assert not any(thread.is_alive() for thread in threads), "a thread is stuck (deadlock?)"
 
 
+def wait_for_waiters(pool: ConnectionPool, count: int = 1) -> None:
+    """Return once ``count`` threads are blocked in the pool (its own gauge says so)."""
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    while pool.stats().waiting < count:
+        assert time.monotonic() < deadline, f"{count} thread(s) never started waiting"
+        time.sleep(0.001)
+
+
 def make_table(pool: ConnectionPool, rows: int = 0) -> None:
     with pool.connection() as db:
         db.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)")
@@ -122,7 +130,7 @@ def test_a_waiter_gets_the_connection_someone_returns(pool: ConnectionPool) -> N
             got.append(time.monotonic() - started)
 
     waiting = start(waiter)
-    time.sleep(0.2)
+    wait_for_waiters(pool)
     assert not got, "the waiter should still be waiting"
     release.set()
     join_all([*holders, waiting])
@@ -431,7 +439,7 @@ def test_a_replaced_file_waits_for_busy_old_connections_first(
         assert holding.wait(JOIN_TIMEOUT)
         os.replace(replacement, db_path)
         waiter = start(new_user)
-        time.sleep(0.3)
+        wait_for_waiters(pool)  # blocked until the old file's last connection is closed
         assert result == [], "opened the new file while the old one was still in use"
         release.set()
         join_all([holder, waiter])

@@ -57,6 +57,14 @@ def join_all(threads: list[threading.Thread]) -> None:
     assert not any(thread.is_alive() for thread in threads), "a thread is stuck (deadlock?)"
 
 
+def wait_for_waiters(registry: PoolRegistry, count: int = 1) -> None:
+    """Return once ``count`` threads are blocked in the registry (its own gauge says so)."""
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    while registry.stats().waiting < count:
+        assert time.monotonic() < deadline, f"{count} thread(s) never started waiting"
+        time.sleep(0.001)
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     folder = tmp_path / "root"
@@ -467,7 +475,7 @@ def test_a_waiter_for_the_cap_proceeds_when_a_connection_comes_back(root: Path) 
         holder = start(hold_a)
         assert holding.wait(JOIN_TIMEOUT)
         waiter = start(use_b)
-        time.sleep(0.2)
+        wait_for_waiters(registry)  # blocked on the cap
         assert done == []
         release.set()
         join_all([holder, waiter])
@@ -594,7 +602,7 @@ def test_drop_database_waits_for_busy_connections_and_refuses_new_ones(
     holder = start(hold)
     assert holding.wait(JOIN_TIMEOUT)
     dropper = start(lambda: dropped.append(registry.drop_database(path)))
-    time.sleep(0.2)
+    wait_for_waiters(registry)  # blocked until the busy connection comes back
     assert dropped == []
     assert path.exists()
     with pytest.raises(PoolClosedError, match="being deleted"), registry.connection(path):

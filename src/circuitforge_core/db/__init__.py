@@ -42,16 +42,9 @@ from .maintenance import (
     verify_migrations,
 )
 from .migrations import MigrationStatus, migration_status, run_migrations
-from .pool import ConnectionPool
-from .tenancy import (
-    PoolRegistry,
-    Settings,
-    current_db_path,
-    request_db,
-    use_db,
-    user_db_path,
-    user_key_resolver,
-)
+from .pool import ConnectionPool, PoolRegistry
+from .settings import Settings
+from .tenancy import current_db_path, request_db, use_db, user_db_path, user_key_resolver
 from .transaction import transaction
 
 __all__ = [
