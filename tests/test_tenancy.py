@@ -39,6 +39,7 @@ from circuitforge_core.db import (
     request_db,
     use_db,
     user_db_path,
+    user_key_resolver,
 )
 
 JOIN_TIMEOUT = 30.0
@@ -108,6 +109,20 @@ def test_bad_settings_are_refused_with_what_to_do(environ: dict[str, str], messa
         Settings.from_env(environ)
     assert isinstance(caught.value, ValueError)
     assert isinstance(caught.value, DBError)
+
+
+def test_only_settings_reads_the_environment() -> None:
+    """No module but settings.py reads os.environ (the CLI's --key-env reads the one named)."""
+    from circuitforge_core.db import settings as settings_module
+
+    source = Path(settings_module.__file__).parent
+    readers = sorted(
+        str(path.relative_to(source))
+        for path in source.rglob("*.py")
+        if re.search(r"\bos\.environ\b|\bgetenv\(", path.read_text(encoding="utf-8"))
+    )
+    assert [r for r in readers if r != "settings.py" and not r.startswith("cli")] == []
+    assert "settings.py" in readers
 
 
 # -- the request context ---------------------------------------------------------------
@@ -381,6 +396,25 @@ def test_eviction_keeps_open_connections_under_the_cap(registry: PoolRegistry, r
     # The second pass reopened every file: each re-checked its folder (no writes).
     assert stats.migration_runs == 2 * 40
     assert stats.databases == 4  # pools of files without connections are let go
+
+
+def test_a_file_whose_last_connection_broke_is_let_go(root: Path) -> None:
+    """A file whose only connection was discarded at check-in keeps no pool in the registry."""
+    with PoolRegistry() as registry:
+        with registry.connection(user_db_path(root, "u", "app.db")) as db:
+            db.close()  # closed by its user: discarded, not kept
+        stats = registry.stats()
+        assert (stats.databases, stats.open, stats.busy) == (0, 0, 0)
+
+
+def test_a_checkout_that_opened_nothing_leaves_no_pool_behind(root: Path, tmp_path: Path) -> None:
+    """A first checkout that fails before any connection opens does not leave an empty pool."""
+    resolver = user_key_resolver(root, "s" * 32)
+    with PoolRegistry(key=resolver) as registry:
+        with pytest.raises(UnsafePathError), registry.connection(tmp_path / "elsewhere.db"):
+            pass
+        stats = registry.stats()
+        assert (stats.databases, stats.open, stats.busy) == (0, 0, 0)
 
 
 def test_a_file_replaced_while_its_pool_was_let_go_is_migrated_again(root: Path) -> None:
@@ -687,3 +721,20 @@ def test_migrations_may_depend_on_the_file(root: Path, tmp_path: Path) -> None:
         with registry.connection(user_db_path(root, "u", "plain.db")) as db:
             tables = db.execute("SELECT name FROM sqlite_master").fetchall()
             assert tables == []
+
+
+def test_old_import_paths_keep_working() -> None:
+    """The registry and Settings are still importable from tenancy, the pool from pool."""
+    import circuitforge_core.db as package
+    from circuitforge_core.db import pool, settings, tenancy
+
+    for name in ("PoolRegistry", "Settings", "user_db_path", "user_key_resolver", "use_db"):
+        assert getattr(tenancy, name) is getattr(package, name)
+    assert tenancy.RegistryStats is pool.RegistryStats
+    assert tenancy.CLOUD_CONNECT_KWARGS is pool.CLOUD_CONNECT_KWARGS
+    assert tenancy.DEFAULT_MAX_CONNECTIONS == pool.DEFAULT_MAX_CONNECTIONS
+    assert tenancy.DEFAULT_MAX_PER_DATABASE == pool.DEFAULT_MAX_PER_DATABASE
+    assert tenancy.Settings is settings.Settings
+    assert pool.ConnectionPool is package.ConnectionPool
+    for name in ("PoolStats", "PooledConnection", "DEFAULT_POOL_SIZE", "DEFAULT_POOL_TIMEOUT"):
+        assert hasattr(pool, name)

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 from . import cipher, sqlite_facts
 from .cipher import Key
-from .errors import OpenError
+from .errors import OpenError, OpenReason
 from .open_errors import open_failed, unopenable
 
 logger = logging.getLogger("circuitforge_core.db")
@@ -374,8 +374,17 @@ def _prepare_path(path: str, *, readonly: bool) -> None:
             raise OpenError(
                 path,
                 f"{path}: cannot create its folder {parent}: {exc.strerror or exc}.",
-                reason="permission" if isinstance(exc, PermissionError) else "other",
+                reason=_folder_failure(exc),
             ) from exc
+
+
+def _folder_failure(exc: OSError) -> OpenReason:
+    """Why the database's folder could not be created."""
+    if isinstance(exc, PermissionError):
+        return "permission"
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        return "not_a_file"  # a file where a folder should be
+    return "other"
 
 
 _version_logged = threading.Event()
