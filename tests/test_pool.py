@@ -203,6 +203,36 @@ def test_a_budget_without_eviction_makes_the_other_pool_wait(tmp_path: Path) -> 
         assert (a.stats().open, b.stats().timeouts, budget.evictions) == (1, 1, 0)
 
 
+def test_a_waiter_for_a_shared_cap_gets_its_own_pools_returned_connection(
+    tmp_path: Path,
+) -> None:
+    """Without eviction, a checkout waiting for the cap takes its pool's connection once back."""
+    budget = ConnectionBudget(1, evict_idle=False)
+    with ConnectionPool(tmp_path / "a.db", budget=budget, timeout=JOIN_TIMEOUT) as pool:
+        holding, release = threading.Event(), threading.Event()
+        got: list[Connection] = []
+
+        def hold() -> None:
+            with pool.connection() as db:
+                got.append(db)
+                holding.set()
+                release.wait(JOIN_TIMEOUT)
+
+        def second() -> None:
+            with pool.connection() as db:
+                got.append(db)
+
+        holder = start(hold)
+        assert holding.wait(JOIN_TIMEOUT)
+        waiter = start(second)
+        wait_for_waiters(pool)  # this pool has room (max_size 8), the budget has not
+        assert len(got) == 1
+        release.set()
+        join_all([holder, waiter])
+        assert got[1] is got[0]
+        assert (pool.stats().opened, pool.stats().timeouts) == (1, 0)
+
+
 def test_invalid_sizes_are_refused(db_path: Path) -> None:
     """max_size below 1 or a negative timeout is a ValueError at construction."""
     with pytest.raises(ValueError, match="max_size"):

@@ -484,6 +484,9 @@ class ConnectionPool:
                 self._budget.add_idle(conn, self._evicted)
                 if self._waiters:  # notify() costs a lock probe even with nobody waiting
                     self._returned.notify()
+                if self._waiting_for_cap and not self._budget.evict_idle:
+                    # They wait on the budget, and no other pool's waiter may take this one.
+                    self._budget.wake_cap_waiters()
                 return
         self._close(conn, stale=stale)
 
