@@ -2,7 +2,9 @@
 
 Owns the connection-open sequence and the choice of every pragma, each one
 a small named step below with the reason for it. Does not own transactions
-(transaction.py), migrations (migrations.py) or pooling.
+(transaction.py), migrations (migrations.py), pooling (pool/), the keyed open
+of an encrypted file (cipher.py) or what an open failure is called
+(open_errors.py).
 
 Transaction control is pinned to the same behaviour on every supported
 Python: ``isolation_level="IMMEDIATE"`` with, on 3.12+, ``autocommit`` held at
