@@ -230,6 +230,8 @@ def connection_class(driver: ModuleType, mixins: tuple[type, ...] = ()) -> type[
     return cls
 
 
+# -- the keyed open ------------------------------------------------------------------
+
 #: How ``open_keyed`` opens a file: SQLite's URI modes, plus ``immutable`` (read
 #: only, no locks, never a -wal or -shm: for probing a file nobody writes).
 OpenMode = Literal["ro", "rw", "rwc", "immutable"]
