@@ -10,8 +10,9 @@ Depends on the standard library only.
 
 from .asgi import DatabaseMiddleware, database_dependency
 from .base import get_connection
-from .cipher import decrypt_database, derive_user_key, encrypt_database, rekey_database
+from .cipher import derive_user_key
 from .connect import Connection, get_db
+from .conversions import decrypt_database, encrypt_database, rekey_database
 from .errors import (
     BackupError,
     DBError,
@@ -55,16 +56,9 @@ from .migrations import (
     run_migrations,
     verify_migrations,
 )
-from .pool import ConnectionPool
-from .tenancy import (
-    PoolRegistry,
-    Settings,
-    current_db_path,
-    request_db,
-    use_db,
-    user_db_path,
-    user_key_resolver,
-)
+from .pool import ConnectionPool, PoolRegistry
+from .settings import Settings
+from .tenancy import current_db_path, request_db, use_db, user_db_path, user_key_resolver
 from .transaction import transaction
 
 __all__ = [
