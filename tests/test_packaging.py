@@ -472,8 +472,21 @@ def _snapshot(root: Path) -> dict[str, bytes]:
             ).replace("[project.optional-dependencies]", "[tool.unused]"),
             "project.optional-dependencies dynamic",
         ),
+        (
+            lambda t: t.replace(
+                '[project.scripts]\ncf-llm = "circuitforge_core.llm:main"\n', ""
+            ).replace("dependencies = []", 'dependencies = []\nscripts = { cf-llm = "x.y:z" }'),
+            "defines project.scripts inline",
+        ),
     ],
-    ids=["not-the-core", "older-python", "script-conflict", "package-not-found", "dynamic"],
+    ids=[
+        "not-the-core",
+        "older-python",
+        "script-conflict",
+        "package-not-found",
+        "dynamic",
+        "inline",
+    ],
 )
 def test_export_refuses_what_needs_a_human_and_writes_nothing(
     tmp_path: Path, edit: object, message: str

@@ -87,7 +87,8 @@ def _line_states(text: str) -> list[bool]:
             at_line_start = False
         char = text[i]
         if string is not None:
-            if string in ('"', '"""') and char == "\\":
+            if string in ('"', '"""') and char == "\\":  # an escape, maybe a line-ending one
+                at_line_start = text.startswith("\n", i + 1)
                 i += 2
                 continue
             if text.startswith(string, i):
@@ -128,7 +129,7 @@ class TomlText:
 
     @classmethod
     def parse(cls, text: str) -> TomlText:
-        return cls(text.splitlines(keepends=True))
+        return cls(_lines(text))
 
     def text(self) -> str:
         return "".join(self.lines)
@@ -176,7 +177,7 @@ class TomlText:
 
     def set_entry(self, table_name: str, key: str, value_text: str) -> None:
         """Replace or add ``key = value_text`` in ``[table_name]``, adding the table if needed."""
-        entry = f"{_key(key)} = {value_text}\n".splitlines(keepends=True)
+        entry = _lines(f"{_key(key)} = {value_text}\n")
         table = self.table_span(table_name)
         if table is None:
             if self.lines and not self.lines[-1].endswith("\n"):
@@ -188,6 +189,12 @@ class TomlText:
             self.lines[table[1] : table[1]] = entry
         else:
             self.lines[found[0] : found[1]] = entry
+
+
+def _lines(text: str) -> list[str]:
+    """``text`` cut after each newline only (TOML's lines; str.splitlines also cuts at U+2028)."""
+    parts = text.split("\n")
+    return [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
 
 
 def _dotted(name: str) -> tuple[str, ...]:
