@@ -82,6 +82,8 @@ def test_version_sorts_after_the_published_release_and_is_shown_alike(
     assert metadata.version("circuitforge-core") == PROJECT["version"]
     assert cf_db(["--version"]) == 0
     assert capsys.readouterr().out.split() == ["cf-db", PROJECT["version"]]
+    for page in ("README.md", "docs/upgrading.md"):  # they name the development build
+        assert f"`{PROJECT['version']}`" in (ROOT / page).read_text(encoding="utf-8"), page
 
 
 # -- the sdist -----------------------------------------------------------------------
@@ -98,7 +100,10 @@ def _tracked_files() -> list[str] | None:
         timeout=60,
         check=False,
     )
-    return [name for name in out.stdout.split("\0") if name] if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    # Deleted in the work tree but not yet committed: not expected in the sdist either.
+    return [name for name in out.stdout.split("\0") if name and (ROOT / name).exists()]
 
 
 def _build_sdist(tmp_path: Path) -> Path:
