@@ -394,6 +394,8 @@ def test_export_gives_a_product_the_new_db_and_keeps_its_other_subpackages(
     assert "updated circuitforge_core/db/base.py" in exported.stdout
     assert "removed circuitforge_core/db/legacy.py" in exported.stdout
     assert export("--check", checkout).returncode == 0
+    upgrade_notes = (checkout / "docs" / "db" / "upgrading.md").read_bytes()
+    assert upgrade_notes == (ROOT / "docs" / "upgrading.md").read_bytes()
     release = _wheel(checkout, tmp_path / "wheels")
     run([*pip, "install", "-q", "--no-deps", "--upgrade", release])
 
@@ -527,9 +529,12 @@ def test_export_check_names_drift_and_a_rerun_changes_nothing(tmp_path: Path) ->
     assert "cf-llm" in exported["pyproject.toml"].decode()  # the core's own entries are kept
 
     (checkout / "circuitforge_core" / "db" / "stray.py").write_text("# edited in the core\n")
+    with (checkout / "docs" / "db" / "migrations.md").open("a") as page:
+        page.write("edited in the core\n")
     drift = export("--check", checkout)
     assert drift.returncode == 1
     assert "circuitforge_core/db/stray.py: not in this build" in drift.stdout
+    assert "docs/db/migrations.md: differs from this build" in drift.stdout
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")

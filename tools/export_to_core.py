@@ -10,8 +10,10 @@ repository's own build is for development only, and a release of the module is a
 circuitforge-core checkout, made by this tool:
 
 - ``circuitforge_core/db/`` there is replaced by ``src/circuitforge_core/db/`` from here, whole:
-  files the new package no longer has are removed. ``circuitforge_core/__init__.py`` there is
-  never touched.
+  files the new package no longer has are removed (so is a stale ``build/lib`` copy of it).
+  ``circuitforge_core/__init__.py`` there is never touched.
+- ``docs/db/`` there is replaced by ``docs/`` from here, so products find the reference and the
+  upgrade notes (``docs/db/upgrading.md``) in the core they upgrade.
 - its pyproject.toml is checked and updated so that the core declares what this package needs:
   the runtime dependencies, every extra except ``dev`` (sqlcipher, web, ...), the console
   scripts (cf-db), the package data (py.typed), a ``requires-python`` no wider than ours, and a
@@ -60,6 +62,7 @@ PACKAGE = "circuitforge_core.db"
 DISTRIBUTION = "circuitforge-core"
 DEV_EXTRAS = {"dev"}  # this repository's tooling, never the core's business
 IGNORED_FILES = ("__pycache__", "*.pyc", "*.pyo")
+DOCS_FOLDER = "docs/db"  # where the core keeps this package's documentation, owned by the export
 
 
 class Refused(Exception):
@@ -215,14 +218,43 @@ def _array(items: list[str]) -> str:
 
 
 @dataclass
+class FolderPlan:
+    """One folder of the core that an export replaces whole with one folder of this repository."""
+
+    source: Path
+    target: Path
+    label: str  # the target, relative to the core checkout, as reports name it
+    removed: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+    @classmethod
+    def compare(cls, source: Path, target: Path, core: Path) -> FolderPlan:
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise Refused(f"{target} is not a plain folder; replace it by hand")
+        plan = cls(source, target, target.relative_to(core).as_posix())
+        new_files = _files(source)
+        old_files = _files(target) if target.exists() else {}
+        plan.removed = sorted(set(old_files) - set(new_files))
+        plan.added = sorted(set(new_files) - set(old_files))
+        plan.changed = sorted(
+            name
+            for name in set(new_files) & set(old_files)
+            if not filecmp.cmp(new_files[name], old_files[name], shallow=False)
+        )
+        return plan
+
+    @property
+    def differs(self) -> bool:
+        return bool(self.removed or self.added or self.changed)
+
+
+@dataclass
 class Plan:
     """What an export changes in one core checkout."""
 
     core: Path
-    package_dir: Path  # the core's circuitforge_core/db
-    removed: list[str] = field(default_factory=list)
-    added: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
+    folders: list[FolderPlan]  # the package first, then its documentation
     metadata: list[str] = field(default_factory=list)  # one line per pyproject change
     new_pyproject: str = ""
     notes: list[str] = field(default_factory=list)
@@ -230,9 +262,11 @@ class Plan:
 
     def differences(self) -> list[str]:
         """One line per change an export would make."""
-        lines = [f"circuitforge_core/db/{name}: not in this build" for name in self.removed]
-        lines += [f"circuitforge_core/db/{name}: missing" for name in self.added]
-        lines += [f"circuitforge_core/db/{name}: differs from this build" for name in self.changed]
+        lines = []
+        for folder in self.folders:
+            lines += [f"{folder.label}/{name}: not in this build" for name in folder.removed]
+            lines += [f"{folder.label}/{name}: missing" for name in folder.added]
+            lines += [f"{folder.label}/{name}: differs from this build" for name in folder.changed]
         return lines + [f"pyproject.toml: {line}" for line in self.metadata]
 
 
@@ -504,21 +538,11 @@ def plan_export(core: Path, version: str | None = None) -> Plan:
     source = HERE / "src" / "circuitforge_core" / "db"
     pyproject = core / "pyproject.toml"
     core_config = _load(pyproject)
-    package_dir = _find_core_package(core, core_config) / "db"
-    if package_dir.is_symlink() or (package_dir.exists() and not package_dir.is_dir()):
-        raise Refused(f"{package_dir} is not a plain folder; replace it by hand")
-    plan = Plan(core=core, package_dir=package_dir)
-    new_files = _files(source)
-    old_files = _files(package_dir) if package_dir.exists() else {}
-    plan.removed = sorted(set(old_files) - set(new_files))
-    plan.added = sorted(set(new_files) - set(old_files))
-    plan.changed = sorted(
-        name
-        for name in set(new_files) & set(old_files)
-        if not filecmp.cmp(new_files[name], old_files[name], shallow=False)
-    )
-    built = core / "build" / "lib" / package_dir.relative_to(package_dir.parents[1])
-    if built.is_dir() and (plan.removed or plan.added or plan.changed):
+    package = FolderPlan.compare(source, _find_core_package(core, core_config) / "db", core)
+    docs = FolderPlan.compare(HERE / "docs", core / DOCS_FOLDER, core)
+    plan = Plan(core=core, folders=[package, docs])
+    built = core / "build" / "lib" / package.target.relative_to(package.target.parents[1])
+    if built.is_dir() and package.differs:
         plan.stale_build = built
     entries = _needed_entries(core_config, ours, _subpackages(source), version)
     plan.metadata = [entry.describe() for entry in entries]
@@ -543,8 +567,7 @@ def _notes(core_config: dict[str, Any], version: str | None, ours: dict[str, Any
     except InvalidVersion:
         notes.append(f"the core's version {current!r} is not a valid version")
     notes.append(
-        "add a CHANGELOG line to the core pointing products at the upgrade notes "
-        "(docs/upgrading.md of circuitforge_core.db)"
+        f"add a CHANGELOG line to the core pointing products at {DOCS_FOLDER}/upgrading.md"
     )
     return notes
 
@@ -567,35 +590,41 @@ def _dirty(core: Path, paths: list[Path]) -> list[str]:
     return result.stdout.splitlines() if result.returncode == 0 else []
 
 
-def apply(plan: Plan) -> None:
-    """Swap the new package in by rename, then replace pyproject.toml atomically."""
-    source = HERE / "src" / "circuitforge_core" / "db"
-    if plan.removed or plan.added or plan.changed:
-        staging = Path(tempfile.mkdtemp(prefix=".db-export-", dir=plan.package_dir.parent))
+def _replace_folder(folder: FolderPlan) -> None:
+    """Put a fresh copy of ``folder.source`` where ``folder.target`` is, by rename."""
+    folder.target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".cf-export-", dir=folder.target.parent))
+    try:
+        fresh, old = staging / "new", staging / "old"
+        # Fresh modification times (copy, not copy2): setuptools copies a file into build/
+        # only when it is newer than the copy already there.
+        shutil.copytree(
+            folder.source,
+            fresh,
+            ignore=shutil.ignore_patterns(*IGNORED_FILES),
+            copy_function=shutil.copy,
+        )
+        if folder.target.exists():
+            folder.target.rename(old)
         try:
-            fresh, old = staging / "db", staging / "old"
-            # Fresh modification times (copy, not copy2): setuptools copies a file into build/
-            # only when it is newer than the copy already there.
-            shutil.copytree(
-                source,
-                fresh,
-                ignore=shutil.ignore_patterns(*IGNORED_FILES),
-                copy_function=shutil.copy,
-            )
-            if plan.package_dir.exists():
-                plan.package_dir.rename(old)
-            try:
-                fresh.rename(plan.package_dir)
-            except BaseException:
-                if old.exists():
-                    old.rename(plan.package_dir)
-                raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        # setuptools never empties build/lib, so a module removed here would still be built
-        # into the next wheel from there.
-        if plan.stale_build is not None:
-            shutil.rmtree(plan.stale_build)
+            fresh.rename(folder.target)
+        except BaseException:
+            if old.exists():
+                old.rename(folder.target)
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def apply(plan: Plan) -> None:
+    """Swap each folder in by rename, then replace pyproject.toml atomically."""
+    for folder in plan.folders:
+        if folder.differs:
+            _replace_folder(folder)
+    # setuptools never empties build/lib, so a module removed here would still be built
+    # into the next wheel from there.
+    if plan.stale_build is not None:
+        shutil.rmtree(plan.stale_build)
     if plan.metadata:
         pyproject = plan.core / "pyproject.toml"
         handle, temporary = tempfile.mkstemp(prefix=".pyproject-", dir=plan.core)
@@ -610,13 +639,14 @@ def apply(plan: Plan) -> None:
 
 
 def _report(plan: Plan) -> Iterator[str]:
-    for what, names in (
-        ("removed", plan.removed),
-        ("added", plan.added),
-        ("updated", plan.changed),
-    ):
-        for name in names:
-            yield f"{what} circuitforge_core/db/{name}"
+    for folder in plan.folders:
+        for what, names in (
+            ("removed", folder.removed),
+            ("added", folder.added),
+            ("updated", folder.changed),
+        ):
+            for name in names:
+                yield f"{what} {folder.label}/{name}"
     if plan.stale_build is not None:
         yield f"removed {plan.stale_build} (an old build of the package)"
     for line in plan.metadata:
@@ -654,10 +684,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(f"{plan.core}: circuitforge_core/db and pyproject.toml match this build")
             return 0
-        if not (plan.removed or plan.added or plan.changed or plan.metadata):
+        if not (any(folder.differs for folder in plan.folders) or plan.metadata):
             print(f"{plan.core}: already up to date")
             return 0
-        dirty = _dirty(plan.core, [plan.package_dir, plan.core / "pyproject.toml"])
+        targets = [folder.target for folder in plan.folders]
+        dirty = _dirty(plan.core, [*targets, plan.core / "pyproject.toml"])
         if dirty and not args.allow_dirty:
             raise Refused(
                 f"{plan.core} has uncommitted changes the export would overwrite "
