@@ -18,6 +18,8 @@ from ..errors import MigrationModifiedError
 from .folder import MigrationFile
 from .locking import immediate
 
+#: The table that records applied migrations.
+MIGRATIONS_TABLE = "_migrations"
 #: The columns ours adds to the old runner's ``(name, applied_at)``.
 BOOKKEEPING_COLUMNS = {"checksum": "TEXT", "duration_ms": "REAL"}
 
