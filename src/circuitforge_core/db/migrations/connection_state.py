@@ -44,6 +44,7 @@ CONNECTION_SETTINGS = (
     "fullfsync",
     "ignore_check_constraints",
     "legacy_alter_table",
+    "locking_mode",  # the default for every database, read apart from main's below
     "query_only",
     "read_uncommitted",
     "recursive_triggers",

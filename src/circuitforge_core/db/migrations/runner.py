@@ -38,8 +38,12 @@ from ..sqlite_facts import (
     SQLITE_CORRUPT,
     SQLITE_FULL,
     SQLITE_IOERR,
+    SQLITE_IOERR_SHMMAP,
+    SQLITE_IOERR_SHMOPEN,
+    SQLITE_IOERR_SHMSIZE,
     SQLITE_NOTADB,
     SQLITE_READONLY,
+    error_code,
     primary_code,
 )
 from ..sqlsplit import Statement
@@ -118,16 +122,18 @@ def _run(
     on_applied: Applied,
 ) -> list[str]:
     """``run_migrations`` on a connection; ``files`` when the caller read them already."""
-    with sqlite_errors(db, "could not read the migrations of", None, None):
+    reading = "could not read the migrations recorded in"
+    with sqlite_errors(db, reading, None, None, migrations_dir):
         db_path = database_path(db)
+        in_transaction = db.in_transaction
     where = label(db_path)
-    if db.in_transaction:
+    if in_transaction:
         raise MigrationError(
             f"run_migrations needs a connection with no open transaction, and the one to "
             f"{where} has one; commit or roll back first."
         )
     memory_key = shortcut.cache_key(db_path, migrations_dir)
-    with sqlite_errors(db, "could not read the migrations of", where, None):
+    with sqlite_errors(db, reading, where, None, migrations_dir):
         signature = shortcut.signature(db, db_path, migrations_dir)
     if shortcut.is_up_to_date(memory_key, signature):
         return []
@@ -135,7 +141,7 @@ def _run(
     deadline = time.monotonic() + lock_timeout
     if files is None:
         files = read_migrations(migrations_dir)
-    with sqlite_errors(db, "could not read the migrations of", where, None):
+    with sqlite_errors(db, reading, where, None, migrations_dir):
         records, has_columns = read_records(db)
         comparisons = compare(files, records)
         pending = pending_files(comparisons)
@@ -175,7 +181,7 @@ def _run(
             if on_applied is not None:
                 on_applied(plan.file.name, seconds)
     if signature is not None:
-        with sqlite_errors(db, "could not read the migrations of", where, None):
+        with sqlite_errors(db, reading, where, None, migrations_dir):
             after = shortcut.signature(db, db_path, migrations_dir)
         shortcut.remember_up_to_date(memory_key, after)
     return applied
@@ -214,7 +220,7 @@ def _refuse_modified(modified: list[str], migrations_dir: MigrationsDir, where: 
 # -- SQLite's errors, translated ---------------------------------------------------
 
 _ADVICE = {
-    SQLITE_FULL: "The disk is full: free space on it and run the migrations again.",
+    SQLITE_FULL: "The disk is full. Free space on it and run the migrations again.",
     SQLITE_READONLY: "The database cannot be written (a read-only connection, file or file "
     "system): run the migrations with a read-write connection to a writable file.",
     SQLITE_IOERR: "The disk reported an I/O error: check it (dmesg, free space) and run the "
@@ -227,28 +233,41 @@ _ADVICE = {
 }
 
 
+_SHM_FAILURES = frozenset({SQLITE_IOERR_SHMOPEN, SQLITE_IOERR_SHMSIZE, SQLITE_IOERR_SHMMAP})
+
+
 def environment_advice(exc: BaseException) -> str | None:
     """What to do when SQLite failed because of the disk or the file, not the SQL."""
+    if error_code(exc) in _SHM_FAILURES:
+        return (
+            "SQLite could not create or grow the -shm file beside the database (the index of "
+            "its -wal): the disk is probably full. Free space on it and run the migrations again."
+        )
     code = primary_code(exc)
     return None if code is None else _ADVICE.get(code)
 
 
 @contextlib.contextmanager
 def sqlite_errors(
-    db: sqlite3.Connection, doing: str, where: str | None, name: str | None
+    db: sqlite3.Connection,
+    doing: str,
+    where: str | None,
+    name: str | None,
+    folder: MigrationsDir | None = None,
 ) -> Iterator[None]:
     """Turn SQLite's errors in the block into a ``MigrationError`` naming the database and file.
 
     Our own errors pass through. ``doing`` says what failed ("could not set up
     _migrations in"), ``where`` is the database's label and ``name`` the file
-    concerned, if any.
+    concerned; when there is none yet (the records could not be read), the
+    files of ``folder`` are named instead.
     """
     try:
         yield
     except MigrationError:
         raise
     except db.Error as exc:  # sqlite3's or sqlcipher3's
-        what = f" (before applying {name})" if name is not None else ""
+        what = f" (before applying {name})" if name is not None else _files_of(folder)
         advice = environment_advice(exc) or (
             "Run the migrations again; if it keeps failing, run `cf-db check` on the database."
         )
@@ -257,6 +276,20 @@ def sqlite_errors(
             f"applied. {advice}",
             name=name,
         ) from exc
+
+
+def _files_of(folder: MigrationsDir | None) -> str:
+    """The folder's files, for an error that came before the pending ones were known."""
+    if folder is None:
+        return ""
+    try:
+        names = [file.name for file in read_migrations(folder)]
+    except MigrationError:
+        return ""
+    if not names:
+        return ""
+    listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f" (so none of the migrations of {folder} could run: {listed})"
 
 
 # -- one file ------------------------------------------------------------------------
