@@ -194,7 +194,7 @@ def rehearse(scratch: Scratch, files: list[MigrationFile], plans: Iterable[FileP
         ):
             adopt(scratch.db, files, deadline)
     target = Target(
-        scratch.db, scratch.path, scratch.label, deadline, on_skip=result.skipped.append
+        scratch.db, scratch.path, scratch.label, deadline, on_skip=result.skipped.append, copy=True
     )
     for plan in plans:
         if plan.refusals:

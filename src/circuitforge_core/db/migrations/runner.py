@@ -307,7 +307,8 @@ class Target:
     beside it), ``label`` how messages name the database, ``deadline`` when
     waiting for the write lock ends (``time.monotonic()``). ``on_skip`` hears
     of each ``ADD COLUMN`` skipped because its column was already there
-    (logged as a warning unless told otherwise).
+    (logged as a warning unless told otherwise). ``copy`` says that ``db`` is
+    a dry run's copy of the database ``label`` names.
     """
 
     db: sqlite3.Connection
@@ -316,6 +317,7 @@ class Target:
     deadline: float
     on_start: Starting = None
     on_skip: Skipping = _log_skip
+    copy: bool = False
 
 
 def apply_file(target: Target, plan: FilePlan) -> float | None:
@@ -337,7 +339,10 @@ def apply_file(target: Target, plan: FilePlan) -> float | None:
     if started is None:
         return None
     seconds = time.perf_counter() - started
-    logger.info("applied migration %s in %.1f ms", name, seconds * 1000)
+    if target.copy:
+        logger.info("ran migration %s on a copy in %.1f ms (dry run)", name, seconds * 1000)
+    else:
+        logger.info("applied migration %s in %.1f ms", name, seconds * 1000)
     return seconds
 
 
