@@ -248,12 +248,15 @@ def _file_wide_refusals(statements: list[Statement]) -> tuple[Refusal, ...]:
     """The rules for every file, with a transaction or without: _migrations, process pragmas."""
     refusals = []
     for statement in statements:
-        target = altered_or_dropped_table(statement)
-        if target is not None and target[1].is_main(MIGRATIONS_TABLE):
-            refusals.append(Refusal("migrations-table", statement))
-        pragma = pragma_setting(statement)
-        if pragma is not None and pragma[1] and pragma[0] in PROCESS_PRAGMAS:
-            refusals.append(Refusal("process-pragma", statement))
+        keyword = statement.sql[:6].upper()
+        if keyword.startswith(("ALTER", "DROP")):
+            target = altered_or_dropped_table(statement)
+            if target is not None and target[1].is_main(MIGRATIONS_TABLE):
+                refusals.append(Refusal("migrations-table", statement))
+        elif keyword == "PRAGMA":  # the functions below read the statement properly
+            pragma = pragma_setting(statement)
+            if pragma is not None and pragma[1] and pragma[0] in PROCESS_PRAGMAS:
+                refusals.append(Refusal("process-pragma", statement))
     return tuple(refusals)
 
 

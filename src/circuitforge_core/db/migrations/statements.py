@@ -62,13 +62,15 @@ class Token:
         return text
 
 
-def tokens(sql: str) -> list[Token]:
-    """The tokens of ``sql``, without whitespace and comments."""
-    found = []
+def tokens(sql: str, limit: int | None = None) -> list[Token]:
+    """The tokens of ``sql`` (the first ``limit`` of them), without whitespace and comments."""
+    found: list[Token] = []
     for match in _TOKEN.finditer(sql):
         kind = match.lastgroup
         if kind is not None and kind != "space":
             found.append(Token(kind, match.group(), match.start(), match.end()))
+            if limit is not None and len(found) >= limit:
+                break
     return found
 
 
@@ -116,7 +118,7 @@ def _table_at(toks: list[Token], index: int) -> tuple[TableRef, int] | None:
 
 def altered_or_dropped_table(statement: Statement) -> tuple[str, TableRef] | None:
     """For ``ALTER TABLE t ...`` and ``DROP TABLE [IF EXISTS] t``: the verb and the table."""
-    toks = tokens(statement.sql)
+    toks = tokens(statement.sql, 7)
     verb = toks[0].keyword if toks else ""
     if verb not in ("ALTER", "DROP") or len(toks) < 2 or toks[1].keyword != "TABLE":
         return None
@@ -183,9 +185,12 @@ class AddColumn:
 
 def added_column(statement: Statement) -> AddColumn | None:
     """The table, column and definition an ``ADD COLUMN`` statement adds; None for others."""
-    toks = tokens(statement.sql)
-    if [t.keyword for t in toks[:2]] != ["ALTER", "TABLE"]:
+    head = tokens(statement.sql, 7)
+    if [t.keyword for t in head[:2]] != ["ALTER", "TABLE"] or "ADD" not in {
+        t.keyword for t in head
+    }:
         return None
+    toks = tokens(statement.sql)
     found = _table_at(toks, 2)
     if found is None:
         return None
@@ -308,7 +313,7 @@ def _default_key(default: str | None) -> str | None:
 
 def pragma_setting(statement: Statement) -> tuple[str, bool] | None:
     """For ``PRAGMA [schema.]name [= value | (value)]``: the name (lower case), whether it sets."""
-    toks = tokens(statement.sql)
+    toks = tokens(statement.sql, 5)
     if not toks or toks[0].keyword != "PRAGMA" or len(toks) < 2:
         return None
     index = 1
@@ -321,7 +326,9 @@ def pragma_setting(statement: Statement) -> tuple[str, bool] | None:
 
 def may_create_temp(statement: Statement) -> bool:
     """Whether a ``CREATE`` statement may make a ``TEMP`` object (``TEMP``, ``temp.name``)."""
-    toks = tokens(statement.sql)[:12]
+    if "temp" not in statement.sql.lower():  # the cheap answer for nearly every statement
+        return False
+    toks = tokens(statement.sql, 12)
     if not toks or toks[0].keyword != "CREATE":
         return False
     return any(
