@@ -123,6 +123,7 @@ def _on_a_tiny_file_system(tmp_path: Path, *args: str) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_a_migration_error_naming_database_and_file(
     tmp_path: Path, migrations_dir: Path
 ) -> None:

@@ -126,6 +126,7 @@ def _old_runner_killed(db_path: Path, folder: Path, stop_at: str, tmp_path: Path
             child.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 @pytest.mark.parametrize(
     ("stop_at", "committed_before"),

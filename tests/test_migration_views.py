@@ -287,7 +287,12 @@ def _killed_writer(db_path: Path, migrations_dir: Path) -> None:
 
 @pytest.mark.parametrize(
     "state",
-    ["closed cleanly", "open in another connection", "left by a killed writer", "DELETE mode"],
+    [
+        "closed cleanly",
+        "open in another connection",
+        pytest.param("left by a killed writer", marks=pytest.mark.slow),
+        "DELETE mode",
+    ],
 )
 def test_the_dry_run_leaves_the_database_as_it_found_it(
     db_path: Path, migrations_dir: Path, write_migration: Write, state: str
@@ -399,6 +404,7 @@ def test_the_dry_run_on_a_connection_runs_as_that_connection_would(
         enforced.close()
 
 
+@pytest.mark.slow
 def test_the_dry_run_of_an_encrypted_database(
     db_path: Path, migrations_dir: Path, write_migration: Write
 ) -> None:
