@@ -123,8 +123,8 @@ class Refusal:
     rule: RefusalRule
     statement: Statement
 
-    def error(self, file: MigrationFile) -> MigrationRefusedError:
-        """The error the runner raises for this statement."""
+    def error(self, file: MigrationFile, database: str | None = None) -> MigrationRefusedError:
+        """The error the runner raises for this statement (``database``: the one it runs on)."""
         where = f"migration {file.name}, line {self.statement.line}: `{short(self.statement.sql)}`"
         if self.rule == "needs-no-transaction":
             message = (
@@ -135,13 +135,13 @@ class Refusal:
             message = (
                 f"{where} would drop or alter {MIGRATIONS_TABLE}, where the runner records which "
                 f"migrations are applied (without it, every file would run again). Remove the "
-                f"statement: the runner owns that table. Nothing was applied."
+                f"statement: the runner owns that table."
             )
         elif self.rule == "process-pragma":
             message = (
                 f"{where} changes a setting of the whole process that cannot be put back when "
                 f"the file ends. Remove it; set it in the application at start-up if it needs "
-                f"it. Nothing was applied."
+                f"it."
             )
         else:
             message = (
@@ -149,6 +149,8 @@ class Refusal:
                 f"Remove it: each file already runs in one transaction (SAVEPOINT/RELEASE are "
                 f"fine)."
             )
+        if database is not None:
+            message += f" Nothing was applied to {database}."
         return MigrationRefusedError(message, name=file.name, line=self.statement.line)
 
 
@@ -260,11 +262,11 @@ def _file_wide_refusals(statements: list[Statement]) -> tuple[Refusal, ...]:
     return tuple(refusals)
 
 
-def plan_file(file: MigrationFile) -> FilePlan:
+def plan_file(file: MigrationFile, database: str | None = None) -> FilePlan:
     """The plan the runner follows; ``MigrationRefusedError`` for the first refusal."""
     plan = examine(file)
     if plan.refusals:
-        raise plan.refusals[0].error(file)
+        raise plan.refusals[0].error(file, database)
     return plan
 
 

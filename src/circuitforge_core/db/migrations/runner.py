@@ -163,7 +163,7 @@ def _run(
             name,
             where,
         )
-    plans = [plan_file(file) for file in pending]
+    plans = [plan_file(file, where) for file in pending]
     for name, latest in out_of_order(comparisons):
         logger.warning(
             "migration %s sorts before the already applied %s (two branches merged?); "
@@ -355,8 +355,8 @@ def _starting(name: str, on_start: Starting) -> float:
 
 def _apply_in_transaction(target: Target, plan: FilePlan) -> float | None:
     db, name = target.db, plan.file.name
-    with foreign_keys_off(db, plan.foreign_keys_off), immediate(db, target.deadline):
-        if already_applied(db, plan.file):
+    with foreign_keys_off(db, plan.foreign_keys_off), immediate(db, target.deadline, name):
+        if already_applied(db, plan.file, target.label):
             return None
         started = _starting(name, target.on_start)
         run_in_transaction(target, plan)
@@ -399,8 +399,8 @@ def _record(target: Target, plan: FilePlan, started: float) -> None:
 
 def _apply_outside_transaction(target: Target, plan: FilePlan) -> float | None:
     db, name = target.db, plan.file.name
-    with file_lock(target.path, target.deadline), foreign_keys_restored(db):
-        if already_applied(db, plan.file):
+    with file_lock(target.path, target.deadline, name), foreign_keys_restored(db):
+        if already_applied(db, plan.file, target.label):
             return None
         started = _starting(name, target.on_start)
         saved_isolation = db.isolation_level
@@ -421,8 +421,8 @@ def _apply_outside_transaction(target: Target, plan: FilePlan) -> float | None:
                 )
         finally:
             db.isolation_level = saved_isolation
-        with immediate(db, target.deadline):
-            if not already_applied(db, plan.file):
+        with immediate(db, target.deadline, name):
+            if not already_applied(db, plan.file, target.label):
                 _record(target, plan, started)
     return started
 

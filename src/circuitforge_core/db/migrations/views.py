@@ -217,15 +217,16 @@ def plan_migrations(
     is encrypted), which is only read and never created.
     """
     files = read_migrations(migrations_dir)
-    if not execute:
-        return _judged(compare(files, _recorded(db, key)), None)
     if not isinstance(db, str | os.PathLike) and key is not None:
         raise TypeError("key= goes with a database path, not a connection")
-    with scratch_copy(db, key, _label(db)) as scratch:
+    where = _label(db)
+    if not execute:
+        return _judged(compare(files, _recorded(db, key)), None, where)
+    with scratch_copy(db, key, where) as scratch:
         comparisons = compare(files, read_records(scratch.db)[0])
         plans = [examine(c.file) for c in comparisons if c.state == "pending" and c.file]
         rehearsal = rehearse(scratch, files, plans)
-    return _judged(comparisons, rehearsal)
+    return _judged(comparisons, rehearsal, where)
 
 
 def _label(db: DatabaseOrPath) -> str:
@@ -234,7 +235,9 @@ def _label(db: DatabaseOrPath) -> str:
     return runner_label(database_path(db))
 
 
-def _judged(comparisons: list[Comparison], rehearsal: Rehearsal | None) -> MigrationPlan:
+def _judged(
+    comparisons: list[Comparison], rehearsal: Rehearsal | None, where: str
+) -> MigrationPlan:
     """The plan from the comparison, with what the rehearsal found when there was one."""
     problems = [
         MigrationProblem(
@@ -259,7 +262,7 @@ def _judged(comparisons: list[Comparison], rehearsal: Rehearsal | None) -> Migra
         problem = None
         seconds = None
         if plan.refusals:
-            error = plan.refusals[0].error(comparison.file)
+            error = plan.refusals[0].error(comparison.file, where)
             problem = MigrationProblem("refused", comparison.name, error.line, str(error))
             problems.append(problem)
         elif rehearsal is not None and rehearsal.failed and rehearsal.failed[0] == comparison.name:
