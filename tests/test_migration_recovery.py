@@ -277,6 +277,8 @@ def test_a_column_that_differs_refuses_the_file(
         ("ALTER TABLE nowhere ADD COLUMN score REAL;", "no such table: nowhere"),
         ("ALTER TABLE nope.jobs ADD COLUMN score REAL;", "no such table: nope.jobs"),
         ("INSERT INTO jobs (id, title) VALUES (1, 'again');", "UNIQUE constraint failed"),
+        ("ALTER TABLE jobs_view ADD COLUMN score REAL;", "Cannot add a column to a view"),
+        ("ALTER TABLE docs ADD COLUMN body;", "virtual tables may not be altered"),
     ],
 )
 def test_every_other_error_still_fails_the_whole_file(
@@ -289,6 +291,8 @@ def test_every_other_error_still_fails_the_whole_file(
     """Only an ADD COLUMN of an existing column is skipped; nothing of a failing file stays."""
     db.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, title TEXT, score REAL)")
     db.execute("CREATE INDEX jobs_title ON jobs (title)")
+    db.execute("CREATE VIEW jobs_view AS SELECT id, score FROM jobs")
+    db.execute("CREATE VIRTUAL TABLE docs USING fts5 (body)")
     db.execute("INSERT INTO jobs VALUES (1, 'welder', NULL)")
     db.commit()
     write_migration(

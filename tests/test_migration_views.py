@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from circuitforge_core.db import (
+    MigrationError,
     MigrationFailedError,
     MigrationModifiedError,
     MigrationPlan,
@@ -424,3 +425,15 @@ def test_the_dry_run_of_an_encrypted_database(
             plan_migrations(keyed, migrations_dir, execute=True)
     finally:
         keyed.close()
+
+
+def test_the_dry_run_of_a_connection_in_a_transaction_is_refused(
+    db: sqlite3.Connection, migrations_dir: Path, write_migration: Write
+) -> None:
+    """As run_migrations: the copy would hold the caller's uncommitted writes."""
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
+    db.execute("CREATE TABLE t (x)")
+    db.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(MigrationError, match="no open transaction"):
+        plan_migrations(db, migrations_dir, execute=True)
+    db.rollback()

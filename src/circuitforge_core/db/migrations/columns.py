@@ -20,6 +20,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from ..errors import MigrationRefusedError
+from ..sqlite_facts import quote_identifier
 from ..sqlsplit import Statement
 from .plan import short
 from .statements import AddColumn, ColumnDefinition, fold, same_definition
@@ -55,20 +56,43 @@ def existing_column(db: sqlite3.Connection, add: AddColumn) -> ColumnDefinition 
 
     Looks in the table the statement names, resolved the way SQLite resolves
     it (``temp``, then ``main``, then attached databases, unless a schema is
-    given). A table or schema that does not exist reads as None: the statement
-    then runs and SQLite reports it.
+    given). A table or schema that does not exist, a view and a virtual table
+    read as None: the statement then runs and SQLite reports what is wrong.
     """
-    try:
-        rows = db.execute(
-            'SELECT name, type, "notnull", dflt_value, hidden FROM pragma_table_xinfo(?, ?)',
-            (add.table.name, add.table.schema),
-        ).fetchall()
-    except db.Error:  # sqlite3's or sqlcipher3's: an unknown schema
+    schema = _schema_of_table(db, add)
+    if schema is None:
         return None
+    rows = db.execute(
+        'SELECT name, type, "notnull", dflt_value, hidden FROM pragma_table_xinfo(?, ?)',
+        (add.table.name, schema),
+    ).fetchall()
     wanted = fold(add.column)
     for name, declared, not_null, default, hidden in rows:
         if fold(name) == wanted:
             return ColumnDefinition(declared or "", bool(not_null), default, hidden in _GENERATED)
+    return None
+
+
+def _schema_of_table(db: sqlite3.Connection, add: AddColumn) -> str | None:
+    """The database holding the ordinary table the statement names, as SQLite finds it."""
+    if add.table.schema is not None:
+        candidates = [add.table.schema]
+    else:
+        attached = [row[1] for row in db.execute("PRAGMA database_list")]
+        candidates = ["temp", "main", *(s for s in attached if s not in ("main", "temp"))]
+    for schema in candidates:
+        try:
+            row = db.execute(
+                f"SELECT type, sql FROM {quote_identifier(schema)}.sqlite_master "
+                f"WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE",
+                (add.table.name,),
+            ).fetchone()
+        except db.Error:  # sqlite3's or sqlcipher3's: an unknown schema
+            return None
+        if row is not None:
+            kind, sql = row
+            virtual = fold(" ".join(str(sql).split()[:2])) == "create virtual"
+            return schema if kind == "table" and not virtual else None
     return None
 
 

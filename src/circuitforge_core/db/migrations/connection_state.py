@@ -153,6 +153,13 @@ def restore(db: sqlite3.Connection, before: Snapshot) -> list[str]:
     ``dropped temp table y``.
     """
     done: list[str] = []
+    if before.settings is not None:  # first: query_only would refuse the drops below
+        done += apply_settings(db, before.settings)
+    if before.databases is not None:
+        for schema in _databases(db):
+            if schema not in before.databases:
+                db.execute(f"DETACH DATABASE {quote_identifier(schema)}")
+                done.append(f"detached {schema}")
     if before.temp_objects is not None:
         # Triggers and views first: they may refer to the tables.
         order = {"trigger": 0, "view": 1, "table": 2}
@@ -161,13 +168,6 @@ def restore(db: sqlite3.Connection, before: Snapshot) -> list[str]:
         ):
             db.execute(f"DROP {kind.upper()} IF EXISTS temp.{quote_identifier(name)}")
             done.append(f"dropped temp {kind} {name}")
-    if before.databases is not None:
-        for schema in _databases(db):
-            if schema not in before.databases:
-                db.execute(f"DETACH DATABASE {quote_identifier(schema)}")
-                done.append(f"detached {schema}")
-    if before.settings is not None:
-        done += apply_settings(db, before.settings)
     return done
 
 

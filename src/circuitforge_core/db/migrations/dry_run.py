@@ -77,6 +77,11 @@ def scratch_copy(
                     "a dry run that executes the files cannot copy an encrypted connection "
                     "(its key is not known here); pass the database's path and key= instead"
                 )
+            if source.in_transaction:
+                raise MigrationError(
+                    f"a dry run needs a connection with no open transaction, as run_migrations "
+                    f"does, and the one to {label} has one; commit or roll back first."
+                )
             with contextlib.closing(sqlite3.connect(path)) as copy:
                 source.backup(copy)
         scratch = get_db(path, key=key)

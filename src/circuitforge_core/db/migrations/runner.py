@@ -148,7 +148,9 @@ def _run(
         adopting = needs_adoption(records, has_columns, files)
         if (pending or adopting) and _is_read_only(db):
             _refuse_read_only(pending, where)
-            adopting = False  # nothing to apply: the next writable call adopts the table
+            # Nothing to apply: the next writable call adopts the table (so no shortcut).
+            adopting = False
+            signature = None
     if adopting:
         first = pending[0].name if pending else None
         with sqlite_errors(db, "could not set up _migrations in", where, first):
