@@ -262,7 +262,7 @@ def test_a_file_that_changes_no_connection_state_reads_none(
     db: sqlite3.Connection, migrations_dir: Path, write_migration: Write
 ) -> None:
     """No PRAGMA, ATTACH or TEMP: no settings, attachments or temp objects are read."""
-    write_migration("001_a.sql", "CREATE TABLE a (x);\nALTER TABLE a ADD COLUMN y TEXT;\n")
+    write_migration("001_a.sql", "CREATE TABLE a (x);\nINSERT INTO a VALUES (1);\n")
     seen: list[str] = []
     db.set_trace_callback(seen.append)
     try:
