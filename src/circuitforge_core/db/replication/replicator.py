@@ -1,0 +1,434 @@
+"""Keeping the host's Litestream replicating exactly the files this process has open.
+
+Owns ``Replicator``, what a registry drives through named methods: a file's
+first connection opened (``file_opened``: register it with its replica URL),
+its last connection closed (``file_closed``: unregister it, which makes
+Litestream sync it a last time and let go of it), and the synchronous steps
+that must finish before something else happens (``release`` before a file
+is deleted or replaced, ``sync`` for a write that must survive the host).
+
+Registering and unregistering happen on worker threads, never on the
+request path (an unregister waits for an upload; eviction happens inside
+another user's checkout). The workers apply the latest wish for each file,
+so open-close-open in quick succession costs nothing, and one slow upload
+does not hold up the others. A watch loop asks the daemon every
+``check_interval`` seconds who it is and what it has: a restarted Litestream
+(its registrations live in memory only) or one that lost a file (another
+process of the host unregistered it when its own last connection closed) gets
+the missing files registered again; writes made meanwhile are caught up by
+Litestream from the WAL or a fresh snapshot. Does not know pools (the
+registry calls in), nor how to restore or erase (restore.py, erasure.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ..errors import ControlSocketError, ReplicationError
+from .config import check_socket_path, default_socket_path
+from .control import DEFAULT_SYNC_TIMEOUT, DEFAULT_TIMEOUT, ControlClient, SyncResult
+from .urls import check_replica_url, redact, replica_url_for, user_file
+
+logger = logging.getLogger("circuitforge_core.db")
+
+DEFAULT_CHECK_INTERVAL = 1.0
+DEFAULT_WORKERS = 2
+#: A failing file is logged at most this often.
+_LOG_EVERY = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicatorStats:
+    """Counts since the replicator was made; ``wanted``/``registered``/``pending`` are current.
+
+    ``wanted``: files this process has open. ``registered``: those Litestream
+    was told about and acknowledged. ``daemon_restarts``: new Litestream
+    processes seen (each got every wanted file again). ``daemon_up``: whether
+    the last request reached it.
+    """
+
+    wanted: int
+    registered: int
+    pending: int
+    registrations: int
+    unregistrations: int
+    failures: int
+    daemon_restarts: int
+    daemon_up: bool
+
+
+class Replicator:
+    """Drives the Litestream serving ``socket_path`` for files under ``data_root``.
+
+    ``replica_url`` is the host's replica; each file goes to its
+    root-relative path under it (``replica_url_for``). ``timeout`` bounds a
+    plain request to the daemon, ``sync_timeout`` an unregister's final
+    sync or a ``sync()``. Threads start at once; ``close()`` stops them.
+    """
+
+    def __init__(
+        self,
+        data_root: str | os.PathLike[str],
+        replica_url: str,
+        *,
+        socket_path: str | os.PathLike[str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
+        check_interval: float = DEFAULT_CHECK_INTERVAL,
+        workers: int = DEFAULT_WORKERS,
+    ) -> None:
+        self.data_root = os.path.abspath(os.fspath(data_root))
+        self.replica_url = check_replica_url(replica_url)
+        self.socket_path = check_socket_path(socket_path or default_socket_path(self.data_root))
+        self.sync_timeout = sync_timeout
+        self.check_interval = check_interval
+        self.control = ControlClient(self.socket_path, timeout=timeout)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._wanted: dict[str, str] = {}  # path -> replica URL, for files open here
+        self._registered: set[str] = set()  # acknowledged by the daemon we know
+        # Bumped by every answer the daemon gives about one file; the watch loop
+        # trusts a /list only for files nobody changed since it asked.
+        self._epoch = 0
+        self._changed_at: dict[str, int] = {}
+        self._dirty: OrderedDict[str, None] = OrderedDict()  # to be reconciled
+        self._in_flight: set[str] = set()
+        self._last_logged: dict[str, float] = {}
+        self._daemon: tuple[int, str] | None = None
+        self._daemon_up = True
+        self._counts = dict.fromkeys(
+            ("registrations", "unregistrations", "failures", "daemon_restarts"), 0
+        )
+        self._closed = False
+        self._check_daemon()  # know the daemon (or that it is down) before the first file
+        self._threads = [
+            threading.Thread(target=self._work, name=f"cf-db-replicator-{n}", daemon=True)
+            for n in range(max(1, workers))
+        ]
+        self._threads.append(
+            threading.Thread(target=self._watch, name="cf-db-replicator-watch", daemon=True)
+        )
+        for thread in self._threads:
+            thread.start()
+
+    # -- what the registry calls --------------------------------------------------------
+
+    def replica_url_of(self, path: str | os.PathLike[str]) -> str:
+        """The replica URL of ``path`` (a per-user file under the data root, or UnsafePathError)."""
+        return replica_url_for(self.replica_url, user_file(self.data_root, path))
+
+    def file_opened(self, path: str) -> None:
+        """``path``'s first connection in this process is open: have it replicated.
+
+        Returns at once; a worker registers it. A path outside the data root
+        raises ``UnsafePathError`` (it could never be restored by the rules).
+        """
+        url = self.replica_url_of(path)
+        with self._lock:
+            self._wanted[path] = url
+            self._mark(path)
+
+    def file_closed(self, path: str) -> None:
+        """``path``'s last connection in this process closed: let Litestream sync and release it."""
+        with self._lock:
+            if self._wanted.pop(path, None) is None and path not in self._registered:
+                return
+            self._mark(path)
+
+    def release(self, path: str, *, timeout: float | None = None) -> None:
+        """Unregister ``path`` now (final sync included), before it is deleted or replaced.
+
+        The caller has closed its connections. Waits for any registration of
+        it under way; raises ``ReplicationError`` if the daemon cannot confirm
+        within ``timeout`` (default: ``sync_timeout``). A daemon that is not
+        running holds nothing, which counts as released.
+        """
+        wait = self.sync_timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        with self._lock:
+            self._wanted.pop(path, None)
+            self._dirty.pop(path, None)
+            self._wait_not_in_flight(path, deadline)
+            self._in_flight.add(path)
+        try:
+            txid: int | None = None
+            try:
+                txid = self.control.unregister(path, timeout=max(1.0, deadline - time.monotonic()))
+            except ControlSocketError as exc:
+                if exc.status is not None and exc.status != 500:
+                    raise ReplicationError(
+                        f"Litestream would not release {path}: {exc}", path=path
+                    ) from exc
+                # Not running: nothing is held. 500: it dropped the file but its close
+                # failed (a file already gone); either way it no longer has it.
+            with self._lock:
+                self._record(path, registered=False, counted=txid is not None)
+        finally:
+            with self._lock:
+                self._in_flight.discard(path)
+                self._changed.notify_all()
+
+    def sync(self, path: str, *, timeout: float | None = None) -> SyncResult:
+        """Return once the replica has every transaction committed to ``path`` so far.
+
+        For the few writes that must survive the loss of the host: commit,
+        then call this. Registers the file first if needed (Litestream then
+        catches up on what it had not seen). Raises ``ReplicationError`` when
+        that cannot be confirmed in ``timeout`` (default ``sync_timeout``):
+        the data is committed locally, not yet known to be replicated.
+        """
+        wait = self.sync_timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        url = self.replica_url_of(path)
+        for attempt in range(2):
+            self._ensure_registered(path, url, deadline)
+            try:
+                result = self.control.sync(
+                    path, wait=True, timeout=max(1.0, deadline - time.monotonic())
+                )
+            except ControlSocketError as exc:
+                if exc.status == 404 and attempt == 0:  # the daemon restarted meanwhile
+                    with self._lock:
+                        self._registered.discard(path)
+                    continue
+                raise ReplicationError(
+                    f"could not confirm that the replica has {path}'s last commit: {exc}",
+                    path=path,
+                ) from exc
+            if not result.replicated:
+                raise ReplicationError(
+                    f"Litestream synced {path} to TXID {result.txid} but the replica confirmed "
+                    f"only {result.replicated_txid}; the last commits are not replicated yet.",
+                    path=path,
+                )
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every wish so far is applied (or ``timeout``); True if all were."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._dirty or self._in_flight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
+
+    def stats(self) -> ReplicatorStats:
+        with self._lock:
+            return ReplicatorStats(
+                wanted=len(self._wanted),
+                registered=len(self._registered),
+                pending=len(self._dirty) + len(self._in_flight),
+                daemon_up=self._daemon_up,
+                **self._counts,
+            )
+
+    def close(self, timeout: float | None = None) -> None:
+        """Apply what is pending (up to ``timeout``, default ``sync_timeout``), then stop."""
+        self.flush(self.sync_timeout if timeout is None else timeout)
+        with self._lock:
+            self._closed = True
+            self._changed.notify_all()
+        for thread in self._threads:
+            thread.join(self.control.timeout + 1.0)
+
+    def __enter__(self) -> Replicator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Replicator {self.data_root} -> {redact(self.replica_url)} via "
+            f"{self.socket_path}: {len(self._wanted)} open, {len(self._registered)} registered>"
+        )
+
+    # -- reconciling ---------------------------------------------------------------------
+
+    def _mark(self, path: str) -> None:
+        """Lock held: ``path`` needs reconciling."""
+        self._dirty[path] = None
+        self._changed.notify_all()
+
+    def _wait_not_in_flight(self, path: str, deadline: float) -> None:
+        """Lock held: wait until no worker is applying ``path``."""
+        while path in self._in_flight:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ReplicationError(
+                    f"Litestream did not answer for {path} in time (a registration or final "
+                    f"sync is still under way); retry.",
+                    path=path,
+                )
+            self._changed.wait(remaining)
+
+    def _ensure_registered(self, path: str, url: str, deadline: float) -> None:
+        with self._lock:
+            if path in self._registered and path not in self._dirty:
+                return
+            self._wait_not_in_flight(path, deadline)
+            self._dirty.pop(path, None)
+            self._in_flight.add(path)
+        try:
+            try:
+                newly = self.control.register(path, url)
+            except ControlSocketError as exc:
+                raise ReplicationError(
+                    f"could not register {path} with Litestream: {exc}", path=path
+                ) from exc
+            with self._lock:
+                self._record(path, registered=True, counted=newly)
+        finally:
+            with self._lock:
+                self._in_flight.discard(path)
+                self._changed.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                path = self._next_dirty()
+                while path is None:
+                    if self._closed:
+                        return
+                    self._changed.wait()
+                    path = self._next_dirty()
+                url = self._wanted.get(path)
+                self._in_flight.add(path)
+            try:
+                self._apply(path, url)
+            finally:
+                with self._lock:
+                    self._in_flight.discard(path)
+                    self._changed.notify_all()
+
+    def _next_dirty(self) -> str | None:
+        """Lock held: the oldest dirty path no worker is applying, taken off the list."""
+        if not self._daemon_up:
+            return None  # the watch loop marks everything again when the daemon is back
+        for path in self._dirty:
+            if path not in self._in_flight:
+                del self._dirty[path]
+                return path
+        return None
+
+    def _apply(self, path: str, url: str | None) -> None:
+        """Make the daemon's view of ``path`` match the wish (``url`` None: not wanted)."""
+        with self._lock:
+            registered = path in self._registered
+        if (url is not None) == registered:
+            return
+        counted = True
+        try:
+            if url is not None:
+                counted = self.control.register(path, url)
+            else:
+                counted = self.control.unregister(path, timeout=self.sync_timeout) is not None
+        except ControlSocketError as exc:
+            if url is None and exc.status == 500:
+                logger.warning("Litestream dropped %s but did not close it cleanly: %s", path, exc)
+            else:
+                self._failed(path, exc)
+                return
+        with self._lock:
+            self._record(path, registered=url is not None, counted=counted)
+            self._last_logged.pop(path, None)
+
+    def _record(self, path: str, *, registered: bool, counted: bool) -> None:
+        """Lock held: the daemon confirmed ``path``'s state."""
+        self._epoch += 1
+        if registered:
+            self._registered.add(path)
+            self._changed_at[path] = self._epoch
+            self._counts["registrations"] += counted
+        else:
+            self._registered.discard(path)
+            self._changed_at.pop(path, None)
+            self._counts["unregistrations"] += counted
+
+    def _failed(self, path: str, exc: ControlSocketError) -> None:
+        """A request for ``path`` failed: wait for the daemon, or retry at the next check."""
+        down = exc.status is None
+        key = "" if down else path  # one log entry for "the daemon is down", one per refusal
+        now = time.monotonic()
+        with self._lock:
+            self._counts["failures"] += 1
+            if down:
+                self._daemon_up = False
+                self._dirty[path] = None  # picked up again once the watch loop reaches it
+            # A refusal (a bad replica URL, a file Litestream cannot open) is retried by
+            # the watch loop every check_interval, and logged once a minute.
+            if now - self._last_logged.get(key, -_LOG_EVERY) < _LOG_EVERY:
+                return
+            self._last_logged[key] = now
+        if down:
+            logger.warning("replication paused, Litestream unreachable: %s", exc)
+        else:
+            logger.error("Litestream refused %s: %s", path, exc)
+
+    def _watch(self) -> None:
+        """Every ``check_interval``: notice a restarted or recovered daemon, re-register files."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                self._changed.wait(self.check_interval)
+                if self._closed:
+                    return
+            self._check_daemon()
+
+    def _check_daemon(self) -> None:
+        with self._lock:
+            asked_at = self._epoch
+        try:
+            info = self.control.info()
+            listed = {entry.path for entry in self.control.databases()}
+        except ControlSocketError as exc:
+            with self._lock:
+                was_up, self._daemon_up = self._daemon_up, False
+                now = time.monotonic()
+                quiet = now - self._last_logged.get("", -_LOG_EVERY) < _LOG_EVERY
+                if was_up and not quiet:
+                    self._last_logged[""] = now
+            if was_up and not quiet:
+                logger.warning("replication paused, Litestream unreachable: %s", exc)
+            return
+        with self._lock:
+            if self._daemon is not None and info.identity != self._daemon:
+                self._counts["daemon_restarts"] += 1
+                logger.warning(
+                    "Litestream restarted (pid %d, was %d): registering the %d open files again",
+                    info.pid,
+                    self._daemon[0],
+                    len(self._wanted),
+                )
+            elif not self._daemon_up:
+                logger.warning(
+                    "Litestream is reachable again (pid %d): %d files open here",
+                    info.pid,
+                    len(self._wanted),
+                )
+            self._daemon = info.identity
+            self._daemon_up = True
+            self._last_logged.pop("", None)
+            # What the daemon lists is the truth for every file this process cares about;
+            # files other processes registered are theirs to unregister.
+            for path in self._wanted.keys() | self._registered | self._dirty.keys():
+                if path in self._in_flight or self._changed_at.get(path, 0) > asked_at:
+                    continue  # answered after the /list was taken: our view is newer
+                if path in listed:
+                    if path in self._wanted or path in self._dirty:
+                        self._registered.add(path)
+                    continue
+                self._registered.discard(path)
+                if path in self._wanted:
+                    self._dirty[path] = None
+            if self._dirty:
+                self._changed.notify_all()
