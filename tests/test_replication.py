@@ -186,6 +186,24 @@ def test_open_files_are_registered_synced_and_released(
     assert titles(restored) == ["user0-0"] + [f"confirmed-{n}" for n in range(5)]
 
 
+def test_a_file_closed_before_it_was_registered_still_reaches_the_replica(
+    root: Path, base: str, tmp_path: Path, start_sidecar: StartSidecar
+) -> None:
+    """Open, write, close in a blink: the worker still syncs it before letting go."""
+    sidecar = start_sidecar(root, base)
+    paths = [new_user(root, f"quick{n}", rows=2) for n in range(5)]
+    with Replicator(root, base, socket_path=sidecar.socket_path) as replicator:
+        for path in paths:
+            replicator.file_opened(path)
+            replicator.file_closed(path)
+        assert replicator.flush(30)
+        assert listed(ControlClient(sidecar.socket_path)) == set()
+    other = tmp_path / "other"
+    other.mkdir()
+    for n, path in enumerate(paths):
+        assert titles(restore_into(other, path, root, base)) == [f"quick{n}-0", f"quick{n}-1"]
+
+
 def test_a_restarted_daemon_gets_every_open_file_again(
     root: Path, file_base: str, tmp_path: Path, start_sidecar: StartSidecar
 ) -> None:
@@ -224,7 +242,9 @@ def test_sync_without_a_daemon_says_so(root: Path, file_base: str, short_dir: Pa
     with Replicator(root, file_base, socket_path=short_dir / "none.sock") as replicator:
         with pytest.raises(ReplicationError, match="no Litestream is listening"):
             replicator.sync(path, timeout=2)
-        replicator.release(path)  # nothing to release: not an error
+        with pytest.raises(ReplicationError, match="no Litestream"):
+            replicator.release(path)  # a move must not go on: the replica may be behind
+        replicator.release(path, final_sync=False)  # a deletion may: nothing is held
     with pytest.raises(UnsafePathError):
         Replicator(root, file_base, socket_path=short_dir / "n.sock").file_opened("/etc/x.db")
 

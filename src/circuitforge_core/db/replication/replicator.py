@@ -92,6 +92,8 @@ class Replicator:
         self._changed = threading.Condition(self._lock)
         self._wanted: dict[str, str] = {}  # path -> replica URL, for files open here
         self._registered: set[str] = set()  # acknowledged by the daemon we know
+        # Opened since Litestream last confirmed them in the replica: owed a final sync.
+        self._touched: dict[str, str] = {}
         # Bumped by every answer the daemon gives about one file; the watch loop
         # trusts a /list only for files nobody changed since it asked.
         self._epoch = 0
@@ -131,47 +133,42 @@ class Replicator:
         url = self.replica_url_of(path)
         with self._lock:
             self._wanted[path] = url
+            self._touched[path] = url
             self._mark(path)
 
     def file_closed(self, path: str) -> None:
-        """``path``'s last connection in this process closed: let Litestream sync and release it."""
+        """``path``'s last connection in this process closed: a worker syncs it and lets go."""
         with self._lock:
-            if self._wanted.pop(path, None) is None and path not in self._registered:
-                return
-            self._mark(path)
+            self._wanted.pop(path, None)
+            if path in self._touched or path in self._registered:
+                self._mark(path)
 
-    def release(self, path: str, *, timeout: float | None = None) -> None:
-        """Unregister ``path`` now (final sync included), before it is deleted or replaced.
+    def release(
+        self, path: str, *, final_sync: bool = True, timeout: float | None = None
+    ) -> SyncResult | None:
+        """Make Litestream let go of ``path`` now, before it is moved, replaced or deleted.
 
-        The caller has closed its connections. Waits for any registration of
-        it under way; raises ``ReplicationError`` if the daemon cannot confirm
-        within ``timeout`` (default: ``sync_timeout``). A daemon that is not
-        running holds nothing, which counts as released.
+        The caller has closed its connections. With ``final_sync`` (moving,
+        replacing) the replica is first brought up to every commit in the
+        file, registering it if needed, and ``ReplicationError`` is raised
+        when that cannot be confirmed within ``timeout`` (default
+        ``sync_timeout``): the replica may be behind, so do not hand the user
+        to another host. Without it (deleting), a daemon that is not running
+        holds nothing, which counts as released.
         """
-        wait = self.sync_timeout if timeout is None else timeout
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + (self.sync_timeout if timeout is None else timeout)
         with self._lock:
             self._wanted.pop(path, None)
             self._dirty.pop(path, None)
-            self._wait_not_in_flight(path, deadline)
-            self._in_flight.add(path)
+            self._claim(path, deadline)
         try:
-            txid: int | None = None
-            try:
-                txid = self.control.unregister(path, timeout=max(1.0, deadline - time.monotonic()))
-            except ControlSocketError as exc:
-                if exc.status is not None and exc.status != 500:
-                    raise ReplicationError(
-                        f"Litestream would not release {path}: {exc}", path=path
-                    ) from exc
-                # Not running: nothing is held. 500: it dropped the file but its close
-                # failed (a file already gone); either way it no longer has it.
+            result = self._final(path, deadline) if final_sync else None
+            self._unregister(path, deadline, strict=final_sync)
             with self._lock:
-                self._record(path, registered=False, counted=txid is not None)
+                self._touched.pop(path, None)
+            return result
         finally:
-            with self._lock:
-                self._in_flight.discard(path)
-                self._changed.notify_all()
+            self._unclaim(path)
 
     def sync(self, path: str, *, timeout: float | None = None) -> SyncResult:
         """Return once the replica has every transaction committed to ``path`` so far.
@@ -182,32 +179,18 @@ class Replicator:
         that cannot be confirmed in ``timeout`` (default ``sync_timeout``):
         the data is committed locally, not yet known to be replicated.
         """
-        wait = self.sync_timeout if timeout is None else timeout
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + (self.sync_timeout if timeout is None else timeout)
         url = self.replica_url_of(path)
-        for attempt in range(2):
-            self._ensure_registered(path, url, deadline)
-            try:
-                result = self.control.sync(
-                    path, wait=True, timeout=max(1.0, deadline - time.monotonic())
-                )
-            except ControlSocketError as exc:
-                if exc.status == 404 and attempt == 0:  # the daemon restarted meanwhile
-                    with self._lock:
-                        self._registered.discard(path)
-                    continue
-                raise ReplicationError(
-                    f"could not confirm that the replica has {path}'s last commit: {exc}",
-                    path=path,
-                ) from exc
-            if not result.replicated:
-                raise ReplicationError(
-                    f"Litestream synced {path} to TXID {result.txid} but the replica confirmed "
-                    f"only {result.replicated_txid}; the last commits are not replicated yet.",
-                    path=path,
-                )
-            return result
-        raise AssertionError("unreachable")  # pragma: no cover
+        with self._lock:
+            self._claim(path, deadline)
+            self._touched.setdefault(path, url)
+        try:
+            return self._synced(path, url, deadline)
+        finally:
+            with self._lock:
+                if path not in self._wanted:
+                    self._dirty[path] = None  # not open here: a worker lets go of it again
+            self._unclaim(path)
 
     def flush(self, timeout: float) -> bool:
         """Wait until every wish so far is applied (or ``timeout``); True if all were."""
@@ -258,8 +241,8 @@ class Replicator:
         self._dirty[path] = None
         self._changed.notify_all()
 
-    def _wait_not_in_flight(self, path: str, deadline: float) -> None:
-        """Lock held: wait until no worker is applying ``path``."""
+    def _claim(self, path: str, deadline: float) -> None:
+        """Lock held: wait until no other thread works on ``path``, then take it."""
         while path in self._in_flight:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -269,27 +252,77 @@ class Replicator:
                     path=path,
                 )
             self._changed.wait(remaining)
+        self._in_flight.add(path)
 
-    def _ensure_registered(self, path: str, url: str, deadline: float) -> None:
+    def _unclaim(self, path: str) -> None:
         with self._lock:
-            if path in self._registered and path not in self._dirty:
-                return
-            self._wait_not_in_flight(path, deadline)
-            self._dirty.pop(path, None)
-            self._in_flight.add(path)
-        try:
+            self._in_flight.discard(path)
+            self._changed.notify_all()
+
+    def _register(self, path: str, url: str) -> None:
+        """Claimed: register ``path`` (a no-op for the daemon if it has it already)."""
+        newly = self.control.register(path, url)
+        with self._lock:
+            self._record(path, registered=True, counted=newly)
+
+    def _synced(self, path: str, url: str, deadline: float) -> SyncResult:
+        """Claimed: register if needed, then ``/sync`` with wait; raise if unconfirmed."""
+        for attempt in range(2):
             try:
-                newly = self.control.register(path, url)
+                with self._lock:
+                    registered = path in self._registered
+                if not registered:
+                    self._register(path, url)
+                result = self.control.sync(
+                    path, wait=True, timeout=max(1.0, deadline - time.monotonic())
+                )
             except ControlSocketError as exc:
+                if exc.status == 404 and attempt == 0:  # the daemon restarted meanwhile
+                    with self._lock:
+                        self._registered.discard(path)
+                    continue
                 raise ReplicationError(
-                    f"could not register {path} with Litestream: {exc}", path=path
+                    f"could not confirm that the replica has {path}'s last commit: {exc}",
+                    path=path,
                 ) from exc
-            with self._lock:
-                self._record(path, registered=True, counted=newly)
-        finally:
-            with self._lock:
-                self._in_flight.discard(path)
-                self._changed.notify_all()
+            if not result.replicated:
+                raise ReplicationError(
+                    f"Litestream synced {path} to TXID {result.txid} but the replica confirmed "
+                    f"only {result.replicated_txid}; the last commits are not replicated yet.",
+                    path=path,
+                )
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _final(self, path: str, deadline: float) -> SyncResult | None:
+        """Claimed: bring the replica up to every commit in ``path`` (None if it is gone).
+
+        Litestream's own final sync at unregister only covers what its
+        monitor has read so far (nothing, for a file registered a moment
+        ago), so an explicit ``/sync`` with wait comes first.
+        """
+        if not os.path.exists(path):
+            return None
+        with self._lock:
+            url = self._touched.get(path)
+        return self._synced(path, url or self.replica_url_of(path), deadline)
+
+    def _unregister(self, path: str, deadline: float, *, strict: bool) -> None:
+        """Claimed: ``/unregister``; a daemon that is gone holds nothing (unless ``strict``)."""
+        txid = None
+        try:
+            txid = self.control.unregister(path, timeout=max(1.0, deadline - time.monotonic()))
+        except ControlSocketError as exc:
+            if exc.status == 500:
+                # It dropped the file from its list, then failed to close it (a file
+                # deleted under it): it no longer has it.
+                logger.warning("Litestream dropped %s but did not close it cleanly: %s", path, exc)
+            elif exc.status is not None or strict:
+                raise ReplicationError(
+                    f"Litestream would not let go of {path}: {exc}", path=path
+                ) from exc
+        with self._lock:
+            self._record(path, registered=False, counted=txid is not None)
 
     def _work(self) -> None:
         while True:
@@ -300,14 +333,11 @@ class Replicator:
                         return
                     self._changed.wait()
                     path = self._next_dirty()
-                url = self._wanted.get(path)
                 self._in_flight.add(path)
             try:
-                self._apply(path, url)
+                self._apply(path)
             finally:
-                with self._lock:
-                    self._in_flight.discard(path)
-                    self._changed.notify_all()
+                self._unclaim(path)
 
     def _next_dirty(self) -> str | None:
         """Lock held: the oldest dirty path no worker is applying, taken off the list."""
@@ -319,26 +349,27 @@ class Replicator:
                 return path
         return None
 
-    def _apply(self, path: str, url: str | None) -> None:
-        """Make the daemon's view of ``path`` match the wish (``url`` None: not wanted)."""
+    def _apply(self, path: str) -> None:
+        """Claimed: make the daemon's view of ``path`` match what this process wants."""
         with self._lock:
+            url = self._wanted.get(path)
             registered = path in self._registered
-        if (url is not None) == registered:
-            return
-        counted = True
+            touched = path in self._touched
         try:
             if url is not None:
-                counted = self.control.register(path, url)
-            else:
-                counted = self.control.unregister(path, timeout=self.sync_timeout) is not None
-        except ControlSocketError as exc:
-            if url is None and exc.status == 500:
-                logger.warning("Litestream dropped %s but did not close it cleanly: %s", path, exc)
-            else:
-                self._failed(path, exc)
-                return
+                if not registered:
+                    self._register(path, url)
+            elif registered or touched:
+                deadline = time.monotonic() + self.sync_timeout
+                self._final(path, deadline)
+                self._unregister(path, deadline, strict=True)
+                with self._lock:
+                    if path not in self._wanted:  # not opened again meanwhile
+                        self._touched.pop(path, None)
+        except (ControlSocketError, ReplicationError) as exc:
+            self._failed(path, exc)
+            return
         with self._lock:
-            self._record(path, registered=url is not None, counted=counted)
             self._last_logged.pop(path, None)
 
     def _record(self, path: str, *, registered: bool, counted: bool) -> None:
@@ -353,9 +384,10 @@ class Replicator:
             self._changed_at.pop(path, None)
             self._counts["unregistrations"] += counted
 
-    def _failed(self, path: str, exc: ControlSocketError) -> None:
+    def _failed(self, path: str, exc: ControlSocketError | ReplicationError) -> None:
         """A request for ``path`` failed: wait for the daemon, or retry at the next check."""
-        down = exc.status is None
+        cause = exc.__cause__ if isinstance(exc.__cause__, ControlSocketError) else exc
+        down = isinstance(cause, ControlSocketError) and cause.status is None
         key = "" if down else path  # one log entry for "the daemon is down", one per refusal
         now = time.monotonic()
         with self._lock:
@@ -430,5 +462,7 @@ class Replicator:
                 self._registered.discard(path)
                 if path in self._wanted:
                     self._dirty[path] = None
+            for path in self._touched.keys() - self._wanted.keys() - self._in_flight:
+                self._dirty[path] = None  # closed here, still owed a final sync: retry it
             if self._dirty:
                 self._changed.notify_all()
