@@ -204,6 +204,28 @@ def test_a_file_closed_before_it_was_registered_still_reaches_the_replica(
         assert titles(restore_into(other, path, root, base)) == [f"quick{n}-0", f"quick{n}-1"]
 
 
+def test_an_idle_files_wal_is_given_back_after_litestream_lets_go(
+    root: Path, file_base: str, start_sidecar: StartSidecar
+) -> None:
+    """Litestream's read lock defeats journal_size_limit; after release the WAL is truncated."""
+    sidecar = start_sidecar(root, file_base)
+    path = new_user(root, "bulky")
+    with Replicator(root, file_base, socket_path=sidecar.socket_path) as replicator:
+        replicator.file_opened(path)
+        replicator.sync(path)
+        db = get_db(path, journal_size_limit=64 * 1024)
+        for _ in range(64):
+            with db:
+                db.execute("INSERT INTO notes (title, body) VALUES ('big', ?)", ("x" * 65536,))
+        replicator.sync(path)
+        assert os.path.getsize(path + "-wal") > 256 * 1024  # the limit does not hold it
+        db.close()
+        replicator.file_closed(path)
+        assert replicator.flush(30)
+    assert not os.path.exists(path + "-wal") or os.path.getsize(path + "-wal") == 0
+    assert len(titles(path)) == 65
+
+
 def test_a_restarted_daemon_gets_every_open_file_again(
     root: Path, file_base: str, tmp_path: Path, start_sidecar: StartSidecar
 ) -> None:

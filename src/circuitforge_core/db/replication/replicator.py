@@ -33,6 +33,7 @@ from ..errors import ControlSocketError, ReplicationError
 from .config import check_socket_path, default_socket_path
 from .control import DEFAULT_SYNC_TIMEOUT, DEFAULT_TIMEOUT, ControlClient, SyncResult
 from .urls import check_replica_url, redact, replica_url_for, user_file
+from .wal import truncate_wal
 
 logger = logging.getLogger("circuitforge_core.db")
 
@@ -364,8 +365,11 @@ class Replicator:
                 self._final(path, deadline)
                 self._unregister(path, deadline, strict=True)
                 with self._lock:
-                    if path not in self._wanted:  # not opened again meanwhile
+                    reopened = path in self._wanted
+                    if not reopened:
                         self._touched.pop(path, None)
+                if not reopened:
+                    truncate_wal(path)
         except (ControlSocketError, ReplicationError) as exc:
             self._failed(path, exc)
             return
