@@ -342,7 +342,9 @@ def idle_cost(folder: Path, base: str) -> None:
         for path in active:
             replicator.file_opened(path)
         replicator.flush(60)
-        pid = ControlClient(socket).info().pid
+        client = ControlClient(socket, timeout=30)
+        _wait_all_synced(client, ACTIVE)
+        pid = client.info().pid
         ready = time.perf_counter() - started
         results["registry (IPC)"] = (ready, *_observe(pid, active))
         for path in active:
@@ -385,12 +387,7 @@ def _watcher(folder: Path, root: Path, base: str, active: list[str]) -> tuple[fl
     try:
         client = ControlClient(folder / "watch.sock", timeout=60)  # busy opening 3,000 files
         client.wait_until_running(30)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            entries = client.databases()
-            if len(entries) >= FILES_ON_DISK and all(e.last_sync_at for e in entries):
-                break
-            time.sleep(0.5)
+        _wait_all_synced(client, FILES_ON_DISK)
         ready = time.perf_counter() - started
         return (ready, *_observe(process.pid, active))
     finally:
@@ -400,6 +397,17 @@ def _watcher(folder: Path, root: Path, base: str, active: list[str]) -> tuple[fl
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _wait_all_synced(client: ControlClient, count: int, timeout: float = 180) -> None:
+    """Until ``count`` files are listed, each synced to the replica once."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entries = client.databases()
+        if len(entries) >= count and all(entry.last_sync_at for entry in entries):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"Litestream did not replicate {count} files within {timeout:g} s")
 
 
 def _observe(pid: int, active: list[str]) -> tuple[float, float, int, int]:
