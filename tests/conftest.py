@@ -10,7 +10,15 @@ import pytest
 
 # Environment variables the library (or its later parts) may read; tests never
 # inherit them from the machine they run on.
-LIBRARY_ENV_VARS = ("CLOUD_DATA_ROOT", "CLOUD_MODE", "CF_SERVER_SECRET", "CF_DB_PATH")
+LIBRARY_ENV_VARS = (
+    "CLOUD_DATA_ROOT",
+    "CLOUD_MODE",
+    "CF_SERVER_SECRET",
+    "CF_DB_PATH",
+    "CF_REPLICA_URL",
+    "CF_LITESTREAM_SOCKET",
+    "CF_LITESTREAM",
+)
 
 
 @pytest.fixture(autouse=True)

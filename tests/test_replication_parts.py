@@ -155,16 +155,14 @@ def test_a_control_client_without_a_daemon_says_how_to_start_one(tmp_path: Path)
 
 def test_s3_urls_are_read_as_litestream_reads_them() -> None:
     """Bucket, prefix, endpoint, region, path style and TLS verification."""
-    location = s3_location(
-        "s3://bkt/a/b?endpoint=127.0.0.1:9000&region=eu-west-1&skipVerify=true", {}
-    )
+    location = s3_location("s3://bkt/a/b?endpoint=127.0.0.1:9000&region=eu-west-1&skipVerify=true")
     assert (location.bucket, location.prefix, location.endpoint) == (
         "bkt",
         "a/b",
         "http://127.0.0.1:9000",
     )
     assert (location.region, location.path_style, location.verify) == ("eu-west-1", True, False)
-    aws = s3_location("s3://bkt.s3.us-west-2.amazonaws.com/p", {})
+    aws = s3_location("s3://bkt.s3.us-west-2.amazonaws.com/p")
     assert (aws.bucket, aws.region, aws.endpoint, aws.path_style) == (
         "bkt",
         "us-west-2",
@@ -172,7 +170,7 @@ def test_s3_urls_are_read_as_litestream_reads_them() -> None:
         False,
     )
     with pytest.raises(ReplicationError, match="prefix"):
-        s3_location("s3://bkt", {})
+        s3_location("s3://bkt")
 
 
 def test_restore_timestamps_must_say_their_time_zone() -> None:

@@ -11,6 +11,8 @@ migration), always chaining the original with ``raise ... from exc``.
     ├── TransactionError           transaction() was misused (block ended it)
     ├── PoolTimeoutError           (also TimeoutError) no connection free in time
     ├── PoolClosedError            the pool or registry was closed, or the file is being dropped
+    │   └── QuiescedError              the file is quiesced (being moved, restored, compacted)
+    ├── PlacedElsewhereError       (also LookupError) the user lives on another host
     ├── NoDatabaseError            (also LookupError) no request database and no default
     ├── UnsafePathError            (also ValueError) a user id or sub-path could leave the root
     ├── SettingsError              (also ValueError) an environment variable cannot be used
@@ -96,6 +98,29 @@ class PoolTimeoutError(DBError, TimeoutError):
 
 class PoolClosedError(DBError):
     """A connection was asked of a pool or registry that is closed, or of a file being dropped."""
+
+
+class QuiescedError(PoolClosedError):
+    """New connections to this file are refused while it is quiesced (a move, a restore).
+
+    ``path`` is the file. Map it to 503 with ``Retry-After`` in a web app.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class PlacedElsewhereError(DBError, LookupError):
+    """The placement says another host owns this user: the file is not opened here.
+
+    ``path`` is the file, ``host`` the owner the product's directory named.
+    """
+
+    def __init__(self, message: str, *, path: str, host: str) -> None:
+        self.path = path
+        self.host = host
+        super().__init__(message)
 
 
 class NoDatabaseError(DBError, LookupError):

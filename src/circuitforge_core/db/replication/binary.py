@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from importlib import metadata
 
 from ..errors import LitestreamNotFoundError, ReplicationError
+from ..settings import process_environment
 
 #: The oldest release this package is tested with: control socket with /register,
 #: /unregister and /sync wait (0.5.9), and the SQLite WAL-reset fix (0.5.17).
@@ -132,11 +133,11 @@ def litestream_environment(environ: Mapping[str, str] | None = None) -> dict[str
     Everything passes through (credentials such as ``LITESTREAM_ACCESS_KEY_ID``
     or ``AWS_*`` included) except ``BREAKING_VARIABLES``.
     """
-    source = os.environ if environ is None else environ
+    source = process_environment() if environ is None else environ
     return {name: value for name, value in source.items() if name not in BREAKING_VARIABLES}
 
 
 def removed_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """Which of ``BREAKING_VARIABLES`` ``litestream_environment`` leaves out here."""
-    source = os.environ if environ is None else environ
+    source = process_environment() if environ is None else environ
     return [name for name in BREAKING_VARIABLES if name in source]

@@ -22,16 +22,21 @@ registry calls in), nor how to restore or erase (restore.py, erasure.py).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
+import shutil
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from ..errors import ControlSocketError, ReplicationError
+from ..errors import ControlSocketError, ReplicationError, SettingsError
+from ..settings import Settings
 from .config import check_socket_path, default_socket_path
 from .control import DEFAULT_SYNC_TIMEOUT, DEFAULT_TIMEOUT, ControlClient, SyncResult
+from .erasure import ErasureResult, erase_replica
+from .restore import RestoreResult, litestream_state_folder, restore_database
 from .urls import check_replica_url, redact, replica_url_for, user_file
 from .wal import truncate_wal
 
@@ -82,8 +87,10 @@ class Replicator:
         sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
         check_interval: float = DEFAULT_CHECK_INTERVAL,
         workers: int = DEFAULT_WORKERS,
+        litestream: str | os.PathLike[str] | None = None,
     ) -> None:
         self.data_root = os.path.abspath(os.fspath(data_root))
+        self.litestream = litestream
         self.replica_url = check_replica_url(replica_url)
         self.socket_path = check_socket_path(socket_path or default_socket_path(self.data_root))
         self.sync_timeout = sync_timeout
@@ -118,6 +125,22 @@ class Replicator:
         )
         for thread in self._threads:
             thread.start()
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Replicator:
+        """A replicator for ``CLOUD_DATA_ROOT``, ``CF_REPLICA_URL`` and ``CF_LITESTREAM_SOCKET``."""
+        settings = settings or Settings.from_env()
+        if settings.data_root is None or settings.replica_url is None:
+            raise SettingsError(
+                "replication needs CLOUD_DATA_ROOT and CF_REPLICA_URL; set both (or leave "
+                "replication off by not making a Replicator)."
+            )
+        return cls(
+            settings.data_root,
+            settings.replica_url,
+            socket_path=settings.litestream_socket,
+            litestream=settings.litestream,
+        )
 
     # -- what the registry calls --------------------------------------------------------
 
@@ -192,6 +215,41 @@ class Replicator:
                 if path not in self._wanted:
                     self._dirty[path] = None  # not open here: a worker lets go of it again
             self._unclaim(path)
+
+    def restore(
+        self,
+        path: str,
+        *,
+        timestamp: dt.datetime | str | None = None,
+        replace: bool = False,
+        missing_ok: bool = False,
+    ) -> RestoreResult | None:
+        """Restore ``path`` from its replica (``restore_database``); release it first."""
+        file = user_file(self.data_root, path)
+        return restore_database(
+            file,
+            replica_url_for(self.replica_url, file),
+            timestamp=timestamp,
+            replace=replace,
+            missing_ok=missing_ok,
+            litestream=self.litestream,
+        )
+
+    def erase(self, path: str) -> ErasureResult:
+        """Delete ``path``'s replica and Litestream's state beside it (released first)."""
+        return erase_replica(user_file(self.data_root, path), self.replica_url)
+
+    def forget_local_state(self, path: str) -> list[str]:
+        """Remove Litestream's state beside ``path`` (released first); the folders removed."""
+        state = litestream_state_folder(path)
+        if not os.path.isdir(state):
+            return []
+        shutil.rmtree(state)
+        return [state]
+
+    def truncate_wal(self, path: str) -> bool:
+        """Fold ``path``'s WAL into the database and empty it, if nothing reads it."""
+        return truncate_wal(path)
 
     def flush(self, timeout: float) -> bool:
         """Wait until every wish so far is applied (or ``timeout``); True if all were."""

@@ -2,9 +2,9 @@
 
 Owns reading a Litestream ``s3://`` replica URL the way Litestream does
 (bucket, prefix, ``endpoint``, ``region``, ``forcePathStyle``,
-``skipVerify``; ``LITESTREAM_S3_ENDPOINT``; credentials from
-``LITESTREAM_ACCESS_KEY_ID``/``LITESTREAM_SECRET_ACCESS_KEY`` or the AWS
-SDK's usual chain) and deleting every object, and every version of one,
+``skipVerify``; ``LITESTREAM_S3_ENDPOINT`` and the credentials as
+settings.py reads them for Litestream, else the AWS SDK's usual chain) and
+deleting every object, and every version of one,
 under the file's prefix. Uses boto3 from the ``replication`` extra, imported
 only here and only when an S3 replica is erased: the SDK brings the whole
 credential chain (keys, profiles, instance and container roles, web
@@ -14,14 +14,14 @@ Litestream itself, which a hand-written signer would only approximate.
 
 from __future__ import annotations
 
-import os
 import re
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ReplicationError
+from ..settings import ObjectStoreCredentials
 from .urls import redact
 
 _AWS_HOST = re.compile(r"^(.+)\.s3(?:[.-]([^.]+))?\.amazonaws\.com$")
@@ -41,9 +41,9 @@ class S3Location:
     verify: bool
 
 
-def s3_location(url: str, environ: Mapping[str, str] | None = None) -> S3Location:
-    """Read a Litestream ``s3://BUCKET/PREFIX?...`` URL."""
-    env = os.environ if environ is None else environ
+def s3_location(url: str, credentials: ObjectStoreCredentials | None = None) -> S3Location:
+    """Read a Litestream ``s3://BUCKET/PREFIX?...`` URL (``credentials`` for the endpoint)."""
+    store = credentials or ObjectStoreCredentials()
     parts = urllib.parse.urlsplit(url)
     query = {name: values[-1] for name, values in urllib.parse.parse_qs(parts.query).items()}
     host = parts.netloc
@@ -60,7 +60,7 @@ def s3_location(url: str, environ: Mapping[str, str] | None = None) -> S3Locatio
             f"cannot tell the bucket from the host {host!r} in {redact(url)}; write "
             f"s3://BUCKET/PREFIX?endpoint=https://HOST (the form Litestream also accepts)."
         )
-    endpoint = query.get("endpoint") or env.get("LITESTREAM_S3_ENDPOINT") or endpoint
+    endpoint = query.get("endpoint") or store.endpoint or endpoint
     if endpoint is not None and "://" not in endpoint:
         local = endpoint.startswith(("localhost", "127.", "[::1]"))
         endpoint = ("http://" if local else "https://") + endpoint
@@ -76,15 +76,16 @@ def s3_location(url: str, environ: Mapping[str, str] | None = None) -> S3Locatio
     return S3Location(bucket, prefix, endpoint, region, path_style, verify)
 
 
-def delete_prefix(url: str, environ: Mapping[str, str] | None = None) -> list[str]:
+def delete_prefix(url: str, credentials: ObjectStoreCredentials | None = None) -> list[str]:
     """Delete every object (and every stored version) under the replica's prefix.
 
     Returns the keys deleted (a key once per version). Raises
     ``ReplicationError`` when the SDK is missing or storage refuses; what was
     deleted before the refusal stays deleted, and a retry finishes the job.
     """
-    location = s3_location(url, environ)
-    client = _client(location, os.environ if environ is None else environ)
+    store = ObjectStoreCredentials.from_env() if credentials is None else credentials
+    location = s3_location(url, store)
+    client = _client(location, store)
     prefix = location.prefix + "/"
     deleted: list[str] = []
     try:
@@ -102,7 +103,7 @@ def delete_prefix(url: str, environ: Mapping[str, str] | None = None) -> list[st
     return deleted
 
 
-def _client(location: S3Location, env: Mapping[str, str]) -> Any:
+def _client(location: S3Location, store: ObjectStoreCredentials) -> Any:
     try:
         import boto3
         from botocore.config import Config
@@ -110,14 +111,14 @@ def _client(location: S3Location, env: Mapping[str, str]) -> Any:
         raise ReplicationError(
             "erasing an s3:// replica needs boto3: pip install 'circuitforge-core[replication]'."
         ) from exc
-    # Litestream's own credential variables first, as Litestream reads them.
-    key_id = env.get("AWS_ACCESS_KEY_ID") or env.get("LITESTREAM_ACCESS_KEY_ID")
-    secret = env.get("AWS_SECRET_ACCESS_KEY") or env.get("LITESTREAM_SECRET_ACCESS_KEY")
     credentials: dict[str, str] = {}
-    if key_id and secret:
-        credentials = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
-        if token := env.get("AWS_SESSION_TOKEN"):
-            credentials["aws_session_token"] = token
+    if store.access_key_id and store.secret_access_key:  # else the SDK's own chain
+        credentials = {
+            "aws_access_key_id": store.access_key_id,
+            "aws_secret_access_key": store.secret_access_key,
+        }
+        if store.session_token:
+            credentials["aws_session_token"] = store.session_token
     config = Config(
         s3={"addressing_style": "path" if location.path_style else "auto"},
         retries={"max_attempts": 5, "mode": "standard"},
@@ -129,7 +130,7 @@ def _client(location: S3Location, env: Mapping[str, str]) -> Any:
     return boto3.session.Session().client(
         "s3",
         endpoint_url=location.endpoint,
-        region_name=location.region or env.get("AWS_REGION") or "us-east-1",
+        region_name=location.region or store.region or "us-east-1",
         verify=location.verify,
         config=config,
         **credentials,
