@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from circuitforge_core.db import get_db, run_migrations, user_db_path
 from circuitforge_core.db.replication import ControlClient
 
+MIGRATIONS = Path(__file__).resolve().parent.parent / "examples" / "notes" / "migrations"
 BUCKET = "cf-db-replicas"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
@@ -33,14 +36,6 @@ server.start()
 print(server.get_host_and_port()[1], flush=True)
 sys.stdin.read()  # until the test session closes the pipe
 server.stop()
-"""
-
-# What `cf-db replicate ROOT --to URL --socket SOCKET` runs.
-_SIDECAR = """
-import logging, sys
-logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-from circuitforge_core.db.replication import exec_sidecar, prepare_sidecar
-exec_sidecar(prepare_sidecar(sys.argv[1], sys.argv[2], socket_path=sys.argv[3]))
 """
 
 
@@ -117,7 +112,7 @@ def s3_base(moto_server: MotoServer, s3_env: None) -> str:
 
 
 class Sidecar:
-    """A real Litestream started the way `cf-db replicate` starts it."""
+    """A real Litestream, started by `cf-db replicate ROOT --to URL --socket PATH`."""
 
     def __init__(self, root: Path, replica_url: str, socket_path: Path) -> None:
         self.root = root
@@ -131,10 +126,13 @@ class Sidecar:
             self.process = subprocess.Popen(
                 [
                     sys.executable,
-                    "-c",
-                    _SIDECAR,
+                    "-m",
+                    "circuitforge_core.db",
+                    "replicate",
                     str(self.root),
+                    "--to",
                     self.replica_url,
+                    "--socket",
                     str(self.socket_path),
                 ],
                 stdout=log,
@@ -202,3 +200,45 @@ def start_sidecar(short_dir: Path) -> Iterator[object]:
     for sidecar in started:
         if sidecar.process is not None and sidecar.process.poll() is None:
             sidecar.stop(signal.SIGKILL)
+
+
+# -- per-user files -----------------------------------------------------------------------
+
+
+def new_user(root: Path, user_id: str, rows: int = 1) -> str:
+    """A user's file as a product makes it: user_db_path, get_db, the notes migrations."""
+    path = user_db_path(root, user_id, "kiwi.db")
+    db = get_db(path)
+    try:
+        run_migrations(db, MIGRATIONS)
+        add_notes(db, rows, user_id)
+    finally:
+        db.close()
+    return str(path)
+
+
+def add_notes(db: sqlite3.Connection, count: int, prefix: str = "note") -> None:
+    with db:
+        db.executemany(
+            "INSERT INTO notes (title) VALUES (?)", [(f"{prefix}-{n}",) for n in range(count)]
+        )
+
+
+def titles(path: str | Path) -> list[str]:
+    db = sqlite3.connect(path)
+    try:
+        return [row[0] for row in db.execute("SELECT title FROM notes ORDER BY id")]
+    finally:
+        db.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def listed(client: ControlClient) -> set[str]:
+    return {entry.path for entry in client.databases()}

@@ -1,7 +1,7 @@
 """Replication with the real thing: Litestream sidecars, a moto S3 server, file replicas.
 
-Every Litestream here is started the way ``cf-db replicate`` starts it (the
-runner replaces itself with Litestream), every restore runs
+Every Litestream here is started by ``cf-db replicate`` (which replaces
+itself with Litestream), every restore runs
 ``litestream restore``, and the S3 replicas live in a moto server on
 loopback. Waits are bounded polls on the daemon's own answers.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import stat
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from circuitforge_core.db import UnsafePathError, get_db, run_migrations, user_db_path
+from circuitforge_core.db import UnsafePathError, get_db, user_db_path
 from circuitforge_core.db.errors import ReplicaNotFoundError, ReplicationError, RestoreError
 from circuitforge_core.db.replication import (
     ControlClient,
@@ -32,9 +31,18 @@ from circuitforge_core.db.replication import (
     restore_database,
     user_file,
 )
-from replication_support import BUCKET, MotoServer, Sidecar
+from replication_support import (
+    BUCKET,
+    MIGRATIONS,
+    MotoServer,
+    Sidecar,
+    add_notes,
+    listed,
+    new_user,
+    titles,
+    wait_for,
+)
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "examples" / "notes" / "migrations"
 StartSidecar = Callable[..., Sidecar]
 
 
@@ -59,45 +67,6 @@ def base(request: pytest.FixtureRequest, file_base: str) -> str:
         return file_base
     request.getfixturevalue("monkeypatch").setenv("AWS_CA_BUNDLE", "/nonexistent/ca.pem")
     return str(request.getfixturevalue("s3_base"))
-
-
-def new_user(root: Path, user_id: str, rows: int = 1) -> str:
-    """A user's file as a product makes it: user_db_path, get_db, the notes migrations."""
-    path = user_db_path(root, user_id, "kiwi.db")
-    db = get_db(path)
-    try:
-        run_migrations(db, MIGRATIONS)
-        add_notes(db, rows, user_id)
-    finally:
-        db.close()
-    return str(path)
-
-
-def add_notes(db: sqlite3.Connection, count: int, prefix: str = "note") -> None:
-    with db:
-        db.executemany(
-            "INSERT INTO notes (title) VALUES (?)", [(f"{prefix}-{n}",) for n in range(count)]
-        )
-
-
-def titles(path: str | Path) -> list[str]:
-    db = sqlite3.connect(path)
-    try:
-        return [row[0] for row in db.execute("SELECT title FROM notes ORDER BY id")]
-    finally:
-        db.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def listed(client: ControlClient) -> set[str]:
-    return {entry.path for entry in client.databases()}
 
 
 def restore_into(other_root: Path, path: str, root: Path, base: str) -> str:

@@ -357,16 +357,22 @@ class PoolRegistry:
             return None
         return replication.sync(os.path.abspath(os.fspath(path)), timeout=timeout)
 
-    def quiesce(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> Quiesced:
+    def quiesce(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        final_sync: bool = True,
+    ) -> Quiesced:
         """Stop using ``path``: refuse new checkouts, wait for busy ones, close, final sync.
 
         New checkouts raise ``QuiescedError`` until ``resume(path)`` (or the
         end of the returned handle's ``with`` block); busy connections are
         waited for up to ``timeout``. With replication on, Litestream then
-        syncs the file one last time and lets go of it; ``ReplicationError``
-        if the replica cannot confirm (the file stays quiesced: resume it, or
-        retry). The first step of a move, a restore over a live file, and
-        ``compact``.
+        syncs the file one last time (unless ``final_sync=False``) and lets
+        go of it; ``ReplicationError`` if the replica cannot confirm (the
+        file is resumed: retry). The first step of a move, a restore over a
+        live file, and ``compact``.
         """
         key = os.path.abspath(os.fspath(path))
         with self._lock:
@@ -376,7 +382,7 @@ class PoolRegistry:
         try:
             self._take_out(pool, timeout)
             if self._lifecycle is not None:
-                self._lifecycle.release(key, final_sync=True, timeout=timeout)
+                self._lifecycle.release(key, final_sync=final_sync, timeout=timeout)
         except BaseException:
             self.resume(key)
             raise
@@ -405,7 +411,8 @@ class PoolRegistry:
         replication = self._replication_or_none()
         if replication is None:
             raise ValueError("restore needs replication: make the registry with replication=")
-        with self.quiesce(path, timeout=timeout) as key:
+        # No final sync first: the replica's latest state would become the live one.
+        with self.quiesce(path, timeout=timeout, final_sync=False) as key:
             result = replication.restore(key, timestamp=timestamp, replace=True)
         assert result is not None  # missing_ok was not given
         return result

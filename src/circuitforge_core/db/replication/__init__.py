@@ -13,7 +13,7 @@ unless replication is switched on. See docs/replication.md.
 from .binary import MIN_VERSION, find_litestream, litestream_environment
 from .config import SidecarConfig, default_socket_path
 from .control import ControlClient, DaemonInfo, ReplicatedDatabase, SyncResult
-from .erasure import ErasureResult, erase_replica
+from .erasure import ErasureResult, erase_database, erase_replica
 from .replicator import Replicator, ReplicatorStats
 from .restore import RestoreResult, litestream_state_folder, restore_database
 from .sidecar import FileLimit, SidecarPlan, exec_sidecar, prepare_sidecar, raise_file_limit
@@ -35,6 +35,7 @@ __all__ = [
     "UserFile",
     "check_replica_url",
     "default_socket_path",
+    "erase_database",
     "erase_replica",
     "exec_sidecar",
     "find_litestream",

@@ -5,9 +5,11 @@ stays restorable, point in time included. Owns deleting the file's replica
 (a ``file://`` replica's folder, with the user's folders above it once they
 are empty; an ``s3://`` replica's prefix, every version of every object, see
 s3.py) and Litestream's local state beside the file (``.<name>-litestream``),
-and saying what was deleted. Does not delete the database file itself (the
-registry's ``drop_database`` does, after this) nor unregister it from the
-daemon (the caller does that first, so nothing is uploaded again).
+and saying what was deleted; and, for a file nothing uses (``cf-db
+erase``), all of that and the database's own files. Inside the service the
+registry's ``drop_database`` deletes the database after ``erase_replica``.
+Does not unregister the file from the daemon (the caller does that first, so
+nothing is uploaded again).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import shutil
 from dataclasses import dataclass
 
 from ..errors import ReplicationError
+from ..files import fsync
+from .exclusive import DEFAULT_LOCK_WAIT, held_alone
 from .restore import litestream_state_folder
 from .s3 import delete_prefix
 from .urls import UserFile, file_replica_folder, redact, replica_url_for
@@ -37,7 +41,7 @@ class ErasureResult:
     def describe(self) -> str:
         return (
             f"{self.path}: {len(self.replica_objects)} replica object(s) deleted from "
-            f"{self.replica_url}, {len(self.local_state)} local Litestream folder(s) removed"
+            f"{self.replica_url}, {len(self.local_state)} local file(s) and folder(s) removed"
         )
 
 
@@ -67,6 +71,40 @@ def erase_replica(file: UserFile, base_url: str) -> ErasureResult:
         local.append(state)
     result = ErasureResult(file.path, redact(url), tuple(objects), tuple(local))
     logger.info("erased %s", result.describe())
+    return result
+
+
+#: What SQLite and the migration runner keep beside a database, deleted before it.
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def erase_database(
+    file: UserFile, base_url: str, *, lock_wait: float = DEFAULT_LOCK_WAIT
+) -> ErasureResult:
+    """Erase an account's file everywhere: replica, Litestream's state, the database itself.
+
+    Refused (``ReplicationError``, nothing deleted) while any connection has
+    the file open, Litestream's included. The replica goes first: if that
+    fails, the local file is still there to retry with. ``local_state`` lists
+    the local files and folders removed.
+    """
+    path = file.path
+    if not os.path.exists(path):
+        return erase_replica(file, base_url)  # erased here before, or never on this host
+    with held_alone(path, doing="erased", error=ReplicationError, wait=lock_wait):
+        replica = erase_replica(file, base_url)
+        removed = []
+        for name in [*(path + suffix for suffix in _SIDE_FILES), path, path + ".migrate-lock"]:
+            try:
+                os.remove(name)
+            except FileNotFoundError:
+                continue
+            removed.append(name)
+    fsync(os.path.dirname(path))
+    result = ErasureResult(
+        path, replica.replica_url, replica.replica_objects, (*replica.local_state, *removed)
+    )
+    logger.info("erased %s and the database", result.describe())
     return result
 
 

@@ -8,9 +8,9 @@ place and an fsync of the folder. A failure at any step leaves the target as
 it was and removes the temporary folder: never a half-written database.
 
 Replacing a file that exists is refused unless asked for, and refused while
-any connection of any process has it open (an exclusive lock on the old file
-is taken first and held across the rename; Litestream's own connection counts,
-so the caller unregisters it first). Litestream's local state for the file
+any connection of any process has it open (exclusive.py: an exclusive lock on
+the old file is taken first and held across the rename; Litestream's own
+connection counts, so the caller unregisters it first). Litestream's local state for the file
 (``.<name>-litestream``) is removed with the old file: it describes a
 database that is no longer there. Does not decide whether a user should be
 restored (that is the registry's placement), and does not register the
@@ -34,13 +34,12 @@ from ..errors import ReplicaNotFoundError, RestoreError
 from ..files import fsync, remove_quietly
 from ..migrations import MigrationsDir, migration_status
 from .binary import find_litestream, litestream_environment
+from .exclusive import DEFAULT_LOCK_WAIT, held_alone
 from .urls import UserFile, redact
 
 logger = logging.getLogger("circuitforge_core.db")
 
 DEFAULT_RESTORE_TIMEOUT = 600.0
-#: How long a replace waits for the old file's last reader before refusing.
-DEFAULT_LOCK_WAIT = 1.0
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
@@ -266,46 +265,14 @@ def _fill_absent(target: str, copy: str) -> None:
 
 
 def _replace_unused(target: str, copy: str, lock_wait: float) -> None:
-    """Rename ``copy`` over ``target`` while holding an exclusive lock on the old file.
+    """Rename ``copy`` over ``target`` while holding the old file alone (exclusive.py).
 
-    In WAL mode every open connection holds a shared lock on the database
-    file, so the exclusive lock proves nobody has it open. With the lock held
-    its WAL is checkpointed and truncated, so a process opening the new file
-    right after the rename meets an empty ``-wal`` (and, this connection
-    using no shared memory, re-initialises the ``-shm``); the old connection,
-    closed last, neither checkpoints nor deletes anything (SQLite leaves the
-    journal of a moved file alone). Nothing is removed after the rename: a
-    new connection may already use the path's ``-wal``.
+    Its WAL is emptied first, so a process opening the path right after the
+    rename meets the new file and an empty ``-wal``. Nothing is removed after
+    the rename: a new connection may already use the path's ``-wal``.
     """
-    try:
-        old = sqlite3.connect(target, timeout=lock_wait, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise RestoreError(f"{target} cannot be opened to be replaced: {exc}", path=target) from exc
-    try:
-        try:
-            # Before the first access: the lock, once taken, is kept until close, and
-            # no shared memory is used, so the next opener of the path starts afresh.
-            old.execute("PRAGMA locking_mode=EXCLUSIVE")
-            old.execute("BEGIN EXCLUSIVE")
-            old.execute("COMMIT")
-            busy = old.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        except sqlite3.OperationalError as exc:
-            raise RestoreError(
-                f"{target} is in use (a connection of the service, or Litestream's: {exc}); "
-                f"it was left as it was. Stop its use first: registry.quiesce(path) in the "
-                f"app (or evict it in every process, or stop the service), and unregister it "
-                f"from Litestream (cf-db restore does when it reaches the sidecar's socket).",
-                path=target,
-            ) from exc
-        if busy is not None and busy[0]:
-            raise RestoreError(
-                f"{target}: its WAL could not be emptied before the replace; it was left as "
-                f"it was. Retry once nothing uses it.",
-                path=target,
-            )
+    with held_alone(target, doing="replaced", error=RestoreError, wait=lock_wait):
         os.replace(copy, target)
-    finally:
-        old.close()
 
 
 def _remove_litestream_state(target: str) -> None:

@@ -79,7 +79,7 @@ def s3_location(url: str, credentials: ObjectStoreCredentials | None = None) -> 
 def delete_prefix(url: str, credentials: ObjectStoreCredentials | None = None) -> list[str]:
     """Delete every object (and every stored version) under the replica's prefix.
 
-    Returns the keys deleted (a key once per version). Raises
+    Returns what was deleted as ``s3://BUCKET/KEY`` (a key once per version). Raises
     ``ReplicationError`` when the SDK is missing or storage refuses; what was
     deleted before the refusal stays deleted, and a retry finishes the job.
     """
@@ -173,5 +173,5 @@ def _delete(client: Any, location: S3Location, objects: list[dict[str, str]]) ->
                 f"s3://{location.bucket}/{location.prefix}/, e.g. {first.get('Key')}: "
                 f"{first.get('Code')} {first.get('Message')}"
             )
-        deleted += [item["Key"] for item in answer.get("Deleted", [])]
+        deleted += [f"s3://{location.bucket}/{item['Key']}" for item in answer.get("Deleted", [])]
     return deleted
