@@ -288,11 +288,8 @@ def test_a_user_placed_elsewhere_gets_the_products_response(root: Path) -> None:
     app = DatabaseMiddleware(recorder, header_resolver(root), placement=placement)
     asyncio.run(call(app, http_scope({"X-User": "alice"})))
     asyncio.run(call(app, http_scope({"X-User": "carol"})))  # nobody placed carol
-    assert (
-        recorder.seen
-        == [str(user_db_path(root, u, "app.db")) for u in ("alice",) * 2]
-        + [str(user_db_path(root, "carol", "app.db"))] * 2
-    )
+    alice, carol = (str(user_db_path(root, user, "app.db")) for user in ("alice", "carol"))
+    assert recorder.seen == [alice, alice, carol, carol]
     sent = asyncio.run(call(app, http_scope({"X-User": "bob"})))
     assert sent[0]["status"] == 421
     assert b"host-b" not in sent[1]["body"]

@@ -320,6 +320,7 @@ def test_a_move_between_two_hosts_keeps_one_lineage(
 # -- the cap -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # about 15 s on the 2-core development machine; runs in `make test`
 def test_litestreams_open_files_follow_the_registry_cap(
     hosts: Callable[..., Host], file_base_url: str
 ) -> None:
