@@ -419,3 +419,56 @@ def test_erasure_deletes_the_replica_and_litestreams_state(
         keys = moto.keys(prefix + "/")
         assert keys
         assert all(key.startswith(f"{prefix}/bob/kiwi.db/") for key in keys)
+
+
+# -- cf-db ----------------------------------------------------------------------------------
+
+
+def test_cf_db_replicate_refuses_bad_settings_before_starting_anything(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing root or no URL: exit 2 and an error line; nothing execs."""
+    from circuitforge_core.db.cli import main
+
+    assert main(["replicate", str(tmp_path / "nowhere"), "--to", "file:///tmp"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["replicate", str(root)]) == 2
+    assert "CF_REPLICA_URL" in capsys.readouterr().err
+
+
+def test_cf_db_restore_and_erase(
+    root: Path,
+    file_base: str,
+    tmp_path: Path,
+    start_sidecar: StartSidecar,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """restore fills a new host (exit 0), says when there is nothing (exit 1); erase lists."""
+    from circuitforge_core.db.cli import main
+
+    sidecar = start_sidecar(root, file_base)
+    path = new_user(root, "alice", rows=2)
+    with Replicator(root, file_base, socket_path=sidecar.socket_path) as replicator:
+        replicator.file_opened(path)
+        replicator.sync(path)
+    other = tmp_path / "host-b"
+    other.mkdir()
+    monkeypatch.setenv("CF_REPLICA_URL", file_base)  # the sidecar and the CLI share it
+    capsys.readouterr()
+    assert main(["restore", str(other), "alice/kiwi.db", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["replaced"] is False
+    assert len(document["migrations"]) == 3
+    assert titles(other / "alice" / "kiwi.db") == ["alice-0", "alice-1"]
+    assert main(["restore", str(other), "alice/kiwi.db"]) == 2
+    assert "--replace" in capsys.readouterr().err
+    assert main(["restore", str(other), "nobody/kiwi.db"]) == 1
+    assert "holds no copy" in capsys.readouterr().err
+    socket = ["--socket", str(sidecar.socket_path)]
+    assert main(["erase", str(root), "alice/kiwi.db", *socket]) == 0
+    out = capsys.readouterr().out
+    assert f"deleted {path}" in out
+    assert "replica object(s) deleted" in out
+    assert not os.path.exists(path)
+    assert main(["restore", str(tmp_path / "host-b"), "alice/kiwi.db", "--replace"]) == 1

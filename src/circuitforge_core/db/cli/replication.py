@@ -15,6 +15,7 @@ import sys
 
 from .. import ReplicaNotFoundError, Settings
 from ..replication import (
+    DEFAULT_MAX_FILES,
     ControlClient,
     default_socket_path,
     erase_database,
@@ -24,13 +25,21 @@ from ..replication import (
     restore_database,
     user_file,
 )
-from ..replication.sidecar import DEFAULT_MAX_FILES
 from .options import AddCommand, Subcommands, command, json_option
 from .output import EXIT_ACTION, EXIT_OK, duration, print_json, size
 
 
-def _replica_options(parser: argparse.ArgumentParser, flag: str, what: str) -> None:
+def _replica_options(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    what: str,
+    *,
+    with_user_path: bool = True,
+    runs_litestream: bool = True,
+) -> None:
     parser.add_argument("root", metavar="ROOT", help="the data root (the app's CLOUD_DATA_ROOT)")
+    if with_user_path:
+        parser.add_argument("user_path", metavar="USER_PATH", help="USER/FILE under ROOT")
     parser.add_argument(flag, dest="url", metavar="URL", help=f"{what} (default: CF_REPLICA_URL)")
     parser.add_argument(
         "--socket",
@@ -38,11 +47,12 @@ def _replica_options(parser: argparse.ArgumentParser, flag: str, what: str) -> N
         help="the sidecar's control socket (default: CF_LITESTREAM_SOCKET, else "
         "ROOT/.litestream/control.sock)",
     )
-    parser.add_argument(
-        "--litestream",
-        metavar="PATH",
-        help="the litestream binary (default: CF_LITESTREAM, else the replication extra's)",
-    )
+    if runs_litestream:
+        parser.add_argument(
+            "--litestream",
+            metavar="PATH",
+            help="the litestream binary (default: CF_LITESTREAM, else the replication extra's)",
+        )
 
 
 def _settled(args: argparse.Namespace) -> tuple[str, str, str | None]:
@@ -52,7 +62,7 @@ def _settled(args: argparse.Namespace) -> tuple[str, str, str | None]:
     if not url:
         raise ValueError("no replica URL: pass --to/--from/--replica URL, or set CF_REPLICA_URL")
     socket = args.socket or settings.litestream_socket or default_socket_path(args.root)
-    binary = args.litestream or settings.litestream
+    binary = getattr(args, "litestream", None) or settings.litestream
     return url, str(socket), None if binary is None else str(binary)
 
 
@@ -82,7 +92,7 @@ def _add_replicate(commands: Subcommands, common: argparse.ArgumentParser) -> No
         "Credentials come from the environment (LITESTREAM_ACCESS_KEY_ID and\n"
         "LITESTREAM_SECRET_ACCESS_KEY, or AWS_*). See docs/replication.md.",
     )
-    _replica_options(parser, "--to", "where every user's file is replicated")
+    _replica_options(parser, "--to", "where every user's file is replicated", with_user_path=False)
     parser.add_argument(
         "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there (default: none)"
     )
@@ -133,7 +143,6 @@ def _add_restore(commands: Subcommands, common: argparse.ArgumentParser) -> None
         "open (stop serving the user first; a running sidecar is asked to let go of it).\n"
         "Exit 1 when the replica holds no copy. Any failure leaves the target as it was.",
     )
-    parser.add_argument("user_path", metavar="USER_PATH", help="USER/FILE under ROOT")
     _replica_options(parser, "--from", "the replica URL the sidecar replicates to")
     parser.add_argument(
         "--timestamp", metavar="TIME", help="restore the state at TIME (RFC 3339, with a zone)"
@@ -204,8 +213,9 @@ def _add_erase(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "with nothing deleted, while anything has the file open (a running sidecar is asked\n"
         "to let go of it first). Inside the service, registry.drop_database does the same.",
     )
-    parser.add_argument("user_path", metavar="USER_PATH", help="USER/FILE under ROOT")
-    _replica_options(parser, "--replica", "the replica URL the sidecar replicates to")
+    _replica_options(
+        parser, "--replica", "the replica URL the sidecar replicates to", runs_litestream=False
+    )
     json_option(parser)
     parser.set_defaults(handler=_erase)
 

@@ -16,10 +16,18 @@ from .control import ControlClient, DaemonInfo, ReplicatedDatabase, SyncResult
 from .erasure import ErasureResult, erase_database, erase_replica
 from .replicator import Replicator, ReplicatorStats
 from .restore import RestoreResult, litestream_state_folder, restore_database
-from .sidecar import FileLimit, SidecarPlan, exec_sidecar, prepare_sidecar, raise_file_limit
+from .sidecar import (
+    DEFAULT_MAX_FILES,
+    FileLimit,
+    SidecarPlan,
+    exec_sidecar,
+    prepare_sidecar,
+    raise_file_limit,
+)
 from .urls import UserFile, check_replica_url, redact, replica_url_for, user_file
 
 __all__ = [
+    "DEFAULT_MAX_FILES",
     "MIN_VERSION",
     "ControlClient",
     "DaemonInfo",
