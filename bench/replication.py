@@ -33,7 +33,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from circuitforge_core.db import PoolRegistry, get_db, run_migrations, transaction, user_db_path
+from circuitforge_core.db import (
+    Placement,
+    PoolRegistry,
+    get_db,
+    run_migrations,
+    transaction,
+    use_db,
+    user_db_path,
+)
 from circuitforge_core.db.replication import (
     ControlClient,
     Replicator,
@@ -44,7 +52,7 @@ from circuitforge_core.db.replication import (
     user_file,
 )
 
-from .measure import duration, heading, median, note, percentile
+from .measure import duration, heading, median, note, per_call, percentile
 
 NOTES_MIGRATIONS = Path(__file__).resolve().parent.parent / "examples" / "notes" / "migrations"
 BUCKET = "cf-bench-replicas"
@@ -58,13 +66,6 @@ FILES_ON_DISK = 3_000
 ACTIVE = 200
 IDLE_SECONDS = 15.0
 
-_SIDECAR = """
-import logging, sys
-logging.basicConfig(level=logging.WARNING)
-from circuitforge_core.db.replication import exec_sidecar, prepare_sidecar
-exec_sidecar(prepare_sidecar(sys.argv[1], sys.argv[2], socket_path=sys.argv[3],
-                             max_files=int(sys.argv[4])))
-"""
 _MOTO = """
 import sys
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
@@ -148,32 +149,32 @@ def _replica_listing(kind: str, url: str) -> Callable[[], int]:
 def moves(folder: Path, base: str) -> None:
     heading(f"Moving a user between two hosts of this machine (S3 replica, {MOVES} users)")
     root_a, root_b = _root(folder / "host-a"), _root(folder / "host-b")
+    directory: dict[str, str] = {}
     with (
         sidecar(root_a, base, folder / "a.sock") as socket_a,
         sidecar(root_b, base, folder / "b.sock") as socket_b,
     ):
-        host_a = _Host(root_a, base, socket_a)
-        host_b = _Host(root_b, base, socket_b)
+        host_a = _Host(root_a, base, socket_a, Placement(root_a, "a", directory.get))
+        host_b = _Host(root_b, base, socket_b, Placement(root_b, "b", directory.get))
         users = [f"mover{n}" for n in range(MOVES)]
         for user in users:
+            directory[user] = "a"
             host_a.write(user, 50)
         totals, steps = [], []
         for user in users:
-            started = time.perf_counter()
             path_a = str(user_db_path(root_a, user, "kiwi.db", create=False))
-            host_a.registry.evict(path_a)
-            host_a.replicator.release(path_a)  # final sync, then Litestream lets go
+            started = time.perf_counter()
+            host_a.registry.quiesce(path_a)  # refuse, close, final sync, Litestream lets go
             released = time.perf_counter()
-            target = user_file(root_b, f"{user}/kiwi.db")
-            restore_database(target, replica_url_for(base, target))
-            restored = time.perf_counter()
-            host_b.write(user, 1)
+            directory[user] = "b"
+            host_b.write(user, 1)  # restore-on-miss, migrations check, register, a write
             done = time.perf_counter()
+            host_a.registry.drop_database(path_a, erase_replica=False)
             totals.append(done - started)
-            steps.append((released - started, restored - released, done - restored))
+            steps.append((released - started, done - released))
         lineages = 0
         for user in users:
-            host_b.replicator.sync(str(user_db_path(root_b, user, "kiwi.db", create=False)))
+            host_b.registry.sync(str(user_db_path(root_b, user, "kiwi.db", create=False)))
             check = _root(folder / f"check-{user}")
             target = user_file(check, f"{user}/kiwi.db")
             restore_database(target, replica_url_for(base, target))
@@ -181,31 +182,30 @@ def moves(folder: Path, base: str) -> None:
             lineages += count[0] == 51
         host_a.close()
         host_b.close()
-    release = median([s[0] for s in steps])
-    restore = median([s[1] for s in steps])
-    first = median([s[2] for s in steps])
     note(
         f"move p50 {duration(median(totals))}, max {duration(max(totals))}: quiesce + final "
-        f"sync on A {duration(release)}, restore on B {duration(restore)}, first request on B "
-        f"(register, migrations check, a write) {duration(first)}"
+        f"sync on A {duration(median([s[0] for s in steps]))}, first request on B (restore "
+        f"on miss, migrations check, register, a write) {duration(median([s[1] for s in steps]))}"
     )
     note(f"one lineage afterwards (A's 50 rows + B's row restored): {lineages}/{len(users)} users")
 
 
 class _Host:
-    """One 'host': a data root, its registry and its replicator (hooks wired by hand)."""
+    """One 'host': a data root, its replicator and a registry driving it."""
 
-    def __init__(self, root: Path, base: str, socket: Path) -> None:
+    def __init__(
+        self, root: Path, base: str, socket: Path, placement: Placement | None = None
+    ) -> None:
         self.root = root
-        self.registry = PoolRegistry(migrations=NOTES_MIGRATIONS)
         self.replicator = Replicator(root, base, socket_path=socket)
+        self.registry = PoolRegistry(
+            migrations=NOTES_MIGRATIONS, replication=self.replicator, placement=placement
+        )
 
     def write(self, user: str, rows: int) -> None:
         path = str(user_db_path(self.root, user, "kiwi.db"))
-        with self.registry.connection(path) as db:
-            self.replicator.file_opened(path)
-            with transaction(db):
-                db.executemany("INSERT INTO notes (title) VALUES (?)", [("row",)] * rows)
+        with self.registry.connection(path) as db, transaction(db):
+            db.executemany("INSERT INTO notes (title) VALUES (?)", [("row",)] * rows)
 
     def close(self) -> None:
         self.registry.close()
@@ -218,64 +218,76 @@ class _Host:
 def host_loss(folder: Path, base: str) -> None:
     heading(
         f"Host loss: app and Litestream SIGKILLed at once, restore elsewhere ({LOSS_TRIALS} "
-        f"trials, a commit every ~10 ms, every 10th confirmed)"
+        f"trials; one user committing every ~10 ms unconfirmed, another with every 10th "
+        f"commit confirmed by registry.sync)"
     )
-    windows, lost_confirmed = [], 0
+    windows, commits_lost, lost_confirmed, confirmed_total = [], [], 0, 0
     for trial in range(LOSS_TRIALS):
         root = _root(folder / f"loss-{trial}")
-        path = _new_user(root, "victim", rows=0)
+        plain = _new_user(root, "plain", rows=0)
+        critical = _new_user(root, "critical", rows=0)
         socket = folder / f"loss-{trial}.sock"
         process = _start_sidecar(root, base, socket)
-        killer = _child_writer(root, base, socket, path)
+        writer = _child_writer(root, base, socket, plain, critical)
         time.sleep(random.uniform(1.5, 3.0))
-        killed_at = time.time()
+        killed_at = time.time()  # the kill: app and Litestream at the same instant
         os.kill(process.pid, signal.SIGKILL)
-        killer.send_signal(signal.SIGKILL)
+        writer.send_signal(signal.SIGKILL)
         process.wait()
-        killer.wait()
-        out, _ = killer.communicate()
+        out, _ = writer.communicate()
         other = _root(folder / f"loss-{trial}-b")
-        target = user_file(other, "victim/kiwi.db")
-        restore_database(target, replica_url_for(base, target))
-        db = sqlite3.connect(target.path)
-        restored = {row[0]: row[1] for row in db.execute("SELECT title, created_at FROM notes")}
-        db.close()
-        confirmed = [line.split()[1] for line in (out or "").splitlines() if line.startswith("ok")]
-        lost_confirmed += sum(1 for title in confirmed if title not in restored)
-        last = max((float(title) for title in restored), default=killed_at)
-        windows.append(max(0.0, killed_at - last))
+        restored = {}
+        for user in ("plain", "critical"):
+            target = user_file(other, f"{user}/kiwi.db")
+            restore_database(target, replica_url_for(base, target))
+            db = sqlite3.connect(target.path)
+            restored[user] = {row[0] for row in db.execute("SELECT title FROM notes")}
+            db.close()
+        lines = (out or "").splitlines()
+        confirmed = [line.split()[1] for line in lines if line.startswith("ok ")]
+        confirmed_total += len(confirmed)
+        lost_confirmed += sum(1 for title in confirmed if title not in restored["critical"])
+        # The writer prints each plain commit once it returned: the last one it reported
+        # is the newest the host had (it may have committed one more before the kill).
+        reported = [line.split() for line in lines if line.startswith("plain ")]
+        newest = float(reported[-1][2]) if reported else killed_at
+        last = max((float(title) for title in restored["plain"]), default=0.0)
+        windows.append(max(0.0, newest - last))
+        commits_lost.append(max(0, len(reported) - len(restored["plain"])))
     note(
-        "writes lost (kill time - last restored commit): "
+        "unconfirmed writes lost (newest commit on the host - newest restored): "
         + ", ".join(f"{w:.2f} s" for w in windows)
-        + "; Litestream's defaults allow up to ~2 s (1 s monitor + 1 s sync)"
+        + f" (at least {', '.join(map(str, commits_lost))} commits); Litestream's defaults allow "
+        f"up to ~2 s (1 s monitor + 1 s sync)"
     )
-    note(f"confirmed writes lost: {lost_confirmed} (must be 0)")
+    note(f"confirmed writes lost: {lost_confirmed} of {confirmed_total} (must be 0)")
 
 
 _WRITER = """
 import sys, time
-from circuitforge_core.db import get_db
-from circuitforge_core.db.replication import Replicator
-root, base, socket, path = sys.argv[1:5]
-replicator = Replicator(root, base, socket_path=socket)
-replicator.file_opened(path)
-db = get_db(path)
+from circuitforge_core.db import PoolRegistry, Replicator, transaction
+root, base, socket, plain, critical = sys.argv[1:6]
+registry = PoolRegistry(replication=Replicator(root, base, socket_path=socket))
 n = 0
 while True:
     stamp = repr(time.time())
-    with db:
-        db.execute("INSERT INTO notes (title) VALUES (?)", (stamp,))
+    for path in (plain, critical):
+        with registry.connection(path) as db, transaction(db):
+            db.execute("INSERT INTO notes (title) VALUES (?)", (stamp,))
     n += 1
     if n % 10 == 0:
-        replicator.sync(path)
+        registry.sync(critical)
         print("ok", stamp, flush=True)
+    print("plain", n, stamp, flush=True)
     time.sleep(0.01)
 """
 
 
-def _child_writer(root: Path, base: str, socket: Path, path: str) -> subprocess.Popen[str]:
+def _child_writer(
+    root: Path, base: str, socket: Path, plain: str, critical: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(root), base, str(socket), path],
+        [sys.executable, "-c", _WRITER, str(root), base, str(socket), plain, critical],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -286,34 +298,65 @@ def _child_writer(root: Path, base: str, socket: Path, path: str) -> subprocess.
 
 
 def confirmed_commit(folder: Path, bases: dict[str, str]) -> None:
-    heading(f"A confirmed commit (commit + sync) against a plain commit ({CONFIRMED_SAMPLES} each)")
+    heading(
+        f"A confirmed commit (commit + registry.sync) against a plain one, and the request "
+        f"path with replication off and on ({CONFIRMED_SAMPLES} each)"
+    )
     for kind, base in bases.items():
         root = _root(folder / f"confirm-{kind}")
         with sidecar(root, base, folder / f"c-{kind}.sock") as socket:
-            replicator = Replicator(root, base, socket_path=socket)
-            path = _new_user(root, "alice")
-            replicator.file_opened(path)
-            replicator.sync(path)
-            db = get_db(path)
+            host = _Host(root, base, socket)
+            path = str(user_db_path(root, "alice", "kiwi.db"))
+            host.write("alice", 1)
+            host.registry.sync(path)
             plain, confirmed = [], []
             for _ in range(CONFIRMED_SAMPLES):
-                started = time.perf_counter()
-                with transaction(db):
-                    db.execute("INSERT INTO notes (title) VALUES ('plain')")
-                plain.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                with transaction(db):
-                    db.execute("INSERT INTO notes (title) VALUES ('confirmed')")
-                replicator.sync(path)
-                confirmed.append(time.perf_counter() - started)
-            db.close()
-            replicator.file_closed(path)
-            replicator.close()
+                with host.registry.connection(path) as db:
+                    started = time.perf_counter()
+                    with transaction(db):
+                        db.execute("INSERT INTO notes (title) VALUES ('plain')")
+                    plain.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    with transaction(db):
+                        db.execute("INSERT INTO notes (title) VALUES ('confirmed')")
+                    host.registry.sync(path)
+                    confirmed.append(time.perf_counter() - started)
+            if kind == "file":
+                off, on = _request_path(root, host.registry)
+            host.close()
         note(
-            f"{kind:>4}: plain p50 {duration(median(plain))}; confirmed p50 "
+            f"{kind:>4}: plain commit p50 {duration(median(plain))}; confirmed p50 "
             f"{duration(median(confirmed))}, p99 {duration(percentile(confirmed, 0.99))} "
             f"({median(confirmed) / median(plain):.0f}x)"
         )
+    note(
+        f"request path (user_db_path, use_db, checkout, one point read) with replication off "
+        f"{duration(median(off))}, on (file open and registered) {duration(median(on))}: "
+        f"{median(on) / median(off):.2f}x"
+    )
+
+
+def _request_path(root: Path, replicated: PoolRegistry) -> tuple[list[float], list[float]]:
+    """Per-request seconds, interleaved: a registry without replication, and ``replicated``."""
+    plain = PoolRegistry(migrations=NOTES_MIGRATIONS)
+    plain_root = _root(root.parent / f"{root.name}-off")
+
+    def request(registry: PoolRegistry, data_root: Path) -> Callable[[], object]:
+        def one() -> object:
+            path = user_db_path(data_root, "alice", "kiwi.db")
+            with use_db(path), registry.connection(path) as db:
+                return db.execute("SELECT title FROM notes WHERE id = 1").fetchone()
+
+        return one
+
+    request(plain, plain_root)()  # create and migrate it, outside the timing
+    samples = per_call(
+        {"off": request(plain, plain_root), "on": request(replicated, root)},
+        batch=2000,
+        rounds=7,
+    )
+    plain.close()
+    return samples["off"], samples["on"]
 
 
 # -- 6 ----------------------------------------------------------------------------------------
@@ -479,7 +522,19 @@ def _start_sidecar(
     log = socket.with_suffix(".log")
     with open(log, "wb") as output:  # a file, not a pipe: Go dies of SIGPIPE on a closed one
         process = subprocess.Popen(
-            [sys.executable, "-c", _SIDECAR, str(root), base, str(socket), str(max_files)],
+            [
+                sys.executable,
+                "-m",
+                "circuitforge_core.db",
+                "replicate",
+                str(root),
+                "--to",
+                base,
+                "--socket",
+                str(socket),
+                "--max-files",
+                str(max_files),
+            ],
             stdout=output,
             stderr=subprocess.STDOUT,
         )

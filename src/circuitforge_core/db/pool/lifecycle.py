@@ -96,7 +96,7 @@ class FileLifecycle:
                 if where.state == "here" and self.replication is not None:
                     restored = self.replication.restore(path, missing_ok=True)
                     if restored is not None:
-                        logger.warning(
+                        logger.info(
                             "%s was missing on this host, which owns its user: restored it "
                             "from the replica (%.3f s)",
                             path,
