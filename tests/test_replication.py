@@ -472,3 +472,31 @@ def test_cf_db_restore_and_erase(
     assert "replica object(s) deleted" in out
     assert not os.path.exists(path)
     assert main(["restore", str(tmp_path / "host-b"), "alice/kiwi.db", "--replace"]) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+def test_a_forked_child_replicates_with_threads_of_its_own(
+    root: Path, file_base: str, start_sidecar: StartSidecar
+) -> None:
+    """gunicorn --preload forks after the replicator started: the child's files still register."""
+    import warnings
+
+    sidecar = start_sidecar(root, file_base)
+    path = new_user(root, "alice")
+    replicator = Replicator(root, file_base, socket_path=sidecar.socket_path)
+    with warnings.catch_warnings():
+        # Forking a process with threads is the very case under test.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit code only
+        code = 1
+        try:
+            replicator.file_opened(path)
+            registered = replicator.flush(10)
+            code = 0 if registered and path in listed(ControlClient(sidecar.socket_path)) else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert replicator.stats().wanted == 0  # the parent opened nothing
+    replicator.close()

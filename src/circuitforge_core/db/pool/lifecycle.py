@@ -29,6 +29,7 @@ from ..errors import PlacedElsewhereError
 if TYPE_CHECKING:
     from ..placement import Placement
     from ..replication import ErasureResult, RestoreResult, SyncResult
+    from .file_pool import ConnectionPool
 
 logger = logging.getLogger("circuitforge_core.db")
 
@@ -61,7 +62,9 @@ class FileLifecycle:
     def __init__(self, replication: FileReplication | None, placement: Placement | None) -> None:
         self.replication = replication
         self.placement = placement
-        self._opened: set[str] = set()  # files whose first connection was reported
+        # File -> the pool whose first connection was reported: a pool let go late (an
+        # evict finishing after a new pool took over) must not report its successor's close.
+        self._opened: dict[str, ConnectionPool] = {}
         self._lock = threading.Lock()
         self._first_use: dict[str, threading.Lock] = {}
 
@@ -106,31 +109,38 @@ class FileLifecycle:
                 with self._lock:
                     self._first_use.pop(path, None)
 
-    def after_checkout(self, path: str) -> None:
-        """A checkout succeeded: report the file's first connection in this process."""
-        if self.replication is None or path in self._opened:
+    def after_checkout(self, path: str, pool: ConnectionPool) -> None:
+        """A checkout from ``pool`` succeeded: report the file's first connection here."""
+        if self.replication is None or self._opened.get(path) is pool:
             return
         with self._lock:
-            if path in self._opened:
+            if self._opened.get(path) is pool:
                 return
-            self._opened.add(path)
+            self._opened[path] = pool
         self.replication.file_opened(path)
 
-    def closed(self, path: str) -> None:
-        """The file's last connection in this process closed (its pool was let go); no I/O."""
-        if self.replication is None or path not in self._opened:
+    def closed(self, path: str, pool: ConnectionPool | None) -> None:
+        """``pool``, the file's, was let go: its last connection closed; records it, no I/O."""
+        if self.replication is None or self._opened.get(path) is not pool:
             return
         with self._lock:
-            if path not in self._opened:
-                return
-            self._opened.discard(path)
+            if self._opened.get(path) is not pool:
+                return  # a newer pool holds the file open now
+            del self._opened[path]
         self.replication.file_closed(path)
 
     # -- retiring ------------------------------------------------------------------------
 
-    def release(self, path: str, *, final_sync: bool, timeout: float | None) -> None:
-        """Connections closed: make Litestream let go of the file (after a last sync)."""
-        self.closed(path)
+    def release(
+        self,
+        path: str,
+        pool: ConnectionPool | None,
+        *,
+        final_sync: bool,
+        timeout: float | None,
+    ) -> None:
+        """``pool``'s connections closed, no new ones: Litestream lets go (after a last sync)."""
+        self.closed(path, pool)
         if self.replication is not None:
             self.replication.release(path, final_sync=final_sync, timeout=timeout)
 

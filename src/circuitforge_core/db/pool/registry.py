@@ -204,7 +204,7 @@ class PoolRegistry:
             try:
                 conn = checkout.__enter__()
                 if lifecycle is not None:
-                    lifecycle.after_checkout(key)
+                    lifecycle.after_checkout(key, pool)
                 return checkout, conn
             except PoolClosedError:
                 retired = self._pools.get(key) is not pool
@@ -241,7 +241,7 @@ class PoolRegistry:
             if unused:
                 del self._pools[key]
                 if self._lifecycle is not None:
-                    self._lifecycle.closed(key)
+                    self._lifecycle.closed(key, pool)
         if unused:
             pool.close()
 
@@ -252,7 +252,7 @@ class PoolRegistry:
             return False
         del self._pools[key]
         if self._lifecycle is not None:
-            self._lifecycle.closed(key)  # records a wish; never blocks
+            self._lifecycle.closed(key, pool)  # records a wish; never blocks
         return True
 
     def _new_pool(self, path: str) -> ConnectionPool:
@@ -299,8 +299,8 @@ class PoolRegistry:
         with self._lock:
             pool = self._pools.pop(key, None)
         self._take_out(pool, timeout)
-        if self._lifecycle is not None:
-            self._lifecycle.closed(key)
+        if self._lifecycle is not None and pool is not None:
+            self._lifecycle.closed(key, pool)
 
     def drop_database(
         self,
@@ -333,7 +333,7 @@ class PoolRegistry:
             self._take_out(pool, timeout)
             erased: list[str] = []
             if self._lifecycle is not None:
-                self._lifecycle.release(key, final_sync=False, timeout=timeout)
+                self._lifecycle.release(key, pool, final_sync=False, timeout=timeout)
                 erased = self._lifecycle.drop(key, erase_replica=erase_replica)
             return [*erased, *_remove_database_files(key)]
         finally:
@@ -382,7 +382,7 @@ class PoolRegistry:
         try:
             self._take_out(pool, timeout)
             if self._lifecycle is not None:
-                self._lifecycle.release(key, final_sync=final_sync, timeout=timeout)
+                self._lifecycle.release(key, pool, final_sync=final_sync, timeout=timeout)
         except BaseException:
             self.resume(key)
             raise
@@ -462,7 +462,7 @@ class PoolRegistry:
         for pool in pools:
             pool.close()
             if self._lifecycle is not None:
-                self._lifecycle.closed(pool.path)
+                self._lifecycle.closed(pool.path, pool)
 
     # -- introspection ---------------------------------------------------------------
 

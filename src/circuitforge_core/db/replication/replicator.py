@@ -28,6 +28,7 @@ import os
 import shutil
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -115,16 +116,34 @@ class Replicator:
             ("registrations", "unregistrations", "failures", "daemon_restarts"), 0
         )
         self._closed = False
+        self._workers = max(1, workers)
         self._check_daemon()  # know the daemon (or that it is down) before the first file
+        self._start_threads()
+        _live_replicators.add(self)
+
+    def _start_threads(self) -> None:
         self._threads = [
             threading.Thread(target=self._work, name=f"cf-db-replicator-{n}", daemon=True)
-            for n in range(max(1, workers))
+            for n in range(self._workers)
         ]
         self._threads.append(
             threading.Thread(target=self._watch, name="cf-db-replicator-watch", daemon=True)
         )
         for thread in self._threads:
             thread.start()
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child starts with nothing open (its pools start empty) and new threads."""
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._wanted.clear()
+        self._touched.clear()
+        self._dirty.clear()
+        self._in_flight.clear()
+        self._registered.clear()  # the parent's registrations are the parent's to release
+        self._changed_at.clear()
+        if not self._closed:
+            self._start_threads()
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Replicator:
@@ -528,3 +547,17 @@ class Replicator:
                 self._dirty[path] = None  # closed here, still owed a final sync: retry it
             if self._dirty:
                 self._changed.notify_all()
+
+
+# -- fork: threads do not survive it ---------------------------------------------------------
+
+_live_replicators: weakref.WeakSet[Replicator] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for replicator in list(_live_replicators):
+        replicator._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
