@@ -121,7 +121,7 @@ class FileLifecycle:
 
     def closed(self, path: str, pool: ConnectionPool | None) -> None:
         """``pool``, the file's, was let go: its last connection closed; records it, no I/O."""
-        if self.replication is None or self._opened.get(path) is not pool:
+        if self.replication is None or pool is None or self._opened.get(path) is not pool:
             return
         with self._lock:
             if self._opened.get(path) is not pool:
