@@ -43,6 +43,9 @@ from replication_support import (
     wait_for,
 )
 
+# Every test here starts real Litestream processes (and some a moto server).
+pytestmark = pytest.mark.slow
+
 StartSidecar = Callable[..., Sidecar]
 
 

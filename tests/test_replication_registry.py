@@ -38,6 +38,9 @@ from circuitforge_core.db.replication import (
 )
 from replication_support import MIGRATIONS, Sidecar, listed, titles, wait_for
 
+# Every test here starts real Litestream processes (and some a moto server).
+pytestmark = pytest.mark.slow
+
 StartSidecar = Callable[..., Sidecar]
 
 
@@ -320,7 +323,7 @@ def test_a_move_between_two_hosts_keeps_one_lineage(
 # -- the cap -------------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # about 15 s on the 2-core development machine; runs in `make test`
+# About 15 s on the 2-core development machine; runs in `make test`.
 def test_litestreams_open_files_follow_the_registry_cap(
     hosts: Callable[..., Host], file_base_url: str
 ) -> None:
