@@ -15,9 +15,11 @@ from .connect import Connection, get_db
 from .conversions import decrypt_database, encrypt_database, rekey_database
 from .errors import (
     BackupError,
+    ControlSocketError,
     DBError,
     EncryptionUnavailableError,
     ForeignKeyViolationError,
+    LitestreamNotFoundError,
     MigrationError,
     MigrationFailedError,
     MigrationModifiedError,
@@ -26,8 +28,13 @@ from .errors import (
     MigrationSourceError,
     NoDatabaseError,
     OpenError,
+    PlacedElsewhereError,
     PoolClosedError,
     PoolTimeoutError,
+    QuiescedError,
+    ReplicaNotFoundError,
+    ReplicationError,
+    RestoreError,
     SettingsError,
     TransactionError,
     UnsafePathError,
@@ -56,7 +63,9 @@ from .migrations import (
     run_migrations,
     verify_migrations,
 )
+from .placement import Placement
 from .pool import ConnectionPool, PoolRegistry
+from .replication import Replicator
 from .settings import Settings
 from .tenancy import current_db_path, request_db, use_db, user_db_path, user_key_resolver
 from .transaction import transaction
@@ -68,6 +77,7 @@ __all__ = [
     "ChecksumCheck",
     "Connection",
     "ConnectionPool",
+    "ControlSocketError",
     "DBError",
     "DatabaseMiddleware",
     "EncryptionUnavailableError",
@@ -75,6 +85,7 @@ __all__ = [
     "ForeignKeyViolationError",
     "LintFinding",
     "LintReport",
+    "LitestreamNotFoundError",
     "MigrationError",
     "MigrationFailedError",
     "MigrationModifiedError",
@@ -87,10 +98,17 @@ __all__ = [
     "NewMigration",
     "NoDatabaseError",
     "OpenError",
+    "PlacedElsewhereError",
+    "Placement",
     "PlannedMigration",
     "PoolClosedError",
     "PoolRegistry",
     "PoolTimeoutError",
+    "QuiescedError",
+    "ReplicaNotFoundError",
+    "ReplicationError",
+    "Replicator",
+    "RestoreError",
     "Settings",
     "SettingsError",
     "TransactionError",
