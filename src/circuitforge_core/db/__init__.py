@@ -12,6 +12,7 @@ from .asgi import DatabaseMiddleware, database_dependency
 from .base import get_connection
 from .cipher import decrypt_database, derive_user_key, encrypt_database, rekey_database
 from .connect import Connection, get_db
+from .drift import SchemaDifference, SchemaDrift, schema_drift
 from .errors import (
     BackupError,
     DBError,
@@ -30,6 +31,15 @@ from .errors import (
     TransactionError,
     UnsafePathError,
 )
+from .fanout import (
+    FanOutProgress,
+    FanOutResult,
+    TenantDatabase,
+    TenantResult,
+    drift_all,
+    find_tenant_databases,
+    migrate_all,
+)
 from .lint import LintFinding, lint_migrations
 from .maintenance import (
     BackupResult,
@@ -40,6 +50,7 @@ from .maintenance import (
     check_database,
     verify_migrations,
 )
+from .migration_check import MigrationCheckReport, MigrationProblem, check_migrations
 from .migrations import MigrationStatus, migration_status, run_migrations
 from .pool import ConnectionPool
 from .tenancy import (
@@ -63,12 +74,16 @@ __all__ = [
     "DBError",
     "DatabaseMiddleware",
     "EncryptionUnavailableError",
+    "FanOutProgress",
+    "FanOutResult",
     "ForeignKeyProblem",
     "ForeignKeyViolationError",
     "LintFinding",
+    "MigrationCheckReport",
     "MigrationError",
     "MigrationFailedError",
     "MigrationModifiedError",
+    "MigrationProblem",
     "MigrationRefusedError",
     "MigrationSourceError",
     "MigrationStatus",
@@ -77,24 +92,33 @@ __all__ = [
     "PoolClosedError",
     "PoolRegistry",
     "PoolTimeoutError",
+    "SchemaDifference",
+    "SchemaDrift",
     "Settings",
     "SettingsError",
+    "TenantDatabase",
+    "TenantResult",
     "TransactionError",
     "UnsafePathError",
     "backup_database",
     "check_database",
+    "check_migrations",
     "current_db_path",
     "database_dependency",
     "decrypt_database",
     "derive_user_key",
+    "drift_all",
     "encrypt_database",
+    "find_tenant_databases",
     "get_connection",
     "get_db",
     "lint_migrations",
+    "migrate_all",
     "migration_status",
     "rekey_database",
     "request_db",
     "run_migrations",
+    "schema_drift",
     "transaction",
     "use_db",
     "user_db_path",
