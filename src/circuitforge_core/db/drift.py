@@ -21,6 +21,7 @@ matches the caller's ``ignore`` patterns, with their indexes and triggers.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import sqlite3
 import threading
@@ -66,6 +67,7 @@ def _unquoted(token: str) -> str:
     return inner.replace(quote * 2, quote)
 
 
+@functools.lru_cache(maxsize=4096)  # tenants share their schema text: tokenise it once
 def sql_tokens(sql: str | None) -> tuple[str, ...]:
     """``sql`` as tokens that compare equal when only formatting differs.
 
