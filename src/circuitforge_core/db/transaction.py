@@ -13,6 +13,10 @@ Threads of one process that write the same file through ``transaction()``
 first queue on an in-process lock, one per file, with the connection's busy
 timeout as the deadline; the busy handler is then left to waits across
 processes only. Lock order: this per-file lock, then SQLite's write lock.
+
+What it counts (metrics.py, while recording is on): the wait for that lock,
+the time in ``BEGIN IMMEDIATE`` (SQLite's own busy wait for other
+processes), the block's duration and its failures.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+from . import metrics
 from .errors import TransactionError
 from .sqlite_facts import DEFAULT_BUSY_TIMEOUT
 
@@ -51,34 +57,72 @@ def transaction(db: ConnectionT) -> Iterator[ConnectionT]:
         with _savepoint(db):
             yield db
         return
+    counting = metrics.enabled
     lock = _writer_lock(db)
-    if lock is not None and not lock.acquire(timeout=_busy_timeout(db)):
+    asked = time.perf_counter() if counting else 0.0
+    granted = asked if lock is None else _acquire(lock, db, counting, asked)
+    if granted is None:
         raise db.OperationalError(  # sqlite3's or sqlcipher3's
             f"database is locked: {getattr(db, 'path', '?')}: other threads of this process "
             f"kept writing it for longer than the busy timeout"
         )
     try:
         db.execute("BEGIN IMMEDIATE")
+        begun = 0.0
+        if counting:
+            begun = time.perf_counter()
+            metrics.observe(metrics.BEGIN_WAIT, begun - granted)
+        committed = False
         try:
-            yield db
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        if not db.in_transaction:
-            raise TransactionError(
-                "the transaction() block ended the transaction itself (commit() or rollback() "
-                "inside it); its work is no longer atomic. Let the block commit by ending."
-            )
-        try:
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if not db.in_transaction:
+                raise TransactionError(
+                    "the transaction() block ended the transaction itself (commit() or "
+                    "rollback() inside it); its work is no longer atomic. Let the block commit "
+                    "by ending."
+                )
+            try:
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            committed = True
+        finally:
+            if counting:
+                metrics.observe(metrics.TRANSACTION, time.perf_counter() - begun)
+                if not committed:
+                    metrics.increment(metrics.TRANSACTION_FAILURES)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _acquire(
+    lock: threading.Lock, db: sqlite3.Connection, counting: bool, asked: float
+) -> float | None:
+    """Take the per-file lock within the busy timeout; when it was granted, None if never.
+
+    The uncontended case takes it at once and counts a zero wait without
+    reading the clock again. ``asked`` is when the wait began (0 when not
+    counting, and so is the result).
+    """
+    if lock.acquire(blocking=False):
+        if counting:
+            metrics.observe_zero(metrics.LOCK_WAIT)
+        return asked
+    if not lock.acquire(timeout=_busy_timeout(db)):
+        return None
+    if not counting:
+        return 0.0
+    granted = time.perf_counter()
+    metrics.observe(metrics.LOCK_WAIT, granted - asked)
+    return granted
 
 
 @contextmanager
