@@ -50,7 +50,7 @@ from .maintenance import (
     check_database,
     verify_migrations,
 )
-from .migration_check import MigrationCheckReport, MigrationProblem, check_migrations
+from .migration_check import MigrationCheckProblem, MigrationCheckReport, check_migrations
 from .migrations import MigrationStatus, migration_status, run_migrations
 from .pool import ConnectionPool
 from .tenancy import (
@@ -79,11 +79,11 @@ __all__ = [
     "ForeignKeyProblem",
     "ForeignKeyViolationError",
     "LintFinding",
+    "MigrationCheckProblem",
     "MigrationCheckReport",
     "MigrationError",
     "MigrationFailedError",
     "MigrationModifiedError",
-    "MigrationProblem",
     "MigrationRefusedError",
     "MigrationSourceError",
     "MigrationStatus",

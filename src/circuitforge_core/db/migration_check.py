@@ -56,7 +56,7 @@ CheckName = Literal["empty", "rows", "lost rows", "foreign keys", "rerun"]
 
 
 @dataclass(frozen=True, slots=True)
-class MigrationProblem:
+class MigrationCheckProblem:
     """One reason a migration file fails the check; ``check`` says which check."""
 
     name: str
@@ -80,7 +80,7 @@ class MigrationCheckReport:
 
     folder: str
     checked: tuple[str, ...]
-    problems: tuple[MigrationProblem, ...]
+    problems: tuple[MigrationCheckProblem, ...]
     notes: tuple[str, ...]
 
     @property
@@ -136,7 +136,7 @@ class _Checker:
         self.stage.mkdir()
         self.allow_row_loss = allow_row_loss
         self.rerun = rerun
-        self.problems: list[MigrationProblem] = []
+        self.problems: list[MigrationCheckProblem] = []
         self.notes: dict[str, None] = {}  # ordered and without repeats
         self._names = (f"scratch-{n}.db" for n in itertools.count())
 
@@ -164,7 +164,7 @@ class _Checker:
         self.notes[text] = None
 
     def _problem(self, name: str, check: CheckName, message: str, line: int | None = None) -> None:
-        self.problems.append(MigrationProblem(name, check, message, line))
+        self.problems.append(MigrationCheckProblem(name, check, message, line))
 
     def _step(
         self, empty: Connection, seeded: Connection, file: MigrationFile, number: int
