@@ -127,15 +127,47 @@ def _new_shard() -> _Shard:
     return shard
 
 
+_FIRST_BOUND = DURATION_BUCKETS[0]
+
+
 def observe(histogram: int, seconds: float) -> None:
     """Record one duration into ``histogram`` (``POOL_WAIT``, ...)."""
     try:
         shard: _Shard = _local.shard
     except AttributeError:
         shard = _new_shard()
-    index = bisect.bisect_left(DURATION_BUCKETS, seconds)
+    # Most waits and many operations fit the first bucket: skip the search for them.
+    index = 0 if seconds <= _FIRST_BOUND else bisect.bisect_left(DURATION_BUCKETS, seconds)
     shard.buckets[histogram][index] += 1
     shard.sums[histogram][index] += seconds
+
+
+def observe_transaction(
+    lock_wait: float | None, begin_wait: float, duration: float, failed: bool
+) -> None:
+    """Record one ``transaction()`` block in one call (it runs on every write).
+
+    ``lock_wait`` None: the in-process lock was granted at once (a zero wait).
+    """
+    try:
+        shard: _Shard = _local.shard
+    except AttributeError:
+        shard = _new_shard()
+    buckets, sums = shard.buckets, shard.sums
+    if lock_wait is None:
+        buckets[LOCK_WAIT][0] += 1
+    else:
+        index = 0 if lock_wait <= _FIRST_BOUND else bisect.bisect_left(DURATION_BUCKETS, lock_wait)
+        buckets[LOCK_WAIT][index] += 1
+        sums[LOCK_WAIT][index] += lock_wait
+    index = 0 if begin_wait <= _FIRST_BOUND else bisect.bisect_left(DURATION_BUCKETS, begin_wait)
+    buckets[BEGIN_WAIT][index] += 1
+    sums[BEGIN_WAIT][index] += begin_wait
+    index = 0 if duration <= _FIRST_BOUND else bisect.bisect_left(DURATION_BUCKETS, duration)
+    buckets[TRANSACTION][index] += 1
+    sums[TRANSACTION][index] += duration
+    if failed:
+        shard.counters[TRANSACTION_FAILURES] += 1
 
 
 def observe_zero(histogram: int) -> None:

@@ -35,6 +35,7 @@ from .sqlite_facts import DEFAULT_BUSY_TIMEOUT
 
 ConnectionT = TypeVar("ConnectionT", bound=sqlite3.Connection)
 
+_clock = time.perf_counter  # bound once: it is read three times per block while counting
 _savepoint_numbers = itertools.count(1)
 _writer_locks: dict[str, threading.Lock] = {}
 _writer_locks_guard = threading.Lock()
@@ -59,19 +60,24 @@ def transaction(db: ConnectionT) -> Iterator[ConnectionT]:
         return
     counting = metrics.enabled
     lock = _writer_lock(db)
-    asked = time.perf_counter() if counting else 0.0
-    granted = asked if lock is None else _acquire(lock, db, counting, asked)
-    if granted is None:
-        raise db.OperationalError(  # sqlite3's or sqlcipher3's
-            f"database is locked: {getattr(db, 'path', '?')}: other threads of this process "
-            f"kept writing it for longer than the busy timeout"
-        )
+    lock_wait: float | None = None  # granted at once, or not counting
+    if lock is not None and not lock.acquire(blocking=False):
+        asked = _clock()
+        if not lock.acquire(timeout=_busy_timeout(db)):
+            raise db.OperationalError(  # sqlite3's or sqlcipher3's
+                f"database is locked: {getattr(db, 'path', '?')}: other threads of this "
+                f"process kept writing it for longer than the busy timeout"
+            )
+        lock_wait = _clock() - asked
     try:
-        db.execute("BEGIN IMMEDIATE")
-        begun = 0.0
-        if counting:
-            begun = time.perf_counter()
-            metrics.observe(metrics.BEGIN_WAIT, begun - granted)
+        granted = _clock() if counting else 0.0
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except BaseException:  # busy past the timeout: a failed block, counted as such
+            if counting:
+                metrics.observe_transaction(lock_wait, _clock() - granted, 0.0, True)
+            raise
+        begun = _clock() if counting else 0.0
         committed = False
         try:
             try:
@@ -95,34 +101,12 @@ def transaction(db: ConnectionT) -> Iterator[ConnectionT]:
             committed = True
         finally:
             if counting:
-                metrics.observe(metrics.TRANSACTION, time.perf_counter() - begun)
-                if not committed:
-                    metrics.increment(metrics.TRANSACTION_FAILURES)
+                metrics.observe_transaction(
+                    lock_wait, begun - granted, _clock() - begun, not committed
+                )
     finally:
         if lock is not None:
             lock.release()
-
-
-def _acquire(
-    lock: threading.Lock, db: sqlite3.Connection, counting: bool, asked: float
-) -> float | None:
-    """Take the per-file lock within the busy timeout; when it was granted, None if never.
-
-    The uncontended case takes it at once and counts a zero wait without
-    reading the clock again. ``asked`` is when the wait began (0 when not
-    counting, and so is the result).
-    """
-    if lock.acquire(blocking=False):
-        if counting:
-            metrics.observe_zero(metrics.LOCK_WAIT)
-        return asked
-    if not lock.acquire(timeout=_busy_timeout(db)):
-        return None
-    if not counting:
-        return 0.0
-    granted = time.perf_counter()
-    metrics.observe(metrics.LOCK_WAIT, granted - asked)
-    return granted
 
 
 @contextmanager
