@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,11 +47,16 @@ CREATE VIRTUAL TABLE search USING fts5(title, body);
 
 
 @pytest.fixture
-def migrated(db_path: Path, migrations_dir: Path, write_migration: Write) -> sqlite3.Connection:
+def migrated(
+    db_path: Path, migrations_dir: Path, write_migration: Write
+) -> Iterator[sqlite3.Connection]:
     write_migration("001_schema.sql", RICH_SCHEMA)
     db = get_db(db_path)
-    run_migrations(db, migrations_dir)
-    return db
+    try:
+        run_migrations(db, migrations_dir)
+        yield db
+    finally:
+        db.close()
 
 
 def differences(db: sqlite3.Connection, folder: Path) -> list[str]:
@@ -373,11 +379,14 @@ def test_tokens_fold_names_and_keep_strings() -> None:
 
 def test_compare_schemas_of_two_databases() -> None:
     """The comparison is usable on any two connections (the migration check uses it)."""
-    one, two = sqlite3.connect(":memory:"), sqlite3.connect(":memory:")
-    one.execute("CREATE TABLE t (a)")
-    assert compare_schemas(read_schema(one), read_schema(two)) == [
-        SchemaDifference("table", "t", "missing", "CREATE TABLE t (a)", None)
-    ]
-    assert str(compare_schemas(read_schema(two), read_schema(one))[0]) == (
-        "table t is not made by the migrations (found CREATE TABLE t (a))"
-    )
+    with (
+        contextlib.closing(sqlite3.connect(":memory:")) as one,
+        contextlib.closing(sqlite3.connect(":memory:")) as two,
+    ):
+        one.execute("CREATE TABLE t (a)")
+        assert compare_schemas(read_schema(one), read_schema(two)) == [
+            SchemaDifference("table", "t", "missing", "CREATE TABLE t (a)", None)
+        ]
+        assert str(compare_schemas(read_schema(two), read_schema(one))[0]) == (
+            "table t is not made by the migrations (found CREATE TABLE t (a))"
+        )
