@@ -10,9 +10,9 @@ Depends on the standard library only.
 
 from .asgi import DatabaseMiddleware, database_dependency
 from .base import get_connection
-from .cipher import decrypt_database, derive_user_key, encrypt_database, rekey_database
+from .cipher import derive_user_key
 from .connect import Connection, get_db
-from .drift import SchemaDifference, SchemaDrift, schema_drift
+from .conversions import decrypt_database, encrypt_database, rekey_database
 from .errors import (
     BackupError,
     DBError,
@@ -21,6 +21,7 @@ from .errors import (
     MigrationError,
     MigrationFailedError,
     MigrationModifiedError,
+    MigrationNameError,
     MigrationRefusedError,
     MigrationSourceError,
     NoDatabaseError,
@@ -40,28 +41,39 @@ from .fanout import (
     find_tenant_databases,
     migrate_all,
 )
-from .lint import LintFinding, lint_migrations
 from .maintenance import (
     BackupResult,
     CheckResult,
-    ChecksumCheck,
     ForeignKeyProblem,
     backup_database,
     check_database,
+)
+from .migrations import (
+    ChecksumCheck,
+    LintFinding,
+    LintReport,
+    MigrationCheckProblem,
+    MigrationCheckReport,
+    MigrationPlan,
+    MigrationProblem,
+    MigrationStatus,
+    NewMigration,
+    PlannedMigration,
+    SchemaDifference,
+    SchemaDrift,
+    check_migrations,
+    lint_migrations,
+    lint_report,
+    migration_status,
+    new_migration,
+    plan_migrations,
+    run_migrations,
+    schema_drift,
     verify_migrations,
 )
-from .migration_check import MigrationCheckProblem, MigrationCheckReport, check_migrations
-from .migrations import MigrationStatus, migration_status, run_migrations
-from .pool import ConnectionPool
-from .tenancy import (
-    PoolRegistry,
-    Settings,
-    current_db_path,
-    request_db,
-    use_db,
-    user_db_path,
-    user_key_resolver,
-)
+from .pool import ConnectionPool, PoolRegistry
+from .settings import Settings
+from .tenancy import current_db_path, request_db, use_db, user_db_path, user_key_resolver
 from .transaction import transaction
 
 __all__ = [
@@ -79,16 +91,22 @@ __all__ = [
     "ForeignKeyProblem",
     "ForeignKeyViolationError",
     "LintFinding",
+    "LintReport",
     "MigrationCheckProblem",
     "MigrationCheckReport",
     "MigrationError",
     "MigrationFailedError",
     "MigrationModifiedError",
+    "MigrationNameError",
+    "MigrationPlan",
+    "MigrationProblem",
     "MigrationRefusedError",
     "MigrationSourceError",
     "MigrationStatus",
+    "NewMigration",
     "NoDatabaseError",
     "OpenError",
+    "PlannedMigration",
     "PoolClosedError",
     "PoolRegistry",
     "PoolTimeoutError",
@@ -113,8 +131,11 @@ __all__ = [
     "get_connection",
     "get_db",
     "lint_migrations",
+    "lint_report",
     "migrate_all",
     "migration_status",
+    "new_migration",
+    "plan_migrations",
     "rekey_database",
     "request_db",
     "run_migrations",

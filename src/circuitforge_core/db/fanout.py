@@ -37,9 +37,15 @@ from typing import Literal
 
 from .cipher import Key
 from .connect import Connection, get_db
-from .drift import SchemaDrift, schema_drift
 from .errors import MigrationError, OpenError, UnsafePathError
-from .migrations import DEFAULT_LOCK_TIMEOUT, MigrationsDir, read_migrations, run_migrations
+from .migrations import (
+    DEFAULT_LOCK_TIMEOUT,
+    MigrationsDir,
+    SchemaDrift,
+    read_migrations,
+    run_migrations,
+    schema_drift,
+)
 from .sqlite_facts import COMPANION_SUFFIXES, HEADER
 from .tenancy import user_db_path
 

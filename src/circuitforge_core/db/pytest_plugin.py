@@ -29,9 +29,10 @@ from typing import Any
 import pytest
 
 from .connect import Connection, get_db
-from .migration_check import MigrationCheckReport, RerunScope, check_migrations
-from .migrations import run_migrations
-from .tenancy import PoolRegistry, use_db, user_db_path
+from .migrations import MigrationCheckReport, check_migrations, run_migrations
+from .migrations.rehearsal import RerunScope
+from .pool import PoolRegistry
+from .tenancy import use_db, user_db_path
 
 _INI_FOLDER = "cf_db_migrations"
 _INI_CHECK = "cf_db_check_migrations"

@@ -36,7 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .connect import Connection, get_db
+from ..connect import Connection, get_db
+from ..errors import ForeignKeyViolationError, MigrationError
+from ..sqlite_facts import quote_identifier
+from ..sqlsplit import split_sql
 from .drift import (
     ColumnModel,
     SchemaModel,
@@ -46,10 +49,9 @@ from .drift import (
     read_schema,
     sql_tokens,
 )
-from .errors import ForeignKeyViolationError, MigrationError
-from .migrations import MigrationFile, MigrationsDir, read_migrations, run_migrations
-from .sqlite_facts import quote_identifier
-from .sqlsplit import split_sql
+from .folder import MigrationFile, MigrationsDir, read_migrations
+from .plan import wraps_whole_file
+from .runner import run_migrations
 
 RerunScope = Literal["all", "no-transaction", "off"]
 CheckName = Literal["empty", "rows", "lost rows", "foreign keys", "rerun"]
@@ -263,7 +265,7 @@ class _Checker:
         self, file: MigrationFile, before: Path, expected: SchemaModel, counts: dict[str, int]
     ) -> None:
         statements = split_sql(file.text)
-        if len(statements) < 2 or _wraps_itself(statements[0].sql, statements[-1].sql):
+        if len(statements) < 2 or wraps_whole_file(statements):
             return  # nothing to half-apply; a BEGIN ... COMMIT file was atomic even then
         for prefix in range(1, len(statements)):
             scratch = self._copy_file(before)
@@ -335,11 +337,6 @@ class _Checker:
             return self._copy(origin)
         finally:
             origin.close()
-
-
-def _wraps_itself(first: str, last: str) -> bool:
-    head, tail = sql_tokens(first)[:1], sql_tokens(last)[:1]
-    return head == ("begin",) and tail in (("commit",), ("end",))
 
 
 def _run_prefix(db: Connection, statements: list[str]) -> bool:

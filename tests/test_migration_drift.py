@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from circuitforge_core.db import get_db, run_migrations
-from circuitforge_core.db.drift import (
+from circuitforge_core.db.migrations.drift import (
     SchemaDifference,
     compare_schemas,
     read_schema,

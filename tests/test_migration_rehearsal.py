@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from circuitforge_core.db import get_db
-from circuitforge_core.db.migration_check import check_migrations, row_counts, seed_rows
+from circuitforge_core.db.migrations.rehearsal import check_migrations, row_counts, seed_rows
 
 Write = Callable[[str, "str | bytes"], Path]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "notes" / "migrations"

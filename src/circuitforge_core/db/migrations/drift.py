@@ -20,17 +20,23 @@ matches the caller's ``ignore`` patterns, with their indexes and triggers.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
+import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .migrations import MigrationsDir, read_migrations
-from .sqlite_facts import quote_identifier
+from ..cipher import Key
+from ..connect import get_db
+from ..sqlite_facts import quote_identifier
+from .folder import MigrationsDir, read_migrations
+from .locking import database_path
+from .records import recorded_in_order
 
 #: Names of tables that tools, not migrations, put in a database (``fnmatch`` patterns,
 #: matched without regard to case). ``sqlite_*`` covers sqlite_sequence and sqlite_stat1.
@@ -605,7 +611,11 @@ class SchemaDrift:
 
 
 def schema_drift(
-    db: sqlite3.Connection, migrations_dir: MigrationsDir, *, ignore: Sequence[str] = ()
+    db: sqlite3.Connection | str | os.PathLike[str],
+    migrations_dir: MigrationsDir,
+    *,
+    ignore: Sequence[str] = (),
+    key: Key | None = None,
 ) -> SchemaDrift:
     """Compare ``db`` with what its applied migrations build; never writes ``db``.
 
@@ -613,12 +623,16 @@ def schema_drift(
     recorded, to an empty in-memory database, and the two schemas compared
     (see the module docstring for what counts). Pending files are not
     applied: drift is about what already ran. ``ignore`` adds ``fnmatch``
-    patterns of tables a product's own tools create. Builds of the same
-    history are reused, so checking many files with one history costs one
-    build.
+    patterns of tables a product's own tools create. ``db`` may be the path
+    of a database file, opened read-only (with ``key`` if it is encrypted);
+    it must exist. Builds of the same history are reused, so checking many
+    files with one history costs one build.
     """
     files = {file.name: file for file in read_migrations(migrations_dir)}
-    history = _recorded_history(db)
+    with _reading(db, key) as connection:
+        history = recorded_in_order(connection)
+        found = read_schema(connection, ignore=ignore)
+        where = database_path(connection)
     problems = []
     build: list[tuple[str, str]] = []
     for name, checksum in history:
@@ -638,39 +652,29 @@ def schema_drift(
     expected, build_problem = _expected_schema(tuple(build), tuple(ignore))
     if build_problem is not None:
         problems.append(build_problem)
-    found = read_schema(db, ignore=ignore)
     return SchemaDrift(
-        _database_path(db),
+        where,
         tuple(name for name, _ in history),
         tuple(compare_schemas(expected, found)),
         tuple(problems),
     )
 
 
-def _recorded_history(db: sqlite3.Connection) -> list[tuple[str, str | None]]:
-    """``(name, checksum)`` of every recorded migration, in the order they were applied.
-
-    Rows are inserted as files are applied, so rowid order is that order
-    (VACUUM may renumber rowids, but keeps their order).
-    """
-    columns = {row[1] for row in db.execute("PRAGMA table_info(_migrations)")}
-    if not columns:
-        return []
-    checksum = "checksum" if "checksum" in columns else "NULL"
-    return [
-        (str(name), stored)
-        for name, stored in db.execute(f"SELECT name, {checksum} FROM _migrations ORDER BY rowid")
-    ]
-
-
-def _database_path(db: sqlite3.Connection) -> str | None:
-    path = getattr(db, "path", None)
-    if isinstance(path, str):
-        return path
-    for _seq, schema, filename in db.execute("PRAGMA database_list"):
-        if schema == "main":
-            return str(filename) or None
-    return None
+@contextlib.contextmanager
+def _reading(
+    db: sqlite3.Connection | str | os.PathLike[str], key: Key | None
+) -> Iterator[sqlite3.Connection]:
+    """The connection to read: ``db`` itself, or its file opened read-only and closed after."""
+    if not isinstance(db, str | os.PathLike):
+        if key is not None:
+            raise TypeError("schema_drift: key= goes with a database path, not a connection")
+        yield db
+        return
+    connection = get_db(db, readonly=True, key=key)  # OpenError (missing) if it does not exist
+    try:
+        yield connection
+    finally:
+        connection.close()
 
 
 # (names and texts applied, in order; ignore patterns) -> the schema they build.
