@@ -16,9 +16,10 @@ circuitforge-core checkout, made by this tool:
   upgrade notes (``docs/db/upgrading.md``) in the core they upgrade.
 - its pyproject.toml is checked and updated so that the core declares what this package needs:
   the runtime dependencies, every extra except ``dev`` (sqlcipher, web, ...), the console
-  scripts (cf-db), the entry points (the ``pytest11`` plugin), the package data (py.typed), a ``requires-python`` no wider than ours, and a
-  package list that includes ``circuitforge_core.db`` and its subpackages. Requirements of an
-  extra that the core already has are kept; one for the same project is replaced by ours.
+  scripts (cf-db), the entry points (the ``pytest11`` plugin), the package data (py.typed), a
+  ``requires-python`` no wider than ours, and a package list that includes
+  ``circuitforge_core.db`` and its subpackages. Requirements of an extra that the core already
+  has are kept; one for the same project is replaced by ours.
 - ``--version X`` also sets the core's version (it must sort after its current one).
 
 ``--check`` writes nothing and exits 1 if the checkout differs from what an export would make
