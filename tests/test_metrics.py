@@ -13,13 +13,9 @@ from typing import Any
 
 import pytest
 
-from circuitforge_core.db import get_db, metrics, transaction
+from circuitforge_core.db import ExporterUnavailableError, get_db, metrics, transaction
 from circuitforge_core.db.metrics import DURATION_BUCKETS, ConnectionGauges, snapshot
-from circuitforge_core.db.metrics_export import (
-    ExporterUnavailableError,
-    OpenTelemetryInstruments,
-    PrometheusCollector,
-)
+from circuitforge_core.db.metrics_export import OpenTelemetryInstruments, PrometheusCollector
 
 
 @pytest.fixture(autouse=True)

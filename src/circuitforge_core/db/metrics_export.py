@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import metrics
-from .errors import DBError
+from .errors import ExporterUnavailableError
 from .metrics import DURATION_BUCKETS, HistogramSnapshot, MetricsSnapshot
 
 #: (snapshot name, Prometheus name, help) of each histogram.
@@ -57,10 +57,6 @@ PROMETHEUS_COUNTERS = (
     ),
     ("migration_failures", "circuitforge_db_migration_failures", "Migration files that failed."),
 )
-
-
-class ExporterUnavailableError(DBError, ImportError):
-    """The library an exporter needs is not installed."""
 
 
 def _require(module: str, extra: str) -> Any:

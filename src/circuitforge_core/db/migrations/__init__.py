@@ -13,6 +13,7 @@ concern per module; each imports only modules listed above it:
     runner.py        run_migrations: apply each pending file atomically
     views.py         read-only: migration_status, verify_migrations, plan_migrations
     drift.py         schema_drift: the live schema against a scratch build of its history
+    repair.py        accept_checksum, baseline: an operator's deliberate fixes to the history
     lint.py          lint_migrations: the conventions, with a reason for each finding
     rehearsal.py     check_migrations: every file on an empty and a seeded scratch database
 
@@ -32,8 +33,15 @@ from .folder import (
     read_migrations,
 )
 from .lint import LintFinding, LintReport, lint_migrations, lint_report
+from .locking import DEFAULT_LOCK_TIMEOUT
 from .rehearsal import MigrationCheckProblem, MigrationCheckReport, check_migrations
-from .runner import DEFAULT_LOCK_TIMEOUT, run_migrations
+from .repair import (
+    BaselineResult,
+    ChecksumAccepted,
+    accept_checksum,
+    baseline,
+)
+from .runner import run_migrations
 from .views import (
     ChecksumCheck,
     ChecksumState,
@@ -50,6 +58,8 @@ from .views import (
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "NO_TRANSACTION_MARKER",
+    "BaselineResult",
+    "ChecksumAccepted",
     "ChecksumCheck",
     "ChecksumState",
     "LintFinding",
@@ -66,6 +76,8 @@ __all__ = [
     "SchemaDifference",
     "SchemaDrift",
     "State",
+    "accept_checksum",
+    "baseline",
     "check_migrations",
     "lint_migrations",
     "lint_report",

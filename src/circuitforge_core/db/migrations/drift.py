@@ -649,7 +649,7 @@ def schema_drift(
                 f"built from the edited file."
             )
         build.append((name, file.text))
-    expected, build_problem = _expected_schema(tuple(build), tuple(ignore))
+    expected, build_problem = build_schema(tuple(build), ignore=tuple(ignore))
     if build_problem is not None:
         problems.append(build_problem)
     return SchemaDrift(
@@ -685,10 +685,15 @@ _built_guard = threading.Lock()
 _BUILT_KEPT = 64
 
 
-def _expected_schema(
-    build: tuple[tuple[str, str], ...], ignore: tuple[str, ...]
+def build_schema(
+    build: tuple[tuple[str, str], ...], *, ignore: tuple[str, ...] = ()
 ) -> tuple[SchemaModel, str | None]:
-    """The schema the files build on an empty database, and why the build stopped, if it did."""
+    """The schema ``(name, text)`` files build, in order, on an empty in-memory database.
+
+    Also why the build stopped early, if it did (a file SQLite refuses). The
+    result of one sequence of files is remembered, so a history shared by
+    many tenants is built once.
+    """
     key = (build, ignore)
     with _built_guard:
         cached = _built.get(key)

@@ -2,9 +2,11 @@
 
 Owns reading the rows (the old runner's two columns or ours), adopting an
 old table in place (``checksum`` and ``duration_ms`` added, checksums of the
-files present recorded once), and writing the row that records an applied
-file. Does not decide what to apply (plan.py) or take the write lock for
-anything but adoption (locking.py has the lock).
+files present recorded once), and writing the rows: the one that records an
+applied file, a checksum replaced after review and files marked applied
+without running (repair.py decides when; these only write). Does not decide
+what to apply (plan.py) or take the write lock for anything but adoption
+(locking.py has the lock).
 """
 
 from __future__ import annotations
@@ -121,4 +123,23 @@ def record_applied(db: sqlite3.Connection, file: MigrationFile, started: float) 
     db.execute(
         "INSERT INTO _migrations (name, checksum, duration_ms) VALUES (?, ?, ?)",
         (file.name, file.checksum, round((time.perf_counter() - started) * 1000, 3)),
+    )
+
+
+def recorded_checksum(db: sqlite3.Connection, name: str) -> tuple[bool, str | None]:
+    """Whether ``name`` is recorded, and its checksum (None for the old runner's rows)."""
+    row = db.execute("SELECT checksum FROM _migrations WHERE name = ?", (name,)).fetchone()
+    return (False, None) if row is None else (True, row[0])
+
+
+def replace_checksum(db: sqlite3.Connection, name: str, checksum: str) -> None:
+    """Record ``checksum`` for the applied ``name``, inside the caller's transaction."""
+    db.execute("UPDATE _migrations SET checksum = ? WHERE name = ?", (checksum, name))
+
+
+def record_unrun(db: sqlite3.Connection, file: MigrationFile) -> None:
+    """Record ``file`` as applied without running it (``duration_ms`` stays NULL, which says so)."""
+    db.execute(
+        "INSERT INTO _migrations (name, checksum, duration_ms) VALUES (?, ?, NULL)",
+        (file.name, file.checksum),
     )

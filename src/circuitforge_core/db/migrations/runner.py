@@ -36,13 +36,11 @@ from .foreign_keys import (
     foreign_keys_restored,
     touched_tables_collector,
 )
-from .locking import database_path, file_lock, immediate
+from .locking import DEFAULT_LOCK_TIMEOUT, database_path, file_lock, immediate
 from .plan import FilePlan, compare, named, out_of_order, pending_files, plan_file, short
 from .records import adopt, already_applied, needs_adoption, read_records, record_applied
 
 logger = logging.getLogger("circuitforge_core.db")
-
-DEFAULT_LOCK_TIMEOUT = 600.0
 
 Starting = Callable[[str], None] | None
 Applied = Callable[[str, float], None] | None
