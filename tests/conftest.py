@@ -12,7 +12,14 @@ pytest_plugins = ["pytester"]  # the cf_db plugin's own tests run inner pytest s
 
 # Environment variables the library (or its later parts) may read; tests never
 # inherit them from the machine they run on.
-LIBRARY_ENV_VARS = ("CLOUD_DATA_ROOT", "CLOUD_MODE", "CF_SERVER_SECRET", "CF_DB_PATH")
+LIBRARY_ENV_VARS = (
+    "CLOUD_DATA_ROOT",
+    "CLOUD_MODE",
+    "CF_SERVER_SECRET",
+    "CF_DB_PATH",
+    "CF_DB_MIGRATIONS",
+    "CF_DB_PRODUCT_PATH",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -78,7 +78,7 @@ from .migrations import (
     verify_migrations,
 )
 from .pool import ConnectionPool, PoolRegistry
-from .settings import Settings
+from .settings import Settings, ToolDefaults
 from .tenancy import current_db_path, request_db, use_db, user_db_path, user_key_resolver
 from .transaction import transaction
 
@@ -126,6 +126,7 @@ __all__ = [
     "SettingsError",
     "TenantDatabase",
     "TenantResult",
+    "ToolDefaults",
     "TransactionError",
     "UnsafePathError",
     "accept_checksum",
