@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import logging
 import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from circuitforge_core.db import ExporterUnavailableError, get_db, metrics, transaction
+from circuitforge_core.db import (
+    ConnectionPool,
+    ExporterUnavailableError,
+    MigrationFailedError,
+    PoolRegistry,
+    PoolTimeoutError,
+    get_db,
+    metrics,
+    run_migrations,
+    transaction,
+)
 from circuitforge_core.db.metrics import DURATION_BUCKETS, ConnectionGauges, snapshot
 from circuitforge_core.db.metrics_export import OpenTelemetryInstruments, PrometheusCollector
 
@@ -84,25 +96,92 @@ def test_threads_never_lose_a_count() -> None:
 
 
 def test_gauges_come_from_live_sources_and_wal_files(tmp_path: Path) -> None:
-    """Open/idle/used/pending/max summed over sources; WAL bytes of their files; no source, 0."""
+    """Open/idle/used/pending/max summed over sources; WAL bytes of their files; gone sources
+    drop out. (Other pools of this process count too: compared with a baseline.)"""
     db = get_db(tmp_path / "a.db")
     db.execute("CREATE TABLE t (x)")
     db.execute("INSERT INTO t VALUES (randomblob(10000))")
     db.commit()
     wal = Path(str(tmp_path / "a.db") + "-wal").stat().st_size
     assert wal > 0
+    base = snapshot()
     one = Source((str(tmp_path / "a.db"),), open=3, idle=1, used=2, pending=4, max=8)
     two = Source((str(tmp_path / "missing.db"),), open=1, used=1, max=4)
     metrics.track(one)
     metrics.track(two)
     snap = snapshot()
-    assert (snap.connections_open, snap.connections_idle, snap.connections_used) == (4, 1, 3)
-    assert (snap.connections_pending, snap.connections_max, snap.databases) == (4, 12, 2)
-    assert (snap.wal_bytes, snap.wal_bytes_max) == (wal, wal)
+    assert snap.connections_open - base.connections_open == 4
+    assert snap.connections_idle - base.connections_idle == 1
+    assert snap.connections_used - base.connections_used == 3
+    assert snap.connections_pending - base.connections_pending == 4
+    assert snap.connections_max - base.connections_max == 12
+    assert snap.databases - base.databases == 2
+    assert snap.wal_bytes - base.wal_bytes == wal
+    assert snap.wal_bytes_max >= wal
     metrics.untrack(one)
     del two  # a source that is gone is forgotten
-    assert snapshot().connections_open == 0
+    assert snapshot().connections_open == base.connections_open
     db.close()
+
+
+def test_pools_and_registries_report_their_connections(tmp_path: Path) -> None:
+    """A registry's checkouts: wait (zero), use and open times; open/used/idle gauges."""
+    base = snapshot()
+    with PoolRegistry(max_connections=8) as registry:
+        path = tmp_path / "u" / "app.db"
+        with registry.connection(path) as db:
+            db.execute("CREATE TABLE t (x)")
+            db.commit()
+            during = snapshot()
+            assert during.connections_used - base.connections_used == 1
+            assert during.connections_max - base.connections_max == 8
+            assert str(path) in _tracked_paths()
+        with registry.connection(path):
+            pass
+        after = snapshot()
+        assert after.connections_idle - base.connections_idle == 1
+        assert after.histograms["pool_wait"].count - base.histograms["pool_wait"].count == 2
+        assert after.histograms["pool_use"].count - base.histograms["pool_use"].count == 2
+        assert after.histograms["connect"].count - base.histograms["connect"].count == 1
+    assert snapshot().connections_open == base.connections_open
+
+
+def _tracked_paths() -> set[str]:
+    return {
+        path for source in list(metrics._sources) for path in source.connection_gauges().databases
+    }
+
+
+def test_a_pool_timeout_is_counted(tmp_path: Path) -> None:
+    """Every connection busy past the timeout: PoolTimeoutError, and the counter moves."""
+    with ConnectionPool(tmp_path / "a.db", max_size=1, timeout=0.05) as pool:
+        with pool.connection(), pytest.raises(PoolTimeoutError), pool.connection():
+            pass
+        assert snapshot().counters["pool_timeouts"] == 1
+        waits = snapshot().histograms["pool_wait"]
+        assert waits.count == 1  # the checkout that got its connection; the timed-out one did not
+
+
+def test_migrations_record_each_file_and_failures(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each applied file's duration; a failing file counted; the log names the database."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "001.sql").write_text("CREATE TABLE a (x);")
+    (folder / "002.sql").write_text("CREATE TABLE b (x);")
+    path = tmp_path / "app.db"
+    with caplog.at_level(logging.INFO, logger="circuitforge_core.db"):
+        run_migrations(path, folder)
+    assert snapshot().histograms["migration"].count == 2
+    assert any(
+        r.getMessage().startswith(f"applied migration 001.sql to {path} in ")
+        for r in caplog.records
+    )
+    (folder / "003.sql").write_text("CREATE TABLE a (x);")
+    with pytest.raises(MigrationFailedError):
+        run_migrations(path, folder)
+    assert snapshot().counters["migration_failures"] == 1
 
 
 def test_transaction_counts_its_waits_duration_and_failures(tmp_path: Path) -> None:
@@ -215,15 +294,22 @@ def test_a_forked_child_starts_from_zero(tmp_path: Path) -> None:
 # -- Prometheus ----------------------------------------------------------------------------
 
 
+def with_gauges(**gauges: int) -> Callable[[], metrics.MetricsSnapshot]:
+    """Snapshots as recorded, with these gauges: other tests' pools stay out of the picture."""
+    return lambda: dataclasses.replace(snapshot(), **gauges)
+
+
 def test_prometheus_collector_exposes_histograms_counters_and_gauges(tmp_path: Path) -> None:
     """One scrape: the text format a Prometheus server reads, no label naming a user or file."""
     prometheus_client = pytest.importorskip("prometheus_client")
     registry = prometheus_client.CollectorRegistry()
-    PrometheusCollector().register(registry)
+    gauges = with_gauges(
+        connections_open=2, connections_idle=1, connections_used=1, connections_max=256, databases=1
+    )
+    PrometheusCollector(read=gauges).register(registry)
     metrics.observe(metrics.POOL_WAIT, 0.002)
     metrics.observe(metrics.POOL_WAIT, 0.0)
     metrics.increment(metrics.POOL_TIMEOUTS, 3)
-    metrics.track(source := Source((str(tmp_path / "x.db"),), open=2, idle=1, used=1, max=256))
     value = registry.get_sample_value
     assert value("circuitforge_db_pool_wait_seconds_count") == 2
     assert value("circuitforge_db_pool_wait_seconds_sum") == pytest.approx(0.002)
@@ -244,7 +330,6 @@ def test_prometheus_collector_exposes_histograms_counters_and_gauges(tmp_path: P
         for label in sample.labels
     }
     assert labels <= {"le", "state"}
-    del source
 
 
 def test_a_missing_exporter_library_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -281,8 +366,14 @@ def collected(reader: Any) -> dict[str, Any]:
 def test_opentelemetry_semantic_convention_instruments(tmp_path: Path) -> None:
     """db.client.connection.* from the gauges and counters; histograms exact after replay."""
     reader, meter = otel_reader()
-    instruments = OpenTelemetryInstruments(meter)
-    metrics.track(source := Source((), open=3, idle=1, used=2, pending=1, max=10))
+    gauges = with_gauges(
+        connections_open=3,
+        connections_idle=1,
+        connections_used=2,
+        connections_pending=1,
+        connections_max=10,
+    )
+    instruments = OpenTelemetryInstruments(meter, read=gauges)
     for seconds in (0.0002, 0.0002, 0.03):
         metrics.observe(metrics.POOL_WAIT, seconds)
     metrics.observe(metrics.TRANSACTION, 0.004)
@@ -315,7 +406,6 @@ def test_opentelemetry_semantic_convention_instruments(tmp_path: Path) -> None:
     (wait,) = collected(reader)["db.client.connection.wait_time"].data.data_points
     assert wait.count == 4
     assert wait.sum == pytest.approx(0.0306)
-    del source
 
 
 def test_opentelemetry_write_lock_waits_share_one_instrument() -> None:

@@ -19,6 +19,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+from .. import metrics
 from ..cipher import Key
 from ..connect import get_db
 from ..errors import (
@@ -121,15 +122,21 @@ def _run(
     plans = [plan_file(file) for file in pending_files(comparisons)]
     for name, latest in out_of_order(comparisons):
         logger.warning(
-            "migration %s sorts before the already applied %s (two branches merged?); "
+            "migration %s sorts before the already applied %s in %s (two branches merged?); "
             "applying it now",
             name,
             latest,
+            db_path or "the database",
         )
 
     applied = []
     for plan in plans:
-        seconds = _apply(db, plan, db_path, deadline, on_start)
+        try:
+            seconds = _apply(db, plan, db_path, deadline, on_start)
+        except MigrationError:
+            if metrics.enabled:
+                metrics.increment(metrics.MIGRATION_FAILURES)
+            raise
         if seconds is not None:
             applied.append(plan.file.name)
             if on_applied is not None:
@@ -168,7 +175,14 @@ def _apply(
     if started is None:
         return None
     seconds = time.perf_counter() - started
-    logger.info("applied migration %s in %.1f ms", plan.file.name, seconds * 1000)
+    if metrics.enabled:
+        metrics.observe(metrics.MIGRATION, seconds)
+    logger.info(
+        "applied migration %s to %s in %.1f ms",
+        plan.file.name,
+        db_path or "an in-memory database",
+        seconds * 1000,
+    )
     return seconds
 
 
