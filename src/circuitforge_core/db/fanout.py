@@ -514,9 +514,11 @@ def _open_tenant(
                 f"encrypted, pass its key",
             )
     try:
-        # get_db creates a missing file; the stat above makes that a race with a
-        # deletion in the last microseconds only.
-        return get_db(path, readonly=readonly, key=file_key)
+        return get_db(path, readonly=readonly, key=file_key, create=False)
+    except OpenError as exc:
+        if exc.reason == "missing":  # deleted between the stat and the open: left alone
+            return _skipped(tenant, f"{path} no longer exists (deleted during the run); left alone")
+        return _failed(tenant, time.perf_counter(), exc, [])
     except Exception as exc:
         return _failed(tenant, time.perf_counter(), exc, [])
 
