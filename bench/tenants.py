@@ -10,7 +10,10 @@ Owns the figures issue 12 asks for:
    one job, 4 and 8 threads, and 2 processes running the plain loop (what a
    process pool would give; the library uses threads);
 3. the no-op rerun and the drift check per tenant, against the plain loop's
-   no-op rerun.
+   no-op rerun;
+4. the request path with metrics on against metrics off (goal: at most 5 %
+   slower): a pooled read request, and a pooled write request in
+   ``transaction()``.
 
 Tenant files are copies of one template, so building 10,000 of them takes
 seconds. Ratios are medians of interleaved chunks from this same run.
@@ -29,9 +32,20 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from circuitforge_core.db import drift_all, get_db, migrate_all, run_migrations
+from circuitforge_core.db import (
+    PoolRegistry,
+    current_db_path,
+    drift_all,
+    get_db,
+    metrics,
+    migrate_all,
+    run_migrations,
+    transaction,
+    use_db,
+    user_db_path,
+)
 
-from .measure import alternate, columns, duration, heading, median, note, ratio_line
+from .measure import alternate, columns, duration, gc_paused, heading, median, note, ratio_line
 
 NOTES_MIGRATIONS = Path(__file__).resolve().parent.parent / "examples" / "notes" / "migrations"
 NEW_FILE = (
@@ -55,6 +69,7 @@ def run() -> None:
         )
         old, new = _folders(base)
         template = _template(base, old)
+        bench_metrics(base)
         bench_whole_run(base, template, new)
         bench_side_by_side(base, template, new)
 
@@ -239,3 +254,64 @@ def bench_side_by_side(base: Path, template: Path, new: Path) -> None:
         ("drift4", "drift_all, jobs=4"),
     ):
         ratio_line(label, median(noop[key]), baseline, "(context)", None)
+
+
+# -- 4. metrics on and off ---------------------------------------------------------------
+
+REQUESTS_PER_BATCH = 200
+METRICS_ROUNDS = 41
+QUERY = "SELECT id, title, body FROM notes WHERE id = ?"
+
+
+def bench_metrics(base: Path) -> None:
+    heading("the request path with metrics on against off (recording only; no exporter)")
+    columns("on", "off")
+    root = base / "metrics-root"
+    root.mkdir()
+    path = user_db_path(root, "user", "notes.db")
+    with PoolRegistry(migrations=NOTES_MIGRATIONS) as registry:
+
+        def read() -> None:
+            with use_db(path), registry.connection(current_db_path()) as db:
+                db.execute(QUERY, (1,)).fetchall()
+
+        def write() -> None:
+            with use_db(path), registry.connection(current_db_path()) as db, transaction(db):
+                db.execute("INSERT INTO notes (title, body) VALUES ('n', 'b')")
+
+        read()
+        write()
+
+        def batch(request: Callable[[], None], on: bool) -> Callable[[], float]:
+            def case() -> float:
+                metrics.set_enabled(on)
+                started = time.perf_counter()
+                for _ in range(REQUESTS_PER_BATCH):
+                    request()
+                return (time.perf_counter() - started) / REQUESTS_PER_BATCH
+
+            return case
+
+        try:
+            with gc_paused():
+                samples = alternate(
+                    {
+                        "read on": batch(read, True),
+                        "read off": batch(read, False),
+                        "write on": batch(write, True),
+                        "write off": batch(write, False),
+                    },
+                    METRICS_ROUNDS,
+                )
+        finally:
+            metrics.set_enabled(True)
+    for kind, label in (
+        ("read", "pooled read request (checkout, query, return)"),
+        ("write", "pooled write request in transaction()"),
+    ):
+        on, off = median(samples[f"{kind} on"]), median(samples[f"{kind} off"])
+        ratio_line(label, on, off, "<= 1.05x", on <= 1.05 * off)
+    note(
+        "on: wait (zero, no clock read), use time and open time per checkout; lock wait, "
+        "BEGIN IMMEDIATE wait and duration per transaction"
+    )

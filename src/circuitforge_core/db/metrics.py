@@ -50,8 +50,8 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )
 
 # Histograms, by index (a list index is the cheapest lookup on the hot path).
-POOL_WAIT = 0  # time to obtain a pooled connection (0 when one was idle)
-POOL_USE = 1  # time between checking a connection out and in
+POOL_WAIT = 0  # time a checkout waited for a connection (the ones without a wait: see gauges)
+POOL_USE = 1  # from asking for a pooled connection to giving it back
 CONNECT = 2  # time the pool took to open a new connection (get_db)
 LOCK_WAIT = 3  # transaction(): wait for the per-file lock of this process
 BEGIN_WAIT = 4  # transaction(): time in BEGIN IMMEDIATE (SQLite's busy wait)
@@ -190,7 +190,8 @@ def increment(counter: int, amount: int = 1) -> None:
 
 def reset() -> None:
     """Forget everything recorded so far (tests; a forked child does it by itself)."""
-    global _retired
+    global _retired, _checkouts_at_reset
+    _checkouts_at_reset = sum(source.connection_gauges().checkouts for source in list(_sources))
     with _shards_guard:
         for shard in _shards:
             fresh = _Shard(None)
@@ -199,7 +200,8 @@ def reset() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _shards_guard, _retired
+    global _shards_guard, _retired, _checkouts_at_reset
+    _checkouts_at_reset = 0
     _shards_guard = threading.Lock()  # another thread may have held it at fork()
     _shards.clear()
     _retired = _Shard(None)
@@ -223,6 +225,10 @@ class ConnectionGauges:
     pending: int  # checkouts waiting for a connection
     max: int
     databases: tuple[str, ...]  # the files with a pool: their WAL sizes are summed
+    #: Checkouts handed out so far, whether they waited or not. The pools record
+    #: only the waits that happened; the others are this count less those, so a
+    #: checkout that did not wait costs nothing here.
+    checkouts: int = 0
 
 
 class GaugeSource(Protocol):
@@ -230,6 +236,7 @@ class GaugeSource(Protocol):
 
 
 _sources: weakref.WeakSet[GaugeSource] = weakref.WeakSet()
+_checkouts_at_reset = 0  # reset() forgets the checkouts counted before it
 
 
 def track(source: GaugeSource) -> None:
@@ -318,6 +325,10 @@ def snapshot() -> MetricsSnapshot:
     gauges = [source.connection_gauges() for source in sources]
     paths = {path for gauge in gauges for path in gauge.databases}
     wal_total, wal_largest = _wal_bytes(paths)
+    # The checkouts that did not wait: all of them, less those whose wait was recorded.
+    waits = total.buckets[POOL_WAIT]
+    checkouts = sum(gauge.checkouts for gauge in gauges) - _checkouts_at_reset
+    waits[0] += max(checkouts - sum(waits), 0)
     return MetricsSnapshot(
         histograms={
             name: HistogramSnapshot(

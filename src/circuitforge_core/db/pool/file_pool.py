@@ -39,7 +39,7 @@ from ..cipher import Key
 from ..connect import Connection
 from ..errors import PoolClosedError, PoolTimeoutError
 from ..migrations import DEFAULT_LOCK_TIMEOUT, MigrationsDir, run_migrations
-from .budget import ConnectionBudget, _live_budgets
+from .budget import ConnectionBudget, _live_budgets, checkouts_ever
 from .connection import (
     PooledConnection,
     RowFactory,
@@ -249,9 +249,12 @@ class ConnectionPool:
 
     # -- checkout --------------------------------------------------------------------
 
-    def _checkout(self) -> PooledConnection:
-        """Every checkout starts here: the connection for the caller, or an error."""
-        deadline = time.monotonic() + self.timeout
+    def _checkout(self, asked: float | None = None) -> PooledConnection:
+        """Every checkout starts here: the connection for the caller, or an error.
+
+        ``asked`` is when the caller asked (``time.monotonic()``), if it read the clock.
+        """
+        deadline = (time.monotonic() if asked is None else asked) + self.timeout
         self._notice_replacement()
         if not self._migrated:
             conn = self._migrate(deadline)
@@ -377,24 +380,21 @@ class ConnectionPool:
                     return None, evicted
                 for_cap = True  # this pool has room, the group does not
             if first_wait and metrics.enabled:
-                waiting_since = time.perf_counter()
+                waiting_since = time.monotonic()
             self._wait(deadline, for_cap=for_cap, first=first_wait)
             first_wait = False
 
     def _handed_out(self, waiting_since: float) -> None:
         """Lock held: count a checkout (an idle connection, or a slot about to be opened).
 
-        ``waiting_since`` is when the checkout began to wait, 0 if it did not
-        (a zero wait is counted without reading the clock).
+        ``waiting_since`` is when the checkout began to wait (metrics on), 0 if it
+        did not: a checkout that did not wait costs the metrics nothing here.
         """
         self._busy += 1
-        self._budget.checked_out()
+        self._budget.checked_out()  # also what the metrics count checkouts that did not wait by
         self._counts["checkouts"] += 1
-        if metrics.enabled:
-            if waiting_since:
-                metrics.observe(metrics.POOL_WAIT, time.perf_counter() - waiting_since)
-            else:
-                metrics.observe_zero(metrics.POOL_WAIT)
+        if waiting_since:
+            metrics.observe(metrics.POOL_WAIT, time.monotonic() - waiting_since)
 
     def _wait(self, deadline: float, *, for_cap: bool, first: bool) -> None:
         """Lock held: the one place a checkout waits, for this pool's limit or the shared cap.
@@ -425,7 +425,7 @@ class ConnectionPool:
 
     def _open_new(self, generation: int) -> PooledConnection:
         """Open a connection in the slot just claimed; give the slot back if that fails."""
-        opening = time.perf_counter() if metrics.enabled else 0.0
+        opening = _clock() if metrics.enabled else 0.0
         try:
             conn = open_pooled(
                 self.path,
@@ -442,7 +442,7 @@ class ConnectionPool:
                 self._budget.give_back_slot()
             raise
         if opening:
-            metrics.observe(metrics.CONNECT, time.perf_counter() - opening)
+            metrics.observe(metrics.CONNECT, _clock() - opening)
         identity = _file_identity(self.path)
         with self._lock:
             self._counts["opened"] += 1
@@ -599,9 +599,10 @@ class _Checkout:
         self._since = 0.0  # when the caller got the connection (while metrics are on)
 
     def __enter__(self) -> Connection:
-        self._conn = self._pool._checkout()
+        asked = _clock()  # the pool's deadline starts here too: one clock read for both
+        self._conn = self._pool._checkout(asked)
         if metrics.enabled:
-            self._since = _clock()
+            self._since = asked
         return self._conn
 
     def __exit__(
@@ -618,7 +619,7 @@ class _Checkout:
             self._pool._checkin(conn, exc)
 
 
-_clock = time.perf_counter  # bound once: read twice per checkout while metrics are on
+_clock = time.monotonic  # bound once: read at every checkout, and at its end while metrics are on
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:
@@ -665,6 +666,7 @@ class _PoolGauges:
             pending=sum(budget.waiting for budget in budgets),
             max=sum(budget.max_connections for budget in budgets),
             databases=tuple(pool.path for pool in pools if pool.open_connections),
+            checkouts=checkouts_ever(),
         )
 
 
