@@ -377,3 +377,46 @@ def test_long_steps_show_the_elapsed_time_on_a_terminal() -> None:
     with working("checking big.db", piped):
         pass
     assert piped.getvalue() == ""
+
+
+def test_migrate_all_with_each_users_own_key(cf_db, tmp_path: Path, v1: Path, v2: Path) -> None:
+    """--user-keys: keys derived from CF_SERVER_SECRET, as the service opens them."""
+    pytest.importorskip("sqlcipher3")
+    from circuitforge_core.db import user_key_resolver
+
+    root = tmp_path / "secret-data"
+    root.mkdir()
+    secret = "s" * 40
+    resolve = user_key_resolver(root, secret)
+    for user in ("ann", "bob"):
+        path = user_db_path(root, user, "kiwi.db")
+        run_migrations(path, v1, key=resolve(str(path)))
+    plain = cf_db("migrate", "--all", root, v2, "--product-path", "kiwi.db")
+    assert plain.returncode == 1
+    assert [line.split()[0] for line in plain.stdout.splitlines()[:2]] == ["skipped"] * 2
+    no_secret = cf_db("migrate", "--all", root, v2, "--product-path", "kiwi.db", "--user-keys")
+    assert no_secret.returncode == 2
+    assert "CF_SERVER_SECRET, which is not set" in no_secret.stderr
+    keyed = cf_db(
+        "migrate",
+        "--all",
+        root,
+        v2,
+        "--product-path",
+        "kiwi.db",
+        "--user-keys",
+        env={"CF_SERVER_SECRET": secret},
+    )
+    assert keyed.returncode == 0, keyed.stdout + keyed.stderr
+    assert "2 tenants: 2 applied" in keyed.stdout
+    diff = cf_db(
+        "diff",
+        "--all",
+        root,
+        v2,
+        "--product-path",
+        "kiwi.db",
+        "--user-keys",
+        env={"CF_SERVER_SECRET": secret},
+    )
+    assert diff.returncode == 0

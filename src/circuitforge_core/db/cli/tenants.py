@@ -15,7 +15,15 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from .. import FanOutProgress, FanOutResult, TenantResult, drift_all, migrate_all
+from .. import (
+    FanOutProgress,
+    FanOutResult,
+    Settings,
+    TenantResult,
+    drift_all,
+    migrate_all,
+    user_key_resolver,
+)
 from .options import fill_defaults, key
 from .output import EXIT_ACTION, EXIT_OK, StatusLine, count, duration, print_json
 
@@ -31,6 +39,12 @@ def tenant_options(parser: argparse.ArgumentParser, *, canary: bool) -> None:
     )
     which.add_argument(
         "--pattern", metavar="GLOB", help="the tenant files as a glob under ROOT, e.g. '*/kiwi.db'"
+    )
+    parser.add_argument(
+        "--user-keys",
+        action="store_true",
+        help="open each tenant with its own key, derived from $CF_SERVER_SECRET as "
+        "user_key_resolver does (instead of one key for all)",
     )
     parser.add_argument(
         "--jobs",
@@ -67,6 +81,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _keys(args: argparse.Namespace) -> str | Callable[[str], bytes] | None:
+    """One key for every tenant (--key-env/--key-file), each tenant's own (--user-keys), or none."""
+    shared = key(args)
+    if not args.user_keys:
+        return shared
+    if shared is not None:
+        raise ValueError("--user-keys derives each tenant's key; drop --key-env/--key-file")
+    secret = Settings.from_env().server_secret
+    if secret is None:
+        raise ValueError(
+            "--user-keys derives each tenant's key from CF_SERVER_SECRET, which is not set; "
+            "set it to the service's secret."
+        )
+    return user_key_resolver(args.db, secret)
+
+
 def _fill(args: argparse.Namespace) -> None:
     """ROOT, DIR and which files are tenants, from the defaults where the command line has none."""
     fill_defaults(args, "data_root", "migrations")
@@ -86,7 +116,7 @@ def migrate_every_tenant(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         canary=args.canary,
         max_failures=args.max_failures,
-        key=key(args),
+        key=_keys(args),
         lock_timeout=args.lock_timeout,
         on_progress=display.progress,
     )
@@ -104,7 +134,7 @@ def diff_every_tenant(args: argparse.Namespace) -> int:
         product_path=args.product_path,
         pattern=args.pattern,
         jobs=args.jobs,
-        key=key(args),
+        key=_keys(args),
         ignore=args.ignore,
         on_progress=display.progress,
     )
