@@ -12,9 +12,12 @@ print (the CLI does) and knows nothing of users beyond the folder layout.
 
 Why threads, not processes: a tenant's migration is mostly SQLite work and
 file-system calls (open, the WAL's fsync and checkpoint at close), during
-which the GIL is released. Measured on 2 cores over 1,000 files: sequential
-1.9 ms a file, 4 threads 1.5, 8 threads 1.3, 2 processes 1.5; processes
-would add start-up, pickling and no speed.
+which the GIL is released, so threads overlap the waits. Measured on 2
+cores (``make bench``, section tenants): files just written, where the
+fsyncs dominate, 15 to 20 ms a tenant one at a time, about 2.5 with 4 or 8
+threads, 5 to 6 with 2 processes; files already in the page cache, 1.9 ms
+sequential, 1.5 with 4 threads, 1.5 with 2 processes. Processes would add
+start-up and pickling and gain nothing.
 
 Why it is safe beside a running service: each file is migrated by
 ``run_migrations``, which holds SQLite's write lock for each migration file
