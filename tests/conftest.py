@@ -19,6 +19,9 @@ LIBRARY_ENV_VARS = (
     "CF_DB_PATH",
     "CF_DB_MIGRATIONS",
     "CF_DB_PRODUCT_PATH",
+    "CF_REPLICA_URL",
+    "CF_LITESTREAM_SOCKET",
+    "CF_LITESTREAM",
 )
 
 
@@ -65,3 +68,16 @@ def chdir_tmp(tmp_path: Path) -> Iterator[Path]:
         yield tmp_path
     finally:
         os.chdir(old)
+
+
+# The replication tests' real parts (a moto S3 server shared by the session, Litestream
+# sidecars); imported here so that every test module shares one server.
+from replication_support import (  # noqa: E402
+    moto_server,
+    s3_base,
+    s3_env,
+    short_dir,
+    start_sidecar,
+)
+
+__all__ = ["moto_server", "s3_base", "s3_env", "short_dir", "start_sidecar"]

@@ -119,10 +119,8 @@ def test_migrate_all_reports_failures_and_skips_with_exit_1(cf_db, root: Path, v
     (root / "dan" / "kiwi.db").write_bytes(b"not a database at all")
     result = cf_db("migrate", "--all", root, v2, "--pattern", "*/kiwi.db")
     assert result.returncode == 1
-    assert (
-        "failed      bob  migration 002_pinned.sql, line 1: duplicate column name: pinned"
-        in result.stdout
-    )
+    assert "failed      bob  migration 002_pinned.sql, line 1: table notes in " in result.stdout
+    assert "already has a column pinned" in result.stdout
     assert "skipped     dan  " in result.stdout
     assert "is not an SQLite database" in result.stdout
     assert "4 tenants: 2 applied, 1 failed, 1 skipped in" in result.stdout

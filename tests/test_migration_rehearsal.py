@@ -136,11 +136,10 @@ def test_reruns_from_a_half_applied_state(migrations_dir: Path, write_migration:
     )
     report = check_migrations(migrations_dir)
     found = {p.name: p.message for p in report.problems}
-    assert sorted(found) == ["003_bare.sql", "004_seed.sql", "005_columns.sql"]
+    assert sorted(found) == ["003_bare.sql", "004_seed.sql"]
     assert "table b already exists. Guard it with IF NOT EXISTS" in found["003_bare.sql"]
     assert "settings holds 2 rows instead of 1" in found["004_seed.sql"]
-    assert "SQLite has no ADD COLUMN IF NOT EXISTS" in found["005_columns.sql"]
-    assert "only its first 1 of 2 statements" in found["005_columns.sql"]
+    assert "only its first 1 of 2 statements" in found["003_bare.sql"]
     assert all(p.check == "rerun" for p in report.problems)
     assert check_migrations(migrations_dir, rerun="off").ok
     assert check_migrations(migrations_dir, rerun="no-transaction").ok

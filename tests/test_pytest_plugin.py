@@ -210,7 +210,7 @@ def test_ini_options_allow_row_loss_and_scope_reruns(pytester: pytest.Pytester) 
     files = {
         "001_notes.sql": "CREATE TABLE notes (id INTEGER PRIMARY KEY, title TEXT);",
         "002_purge.sql": "DELETE FROM notes;",
-        "003_two.sql": "ALTER TABLE notes ADD COLUMN a TEXT;\nALTER TABLE notes ADD COLUMN b TEXT;",
+        "003_two.sql": "CREATE TABLE a (x TEXT);\nCREATE TABLE b (y TEXT);",
     }
     write_folder(pytester, "migrations", files)
     ini(pytester, cf_db_migrations="migrations", cf_db_check_migrations=True)

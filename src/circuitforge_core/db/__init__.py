@@ -16,10 +16,12 @@ from .conversions import decrypt_database, encrypt_database, rekey_database
 from .errors import (
     BackupError,
     BaselineRefusedError,
+    ControlSocketError,
     DBError,
     EncryptionUnavailableError,
     ExporterUnavailableError,
     ForeignKeyViolationError,
+    LitestreamNotFoundError,
     MigrationError,
     MigrationFailedError,
     MigrationModifiedError,
@@ -28,8 +30,13 @@ from .errors import (
     MigrationSourceError,
     NoDatabaseError,
     OpenError,
+    PlacedElsewhereError,
     PoolClosedError,
     PoolTimeoutError,
+    QuiescedError,
+    ReplicaNotFoundError,
+    ReplicationError,
+    RestoreError,
     SettingsError,
     TransactionError,
     UnsafePathError,
@@ -77,7 +84,9 @@ from .migrations import (
     schema_drift,
     verify_migrations,
 )
+from .placement import Placement
 from .pool import ConnectionPool, PoolRegistry
+from .replication import Replicator
 from .settings import Settings, ToolDefaults
 from .tenancy import current_db_path, request_db, use_db, user_db_path, user_key_resolver
 from .transaction import transaction
@@ -92,6 +101,7 @@ __all__ = [
     "ChecksumCheck",
     "Connection",
     "ConnectionPool",
+    "ControlSocketError",
     "DBError",
     "DatabaseMiddleware",
     "EncryptionUnavailableError",
@@ -102,6 +112,7 @@ __all__ = [
     "ForeignKeyViolationError",
     "LintFinding",
     "LintReport",
+    "LitestreamNotFoundError",
     "MigrationCheckProblem",
     "MigrationCheckReport",
     "MigrationError",
@@ -116,10 +127,17 @@ __all__ = [
     "NewMigration",
     "NoDatabaseError",
     "OpenError",
+    "PlacedElsewhereError",
+    "Placement",
     "PlannedMigration",
     "PoolClosedError",
     "PoolRegistry",
     "PoolTimeoutError",
+    "QuiescedError",
+    "ReplicaNotFoundError",
+    "ReplicationError",
+    "Replicator",
+    "RestoreError",
     "SchemaDifference",
     "SchemaDrift",
     "Settings",

@@ -467,9 +467,8 @@ def _failed(
     message = (
         str(exc) if isinstance(exc, MigrationError | OpenError) else f"{type(exc).__name__}: {exc}"
     )
-    logger.warning(
-        "%s: %s", tenant.path, message.splitlines()[0] if message else type(exc).__name__
-    )
+    first_line = message.splitlines()[0] if message else type(exc).__name__
+    logger.warning("tenant %s (%s) failed: %s", tenant.tenant, tenant.path, first_line)
     return TenantResult(
         tenant.tenant,
         tenant.path,

@@ -14,6 +14,7 @@ imports this package but ``__main__`` and the ``cf-db`` entry point.
     tenants.py       migrate --all and diff --all: every tenant, with progress
     maintenance.py   backup, check
     encryption.py    encrypt, decrypt, rekey
+    replication.py   replicate (the Litestream sidecar), restore, erase
     options.py       declaring a command, --json, --key-env/--key-file, seconds, defaults
     output.py        exit codes, JSON, aligned rows, durations, live terminal lines
 
@@ -34,7 +35,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from .. import DBError
-from . import encryption, history, maintenance, migrations
+from . import encryption, history, maintenance, migrations, replication
 from .options import AddCommand, Handler
 from .output import EXIT_ACTION, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 
@@ -54,6 +55,7 @@ COMMANDS: tuple[AddCommand, ...] = (
     *history.COMMANDS,
     *maintenance.COMMANDS,
     *encryption.COMMANDS,
+    *replication.COMMANDS,
 )
 
 
