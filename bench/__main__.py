@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-SECTIONS = ["core", "pool", "cipher", "replication", "split"]  # bench/<name>.py, in this order
+SECTIONS = ["core", "pool", "cipher", "replication", "tenants", "split"]  # bench/<name>.py
 
 
 def main(argv: list[str]) -> int:

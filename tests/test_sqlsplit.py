@@ -629,6 +629,8 @@ def assert_statements_tile_the_script(script: str, statements: list[Statement]) 
     and each one's line is the line its first character is on."""
     pos = 0
     for statement in statements:
+        # Where the gap ends, the statement begins (not merely somewhere after: its text
+        # may also appear inside a comment of the gap, as in "--BEGIN;\nBEGIN;").
         start = _GAP_RE.match(script, pos).end()  # type: ignore[union-attr]
         assert script.startswith(statement.sql, start), (pos, statement)
         assert statement.line == script.count("\n", 0, start) + 1
