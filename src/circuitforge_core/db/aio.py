@@ -1,0 +1,1002 @@
+"""Async connections: pooled connections for ``async def`` code that never block the loop.
+
+Owns how a coroutine uses a pooled connection: each ``async with`` gets one
+worker thread for its whole length, and that thread checks the connection
+out, runs every statement and ``transaction()`` block, and checks it back in,
+while the coroutine only awaits. So waiting for a free connection, for the
+write lock, or for a slow statement costs the event loop nothing. Owns the
+capacity limit on those threads (``AsyncWorkers``), cancellation (a cancelled
+statement is interrupted with ``Connection.interrupt()``, the connection is
+rolled back and checked in, shielded from further cancellation), and
+``FetchedCursor``, the rows of a statement fetched in the worker thread.
+
+Does not own pooling (the pool and the registry hand this module a function
+that returns their sync checkout), transactions (transaction.py), nor which
+database a request uses (tenancy.py). Needs no dependency: it runs on asyncio,
+and on trio when trio is the running loop (anyio runs on one of the two).
+
+Why threads of its own instead of ``anyio.to_thread`` or
+``loop.run_in_executor``: a checked-out connection must stay on one thread
+for the whole block (``transaction()``'s per-file writer lock is held from
+BEGIN to COMMIT by the thread that took it), which a shared executor cannot
+promise; and database waits must never hold one of the 40 threadpool tokens
+Starlette runs sync endpoints on. The threads are daemons, made when needed up
+to the limit and ended after ``IDLE_SECONDS`` without work.
+
+Lock order: an ``AsyncWorkers`` lock is a leaf; nothing else is taken under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import os
+import sqlite3
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .connect import Connection
+from .errors import PoolTimeoutError
+from .transaction import transaction
+
+__all__ = ["AsyncCheckout", "AsyncConnection", "AsyncTransaction", "AsyncWorkers", "FetchedCursor"]
+
+T = TypeVar("T")
+
+#: A worker thread with nothing to do for this long ends; the next checkout makes a new one.
+IDLE_SECONDS = 10.0
+
+Checkout = Callable[[], AbstractContextManager[Connection]]
+
+
+# -- the running loop: asyncio or trio -----------------------------------------------------
+
+
+class _Waiter:
+    """One wait of a coroutine for a worker thread: the thread marks it done, then wakes it."""
+
+    __slots__ = ("done", "future", "loop", "value")
+
+    def __init__(self, loop: _Loop) -> None:
+        self.loop = loop
+        self.done = False
+        self.value: Any = None
+        self.future: Any = loop.new_future()
+
+
+class _Loop:
+    """What this module needs of the running event loop; one subclass per library."""
+
+    cancelled: type[BaseException]
+
+    def new_future(self) -> Any:
+        raise NotImplementedError
+
+    def wake(self, waiter: _Waiter) -> None:
+        """Called from a worker thread, after ``waiter.done`` was set."""
+        raise NotImplementedError
+
+    async def wait(self, waiter: _Waiter, timeout: float | None = None) -> None:
+        """Until ``waiter`` is done (or ``timeout`` passed); cancellable."""
+        raise NotImplementedError
+
+    async def wait_shielded(self, waiter: _Waiter) -> bool:
+        """Until ``waiter`` is done, whatever cancellations arrive; True if one arrived."""
+        raise NotImplementedError
+
+
+class _AsyncioLoop(_Loop):
+    cancelled = asyncio.CancelledError
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def new_future(self) -> Any:
+        return self.loop.create_future()
+
+    def wake(self, waiter: _Waiter) -> None:
+        self.loop.call_soon_threadsafe(_resolve, waiter)
+
+    async def wait(self, waiter: _Waiter, timeout: float | None = None) -> None:
+        if timeout is None:
+            await waiter.future
+            return
+        timer = self.loop.call_later(timeout, _resolve_future, waiter.future)
+        try:
+            await waiter.future
+        finally:
+            timer.cancel()
+
+    async def wait_shielded(self, waiter: _Waiter) -> bool:
+        interrupted = False
+        while not waiter.done:
+            # A cancellation cancels the future awaited; the thread resolves
+            # whichever future is current when it wakes us (both in this thread).
+            if waiter.future.done():
+                waiter.future = self.new_future()
+            try:
+                await waiter.future
+            except asyncio.CancelledError:
+                interrupted = True
+        return interrupted
+
+
+def _resolve(waiter: _Waiter) -> None:
+    _resolve_future(waiter.future)
+
+
+def _resolve_future(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _TrioLoop(_Loop):
+    def __init__(self, trio: Any) -> None:
+        self.trio = trio
+        self.token = trio.lowlevel.current_trio_token()
+        self.cancelled = trio.Cancelled
+
+    def new_future(self) -> Any:
+        return self.trio.Event()
+
+    def wake(self, waiter: _Waiter) -> None:
+        self.token.run_sync_soon(waiter.future.set)
+
+    async def wait(self, waiter: _Waiter, timeout: float | None = None) -> None:
+        if timeout is None:
+            await waiter.future.wait()
+            return
+        with self.trio.move_on_after(timeout):
+            await waiter.future.wait()
+
+    async def wait_shielded(self, waiter: _Waiter) -> bool:
+        with self.trio.CancelScope(shield=True):
+            await waiter.future.wait()
+        return False  # trio delivers the cancellation again at the next checkpoint
+
+
+def _running_loop() -> _Loop:
+    """The loop this coroutine runs on, or a RuntimeError saying which loops work."""
+    try:
+        return _AsyncioLoop(asyncio.get_running_loop())
+    except RuntimeError:
+        pass
+    trio = sys.modules.get("trio")  # imported only by a program that runs trio
+    if trio is not None:
+        try:
+            return _TrioLoop(trio)
+        except RuntimeError:
+            pass
+    raise RuntimeError(
+        "async connections need a running asyncio or trio event loop (anyio runs on either); "
+        "call them from a coroutine, or use the sync connection() instead."
+    )
+
+
+def _wake_quietly(waiter: _Waiter) -> bool:
+    """Wake ``waiter``'s coroutine; False when its loop has ended (nobody will ever read it)."""
+    try:
+        waiter.loop.wake(waiter)
+    except Exception:  # asyncio: "Event loop is closed"; trio: RunFinishedError
+        return False
+    return True
+
+
+# -- worker threads and their limit ---------------------------------------------------------
+
+#: Threads started at once for queued work; more only while these are stuck.
+EAGER_THREADS = max(2, min(4, os.cpu_count() or 2))
+#: A job running longer than this counts as waiting (for a lock, a connection, a
+#: slow statement): queued work then gets a new thread, up to the limit.
+STUCK_AFTER = 0.002
+
+
+class _Job:
+    """One call for a worker thread, run in the coroutine's context; ``run`` returns the next."""
+
+    __slots__ = ("args", "context", "error", "function", "lane", "result", "skip", "waiter")
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        context: contextvars.Context,
+        waiter: _Waiter,
+        lane: _Lane | None = None,
+    ) -> None:
+        self.function = function
+        self.args = args
+        self.context = context
+        self.waiter = waiter
+        self.lane = lane
+        self.skip = False  # set by a cancelled coroutine before the job started
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> _Job | None:
+        if self.skip:
+            self.error = _Skipped()
+        else:
+            try:
+                self.result = self.context.run(self.function, *self.args)
+            except BaseException as exc:
+                self.error = exc
+        self.waiter.done = True
+        _wake_quietly(self.waiter)
+        lane = self.lane
+        return lane.next() if lane is not None else None
+
+    def outcome(self) -> Any:
+        error, self.error = self.error, None  # drop the traceback's reference cycle with us
+        if error is not None:
+            raise error
+        return self.result
+
+
+class _Skipped(Exception):
+    """A job whose coroutine was cancelled before it started; nobody reads this."""
+
+
+class _Lane:
+    """The jobs of one checkout, one at a time in submission order, on whichever thread is free.
+
+    Any worker thread may run a checkout's next job (SQLite connections may
+    move between threads, never be used by two at once); the lane is what
+    keeps two tasks sharing one ``AsyncConnection`` from using it at once.
+    """
+
+    __slots__ = ("_backlog", "_busy", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy = False
+        self._backlog: collections.deque[_Job] = collections.deque()
+
+    def submit(self, job: _Job, workers: AsyncWorkers) -> None:
+        with self._lock:
+            if self._busy:
+                self._backlog.append(job)
+                return
+            self._busy = True
+        workers._submit(job)
+
+    def next(self) -> _Job | None:
+        with self._lock:
+            if self._backlog:
+                return self._backlog.popleft()
+            self._busy = False
+            return None
+
+
+class _Thread:
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started = 0.0  # when its current job started (read unlocked by the watcher)
+
+
+class AsyncWorkers:
+    """The async side of one pool or registry: its capacity limit and its worker threads.
+
+    At most ``limit`` checkouts are in flight (sized to the pool's or
+    registry's cap on connections): a coroutine asking for one more waits, in
+    arrival order and without blocking its loop, up to ``timeout`` seconds,
+    then gets ``PoolTimeoutError``. Their statements run on worker threads of
+    this object's own, never the web framework's threadpool, so database
+    waits cannot starve sync endpoints of its tokens. Few threads run at once
+    (``EAGER_THREADS``; on a small machine more threads only contend for the
+    GIL), and another is started whenever the running ones are all stuck
+    longer than ``STUCK_AFTER`` in a wait (a lock, a full pool, a slow
+    statement), up to ``limit``; threads idle for ``IDLE_SECONDS`` end.
+    Several event loops may share one ``AsyncWorkers``.
+    """
+
+    def __init__(
+        self, limit: int, *, timeout: float, describe: str, path: str | None = None
+    ) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        self.limit = limit
+        self.timeout = timeout
+        self.describe = describe
+        self.path = path
+        self._new_state()
+        _live_workers.add(self)
+
+    def _new_state(self) -> None:
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # idle threads wait here for jobs
+        self._watch = threading.Condition(self._lock)  # the watcher parks here
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._threads: set[_Thread] = set()
+        self._running: set[_Thread] = set()
+        self._idle = 0
+        self._watcher = False
+        self._watcher_parked = False
+        self._free_slots = self.limit
+        self._slot_waiters: collections.deque[_Waiter] = collections.deque()
+
+    # -- introspection -------------------------------------------------------------------
+
+    @property
+    def threads(self) -> int:
+        """Worker threads alive now."""
+        return len(self._threads)
+
+    @property
+    def in_use(self) -> int:
+        """Checkouts in flight now (each holds, or is about to hold, a connection)."""
+        return self.limit - self._free_slots
+
+    @property
+    def waiting(self) -> int:
+        """Coroutines waiting for a checkout slot now."""
+        return len(self._slot_waiters)
+
+    def __repr__(self) -> str:
+        return (
+            f"<AsyncWorkers {self.describe}: {self.in_use}/{self.limit} in use, "
+            f"{len(self._threads)} threads>"
+        )
+
+    # -- slots: checkouts in flight ------------------------------------------------------
+
+    async def _take_slot(self, loop: _Loop) -> None:
+        """A slot for one checkout, waiting in arrival order; PoolTimeoutError after ``timeout``."""
+        with self._lock:
+            if self._free_slots and not self._slot_waiters:
+                self._free_slots -= 1
+                return
+            waiter = _Waiter(loop)
+            self._slot_waiters.append(waiter)
+        started = time.monotonic()
+        try:
+            await loop.wait(waiter, self.timeout)
+        except BaseException:
+            if not self._stop_waiting(waiter):  # cancelled just as a slot was handed over
+                self._release_slot()
+            raise
+        if self._stop_waiting(waiter):
+            raise self._timeout_error(time.monotonic() - started)
+
+    def _stop_waiting(self, waiter: _Waiter) -> bool:
+        """Leave the queue; False if a slot was handed to ``waiter`` already."""
+        with self._lock:
+            if waiter.done:
+                return False
+            self._slot_waiters.remove(waiter)
+            return True
+
+    def _release_slot(self) -> None:
+        """Hand the slot to the longest waiting coroutine, or free it."""
+        while True:
+            with self._lock:
+                if not self._slot_waiters:
+                    self._free_slots += 1
+                    return
+                waiter = self._slot_waiters.popleft()
+                waiter.done = True
+            if _wake_quietly(waiter):
+                return
+            # That coroutine's loop is gone: offer the slot to the next one.
+
+    def _timeout_error(self, waited: float) -> PoolTimeoutError:
+        return PoolTimeoutError(
+            f"{self.describe}: all {self.limit} connections it may hand to async code stayed "
+            f"checked out for {waited:.3g} s. Requests hold connections too long (a slow "
+            f"query, or a connection kept across a network call), or raise the pool's size "
+            f"or timeout.",
+            path=self.path,
+            limit=self.limit,
+            timeout=self.timeout,
+        )
+
+    # -- threads ---------------------------------------------------------------------------
+
+    def _submit(self, job: _Job) -> None:
+        new: list[_Thread] = []
+        start_watcher = False
+        with self._lock:
+            self._queue.append(job)
+            if self._idle:
+                self._work.notify()
+                return
+            if len(self._threads) < min(EAGER_THREADS, self.limit):
+                new = self._add_threads(1)
+            elif self._watcher_parked:
+                self._watch.notify()
+            elif not self._watcher:
+                self._watcher = start_watcher = True
+        self._start(new)
+        if start_watcher:
+            threading.Thread(
+                target=self._watch_for_stuck_threads, name="cf-db-async-watcher", daemon=True
+            ).start()
+
+    def _add_threads(self, count: int) -> list[_Thread]:
+        """Lock held: count ``count`` more threads in; start them after releasing the lock."""
+        new = [_Thread() for _ in range(min(count, self.limit - len(self._threads)))]
+        self._threads.update(new)
+        return new
+
+    def _start(self, new: list[_Thread]) -> None:
+        for state in new:
+            thread = threading.Thread(
+                target=self._serve, args=(state,), name="cf-db-async", daemon=True
+            )
+            try:
+                thread.start()
+            except BaseException:
+                with self._lock:
+                    self._threads.discard(state)
+                raise
+
+    def _serve(self, me: _Thread) -> None:
+        lock = self._lock
+        lock.acquire()
+        try:
+            while True:
+                if not self._queue:
+                    self._idle += 1
+                    woken = self._work.wait(IDLE_SECONDS)
+                    self._idle -= 1
+                    if not self._queue:
+                        if not woken:
+                            self._threads.discard(me)
+                            return
+                        continue
+                job: _Job | None = self._queue.popleft()
+                self._running.add(me)
+                lock.release()
+                try:
+                    while job is not None:
+                        me.started = time.monotonic()
+                        job = job.run()
+                finally:
+                    lock.acquire()
+                    self._running.discard(me)
+        finally:
+            lock.release()
+
+    def _watch_for_stuck_threads(self) -> None:
+        """Start threads for queued work while every running thread is stuck in a wait."""
+        with self._lock:
+            while True:
+                if not self._queue or self._idle:
+                    self._watcher_parked = True
+                    woken = self._watch.wait(IDLE_SECONDS)
+                    self._watcher_parked = False
+                    if not woken and not self._queue:
+                        self._watcher = False
+                        return
+                    continue
+                self._watch.wait(STUCK_AFTER)
+                if not self._queue or self._idle:
+                    continue
+                now = time.monotonic()
+                moving = sum(1 for t in self._running if now - t.started < STUCK_AFTER)
+                wanted = min(EAGER_THREADS - moving, len(self._queue))
+                new = self._add_threads(wanted) if wanted > 0 else []
+                if new:
+                    self._lock.release()
+                    try:
+                        self._start(new)
+                    finally:
+                        self._lock.acquire()
+
+    def _after_fork_in_child(self) -> None:
+        # Threads do not survive fork(): the child starts with none, and no checkouts.
+        self._new_state()
+
+
+_live_workers: weakref.WeakSet[AsyncWorkers] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for workers in list(_live_workers):
+        workers._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# -- rows fetched in the worker -------------------------------------------------------------
+
+
+class FetchedCursor:
+    """What ``await db.execute(...)`` returns: a cursor whose rows were all fetched already.
+
+    It reads like a ``sqlite3.Cursor`` (``fetchone``, ``fetchmany``,
+    ``fetchall``, iteration, ``rowcount``, ``lastrowid``, ``description``),
+    but costs no further trip to the worker thread. Because every row is
+    fetched before ``execute`` returns, the rows of ``INSERT … RETURNING``
+    are always complete before the transaction commits.
+    """
+
+    __slots__ = ("_position", "_rows", "description", "lastrowid", "rowcount")
+
+    def __init__(
+        self,
+        rows: list[Any],
+        rowcount: int,
+        lastrowid: int | None,
+        description: tuple[tuple[Any, ...], ...] | None,
+    ) -> None:
+        self._rows = rows
+        self._position = 0
+        self.rowcount = rowcount
+        self.lastrowid = lastrowid
+        self.description = description
+
+    def fetchone(self) -> Any:
+        """The next row, or None after the last."""
+        if self._position >= len(self._rows):
+            return None
+        row = self._rows[self._position]
+        self._position += 1
+        return row
+
+    def fetchmany(self, size: int = 1) -> list[Any]:
+        rows = self._rows[self._position : self._position + size]
+        self._position += len(rows)
+        return rows
+
+    def fetchall(self) -> list[Any]:
+        """Every row not read yet."""
+        rows = self._rows[self._position :] if self._position else self._rows
+        self._position = len(self._rows)
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        while (row := self.fetchone()) is not None:
+            yield row
+
+    def __len__(self) -> int:
+        """Rows not read yet."""
+        return len(self._rows) - self._position
+
+    def __repr__(self) -> str:
+        return f"<FetchedCursor {len(self)} rows left, rowcount={self.rowcount}>"
+
+
+def _fetched(cursor: sqlite3.Cursor) -> FetchedCursor:
+    try:
+        rows = cursor.fetchall()
+        return FetchedCursor(rows, cursor.rowcount, cursor.lastrowid, cursor.description)
+    finally:
+        cursor.close()  # the statement is reset now, not when the pool closes leftovers
+
+
+def _execute(db: Connection, sql: str, parameters: Any) -> FetchedCursor:
+    return _fetched(db.execute(sql, parameters))
+
+
+def _executemany(db: Connection, sql: str, parameters: Iterable[Any]) -> FetchedCursor:
+    return _fetched(db.executemany(sql, parameters))
+
+
+def _executescript(db: Connection, script: str) -> None:
+    db.executescript(script).close()
+
+
+def _fetchone(db: Connection, sql: str, parameters: Any) -> Any:
+    cursor = db.execute(sql, parameters)
+    try:
+        return cursor.fetchone()
+    finally:
+        cursor.close()
+
+
+def _fetchall(db: Connection, sql: str, parameters: Any) -> list[Any]:
+    cursor = db.execute(sql, parameters)
+    try:
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+# -- the async connection ------------------------------------------------------------------
+
+
+class AsyncConnection:
+    """A checked-out pooled connection, driven from a coroutine.
+
+    Every method runs on a worker thread and is awaited: ``execute`` and
+    ``executemany`` return a ``FetchedCursor``; ``fetchone``/``fetchall``
+    return rows; ``async with db.transaction():`` is ``transaction()`` (BEGIN
+    IMMEDIATE, a savepoint when nested); ``run(fn, *args)`` calls
+    ``fn(connection, *args)`` with the sync connection, in one trip, for code
+    that issues many statements. Cancelling a coroutine while a statement
+    runs interrupts the statement. Valid only inside its ``async with``; share
+    it between tasks only as you would share a sync connection between
+    threads (their statements run one at a time, in the order they were
+    awaited, inside whatever transaction is open).
+    """
+
+    __slots__ = ("_context", "_db", "_lane", "_loop", "_workers", "path")
+
+    def __init__(
+        self,
+        db: Connection,
+        workers: AsyncWorkers,
+        lane: _Lane,
+        loop: _Loop,
+        context: contextvars.Context,
+    ) -> None:
+        self._db: Connection | None = db
+        self._workers = workers
+        self._lane = lane
+        self._loop = loop
+        self._context = context
+        self.path: str = db.path
+
+    # -- statements ----------------------------------------------------------------------
+
+    async def execute(
+        self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()
+    ) -> FetchedCursor:
+        """Run one statement; every row it returns is fetched before this returns."""
+        result: FetchedCursor = await self._call(_execute, sql, parameters)
+        return result
+
+    async def executemany(self, sql: str, parameters: Iterable[Any]) -> FetchedCursor:
+        result: FetchedCursor = await self._call(_executemany, sql, parameters)
+        return result
+
+    async def executescript(self, script: str) -> None:
+        """``sqlite3``'s executescript: it commits an open transaction first, as there."""
+        await self._call(_executescript, script)
+
+    async def fetchone(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        """The first row of ``sql``, or None."""
+        return await self._call(_fetchone, sql, parameters)
+
+    async def fetchall(
+        self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()
+    ) -> list[Any]:
+        rows: list[Any] = await self._call(_fetchall, sql, parameters)
+        return rows
+
+    async def run(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``function(connection, *args, **kwargs)`` on the worker thread, in one trip.
+
+        The fast path for a unit of work of several statements: one wake-up
+        of the worker instead of one per statement. ``function`` gets the
+        sync ``Connection`` and may use ``transaction()`` on it; it must not
+        keep the connection after it returns.
+        """
+        result: T = await self._call(_call_with, function, args, kwargs)
+        return result
+
+    def transaction(self) -> AsyncTransaction:
+        """``async with db.transaction():``: BEGIN IMMEDIATE, a savepoint when nested."""
+        return AsyncTransaction(self)
+
+    async def commit(self) -> None:
+        await self._call(_commit, interruptible=False)
+
+    async def rollback(self) -> None:
+        await self._call(_rollback, interruptible=False)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._open().in_transaction
+
+    # -- the trip to the worker --------------------------------------------------------
+
+    def _open(self) -> Connection:
+        db = self._db
+        if db is None:
+            raise sqlite3.ProgrammingError(
+                f"the async connection to {self.path} went back to its pool when its "
+                f"`async with` ended; use it only inside that block."
+            )
+        return db
+
+    async def _call(
+        self, function: Callable[..., Any], *args: Any, interruptible: bool = True
+    ) -> Any:
+        db = self._open()
+        job = _Job(function, (db, *args), self._context, _Waiter(self._loop), self._lane)
+        self._lane.submit(job, self._workers)
+        try:
+            await self._loop.wait(job.waiter)
+        except BaseException:
+            if not job.waiter.done:
+                job.skip = True  # not started yet: it never will
+                if interruptible:
+                    db.interrupt()  # thread-safe: a running statement stops with SQLITE_INTERRUPT
+                await self._loop.wait_shielded(job.waiter)
+            raise
+        return job.outcome()
+
+    async def _run_shielded(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run bookkeeping (commit, rollback) to its end, even when cancelled meanwhile."""
+        db = self._open()
+        job = _Job(function, (db, *args), self._context, _Waiter(self._loop), self._lane)
+        self._lane.submit(job, self._workers)
+        cancelled = await self._loop.wait_shielded(job.waiter)
+        result = job.outcome()
+        if cancelled:
+            raise self._loop.cancelled()
+        return result
+
+    def __repr__(self) -> str:
+        state = "open" if self._db is not None else "returned"
+        return f"<AsyncConnection {self.path} ({state})>"
+
+
+def _call_with(
+    db: Connection, function: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> T:
+    return function(db, *args, **kwargs)
+
+
+def _commit(db: Connection) -> None:
+    db.commit()
+
+
+def _rollback(db: Connection) -> None:
+    db.rollback()
+
+
+class AsyncTransaction:
+    """``async with db.transaction():``: ``transaction()`` entered and left on the worker."""
+
+    __slots__ = ("_block", "_connection")
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+        self._block: AbstractContextManager[Connection] | None = None
+
+    async def __aenter__(self) -> AsyncConnection:
+        # Interruptible: waiting for another process's write lock can be long.
+        self._block = await self._connection._call(_enter_transaction)
+        return self._connection
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        block, self._block = self._block, None
+        assert block is not None, "the transaction block was not entered"
+        # COMMIT or ROLLBACK runs to its end: a cancellation now must not
+        # leave the transaction open on a connection about to be checked in.
+        await self._connection._run_shielded(_exit_transaction, block, exc_type, exc, traceback)
+
+
+def _enter_transaction(db: Connection) -> AbstractContextManager[Connection]:
+    block = transaction(db)
+    block.__enter__()
+    return block
+
+
+def _exit_transaction(
+    db: Connection,
+    block: AbstractContextManager[Connection],
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    traceback: TracebackType | None,
+) -> None:
+    block.__exit__(exc_type, exc, traceback)
+
+
+# -- checking out ----------------------------------------------------------------------------
+
+
+class AsyncCheckout:
+    """``async with ... as db:``: a pooled connection for the block, driven from a coroutine.
+
+    ``checkout`` is the pool's or registry's sync checkout for one file (a
+    function returning ``pool.connection()``), run on a worker thread like
+    everything else; ``workers`` the pool's or registry's ``AsyncWorkers``.
+    Entering waits for a slot, then for the checkout; leaving checks the
+    connection in (rolled back if the block left a transaction open) and
+    waits for that, shielded from cancellation. A coroutine cancelled while
+    it waits for a connection leaves at once: the worker thread returns the
+    connection when it gets one.
+    """
+
+    __slots__ = ("_checkout", "_connection", "_pending", "_workers")
+
+    def __init__(self, checkout: Checkout, workers: AsyncWorkers) -> None:
+        self._checkout = checkout
+        self._workers = workers
+        self._connection: AsyncConnection | None = None
+        self._pending: _PendingCheckout | None = None
+
+    async def __aenter__(self) -> AsyncConnection:
+        loop = _running_loop()
+        workers = self._workers
+        await workers._take_slot(loop)
+        context = contextvars.copy_context()
+        lane = _Lane()
+        pending = _PendingCheckout(self._checkout, workers)
+        job = _Job(pending.enter, (), context, _Waiter(loop), lane)
+        lane.submit(job, workers)
+        try:
+            await loop.wait(job.waiter)
+        except BaseException as exc:
+            if not pending.abandon():  # the checkout ended meanwhile: return it from here
+                await _check_in_shielded(loop, workers, lane, context, pending, exc)
+            raise
+        try:
+            db = job.outcome()
+        except BaseException:
+            workers._release_slot()
+            raise
+        connection = AsyncConnection(db, workers, lane, loop, context)
+        self._connection, self._pending = connection, pending
+        return connection
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        connection, pending = self._connection, self._pending
+        self._connection = self._pending = None
+        if connection is None or pending is None:
+            raise RuntimeError("__aexit__ without __aenter__ on an async checkout")
+        connection._db = None  # refuse further use from now on, even while checking in
+        await _check_in_shielded(
+            connection._loop, self._workers, connection._lane, connection._context, pending, exc
+        )
+
+
+class _PendingCheckout:
+    """The sync checkout behind one ``async with``, as the worker threads see it.
+
+    ``abandon()`` (the coroutine was cancelled while waiting for a
+    connection) and the end of ``enter()`` race; a lock decides which side
+    returns the connection. Whoever ends the checkout frees its slot.
+    """
+
+    __slots__ = ("_abandoned", "_block", "_entered", "_lock", "_open", "_workers")
+
+    def __init__(self, open_block: Checkout, workers: AsyncWorkers) -> None:
+        self._open = open_block
+        self._workers = workers
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._entered = False
+        self._block: AbstractContextManager[Connection] | None = None
+
+    def enter(self) -> Connection:
+        """On a worker: check a connection out (waiting for one if need be)."""
+        try:
+            block = self._open()
+            db = block.__enter__()
+        except BaseException:
+            if self._finish_entering():  # nobody will read the error: free the slot here
+                self._workers._release_slot()
+            raise
+        self._block = block
+        if self._finish_entering():
+            self.exit(asyncio.CancelledError())
+        return db
+
+    def _finish_entering(self) -> bool:
+        """True if the coroutine gave up meanwhile."""
+        with self._lock:
+            self._entered = True
+            return self._abandoned
+
+    def abandon(self) -> bool:
+        """From the cancelled coroutine: True if the worker will end the checkout itself."""
+        with self._lock:
+            if self._entered:
+                return False
+            self._abandoned = True
+            return True
+
+    def exit(self, exc: BaseException | None) -> None:
+        """On a worker: check the connection in (rolled back, reset), then free the slot."""
+        block, self._block = self._block, None
+        try:
+            if block is not None:
+                block.__exit__(type(exc) if exc is not None else None, exc, None)
+        finally:
+            self._workers._release_slot()
+
+
+async def _check_in_shielded(
+    loop: _Loop,
+    workers: AsyncWorkers,
+    lane: _Lane,
+    context: contextvars.Context,
+    pending: _PendingCheckout,
+    exc: BaseException | None,
+) -> None:
+    """Check the connection in on a worker and wait for that, whatever cancellations arrive."""
+    job = _Job(pending.exit, (exc,), context, _Waiter(loop), lane)
+    lane.submit(job, workers)
+    cancelled = await loop.wait_shielded(job.waiter)
+    job.outcome()
+    if cancelled:
+        raise loop.cancelled()
+
+
+# -- one unit of work in one trip -----------------------------------------------------------
+
+
+async def run_checked_out(
+    checkout: Checkout,
+    workers: AsyncWorkers,
+    function: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> T:
+    """Check out, call ``function(connection, *args, **kwargs)``, check in: one worker trip.
+
+    The fastest way for a coroutine to do one unit of work: a single wake-up
+    of a worker thread per request. Cancellation interrupts the statement
+    running, and waits for the check-in.
+    """
+    loop = _running_loop()
+    await workers._take_slot(loop)
+    unit = _UnitOfWork(checkout, workers, function, args, kwargs)
+    job = _Job(unit.run, (), contextvars.copy_context(), _Waiter(loop))
+    workers._submit(job)
+    try:
+        await loop.wait(job.waiter)
+    except BaseException:
+        if not job.waiter.done:
+            unit.cancel()
+            await loop.wait_shielded(job.waiter)
+        raise
+    result: T = job.outcome()
+    return result
+
+
+class _UnitOfWork:
+    """``run_checked_out``'s job: the connection is published so a cancellation can interrupt it."""
+
+    __slots__ = ("_args", "_cancelled", "_checkout", "_db", "_function", "_kwargs", "_workers")
+
+    def __init__(
+        self,
+        checkout: Checkout,
+        workers: AsyncWorkers,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._checkout = checkout
+        self._workers = workers
+        self._function = function
+        self._args = args
+        self._kwargs = kwargs
+        self._db: Connection | None = None
+        self._cancelled = False
+
+    def run(self) -> Any:
+        try:
+            with self._checkout() as db:
+                self._db = db
+                if self._cancelled:
+                    raise _Skipped()
+                try:
+                    return self._function(db, *self._args, **self._kwargs)
+                finally:
+                    self._db = None
+        finally:
+            self._workers._release_slot()
+
+    def cancel(self) -> None:
+        """From the cancelled coroutine (loop thread)."""
+        self._cancelled = True
+        db = self._db
+        if db is not None:
+            db.interrupt()
