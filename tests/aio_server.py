@@ -1,0 +1,103 @@
+"""The app tests/test_aio_uvicorn.py serves with a real uvicorn: async endpoints that wait.
+
+``CF_TEST_ROOT`` is the folder of the per-user files; ``CF_TEST_BLOCKING=1``
+serves the same endpoints the naive way (the sync pool called inside
+``async def``), the control that shows the heartbeat can see a stall. A task
+started in the lifespan sleeps 1 ms at a time and records how late it woke.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the annotations at run time.
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from circuitforge_core.db import PoolRegistry, transaction
+from circuitforge_core.db.aio import AsyncCheckout, AsyncWorkers
+
+SLOW_QUERY = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000000) "
+    "SELECT count(*) FROM c"
+)
+
+
+def create_app() -> FastAPI:
+    root = Path(os.environ["CF_TEST_ROOT"])
+    blocking = os.environ.get("CF_TEST_BLOCKING") == "1"
+    registry = PoolRegistry(max_connections=8, max_per_database=2, timeout=20)
+    workers = AsyncWorkers(8, timeout=20, describe="test registry")
+    lateness: list[float] = []
+
+    async def heartbeat() -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lateness.append(time.perf_counter() - before - 0.001)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        beating = asyncio.create_task(heartbeat())
+        yield
+        beating.cancel()
+        registry.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    def path_of(user: str) -> str:
+        return str(root / f"{user}.db")
+
+    def aconnection(user: str) -> AsyncCheckout:
+        path = path_of(user)
+        return AsyncCheckout(lambda: registry.connection(path), workers)
+
+    @app.get("/heartbeat")
+    async def beats() -> dict[str, Any]:
+        ordered = sorted(lateness)
+        return {
+            "beats": len(ordered),
+            "worst": ordered[-1] if ordered else 0.0,
+            "p99": ordered[int(len(ordered) * 0.99)] if ordered else 0.0,
+        }
+
+    @app.post("/heartbeat/reset")
+    async def reset() -> None:
+        lateness.clear()
+
+    @app.post("/write/{user}")
+    async def write(user: str) -> dict[str, int]:
+        if blocking:
+            with registry.connection(path_of(user)) as db, transaction(db):
+                db.execute("INSERT INTO hits (n) VALUES (1)")
+                return {"hits": db.execute("SELECT count(*) FROM hits").fetchone()[0]}
+        async with aconnection(user) as adb, adb.transaction():
+            await adb.execute("INSERT INTO hits (n) VALUES (1)")
+            row = await adb.fetchone("SELECT count(*) FROM hits")
+            return {"hits": row[0]}
+
+    @app.post("/hold/{user}")
+    async def hold(user: str, seconds: float) -> dict[str, int]:
+        # Keeps its connection across an await: the pool of that file runs out.
+        if blocking:
+            with registry.connection(path_of(user)) as db:
+                await asyncio.sleep(seconds)
+                return {"one": db.execute("SELECT 1").fetchone()[0]}
+        async with aconnection(user) as adb:
+            await asyncio.sleep(seconds)
+            row = await adb.fetchone("SELECT 1")
+            return {"one": row[0]}
+
+    @app.get("/slow/{user}")
+    async def slow(user: str) -> dict[str, int]:
+        if blocking:
+            with registry.connection(path_of(user)) as db:
+                return {"count": db.execute(SLOW_QUERY).fetchone()[0]}
+        async with aconnection(user) as adb:
+            row = await adb.fetchone(SLOW_QUERY)
+            return {"count": row[0]}
+
+    return app
