@@ -10,32 +10,28 @@ a second writer wait on the busy timeout instead.
 Why a lock of our own: SQLite's busy handler polls with back-off and no
 queue, so under contention one writer can starve while others barge in.
 Threads of one process that write the same file through ``transaction()``
-first queue on an in-process lock, one per file, with the connection's busy
-timeout as the deadline; the busy handler is then left to waits across
-processes only. Lock order: this per-file lock, then SQLite's write lock.
+first queue on an in-process ``WriterLock`` (writer_lock.py), one per file,
+served close to arrival order, with the connection's busy timeout as the
+deadline; the busy handler is then left to waits across processes only.
+Lock order: this per-file lock, then SQLite's write lock.
 """
 
 from __future__ import annotations
 
 import itertools
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 from .errors import TransactionError
 from .sqlite_facts import DEFAULT_BUSY_TIMEOUT
+from .writer_lock import WriterLock, WriterLocks
 
 ConnectionT = TypeVar("ConnectionT", bound=sqlite3.Connection)
 
 _savepoint_numbers = itertools.count(1)
-_writer_locks: dict[str, threading.Lock] = {}
-_writer_locks_guard = threading.Lock()
-# Cloud mode touches thousands of files: past this many, locks nobody holds are
-# forgotten. Forgetting one that a thread is about to take only costs fairness
-# for a moment (SQLite's own lock still serialises the writers).
-_WRITER_LOCKS_KEPT = 1024
+_writer_locks = WriterLocks()
 
 
 @contextmanager
@@ -100,19 +96,12 @@ def _savepoint(db: sqlite3.Connection) -> Iterator[None]:
     db.execute(f"RELEASE {name}")
 
 
-def _writer_lock(db: sqlite3.Connection) -> threading.Lock | None:
+def _writer_lock(db: sqlite3.Connection) -> WriterLock | None:
     """The in-process lock for the file behind ``db`` (None if unknown)."""
     path = getattr(db, "path", None)  # ours, plain or encrypted (not a sqlite3.Connection)
     if not isinstance(path, str):
         return None
-    lock = _writer_locks.get(path)
-    if lock is None:
-        with _writer_locks_guard:
-            if len(_writer_locks) >= _WRITER_LOCKS_KEPT:
-                for idle in [p for p, held in _writer_locks.items() if not held.locked()]:
-                    del _writer_locks[idle]
-            lock = _writer_locks.setdefault(path, threading.Lock())
-    return lock
+    return _writer_locks.for_path(path)
 
 
 def _busy_timeout(db: sqlite3.Connection) -> float:
