@@ -14,11 +14,12 @@ variant, which the old module used, is run once for its error count.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,6 +247,22 @@ def _waits(outcomes: list[Outcome]) -> str:
 POLICY_ROUNDS = 3
 
 
+def _contenders(
+    paths: Iterator[Path], threads: int, per_thread: int, work: float
+) -> dict[str, Callable[[], Outcome]]:
+    def run_one(mode: str, factory: Callable[[], Lock] | None = None) -> Outcome:
+        lock = factory() if factory is not None else None
+        return contend(next(paths), threads, per_thread, work, mode, lock)
+
+    contenders: dict[str, Callable[[], Outcome]] = {
+        "raw sqlite3 + busy handler": functools.partial(run_one, "immediate"),
+        "ours: transaction()": functools.partial(run_one, "transaction"),
+    }
+    for name, factory in POLICIES.items():
+        contenders[name] = functools.partial(run_one, "policy", factory)
+    return contenders
+
+
 def run_policies(tmp: Path) -> None:
     """Every policy of bench/lock_policies.py, transaction() and raw, interleaved per setup."""
     folder = tmp / "policies"
@@ -258,25 +275,7 @@ def run_policies(tmp: Path) -> None:
         flush=True,
     )
     for threads, work, per_thread in SETUPS:
-
-        def run_one(
-            mode: str,
-            lock: Lock | None = None,
-            setup: tuple[int, float, int] = (
-                threads,
-                work,
-                per_thread,
-            ),
-        ) -> Outcome:
-            count, seconds, each = setup
-            return contend(next(paths), count, each, seconds, mode, lock)
-
-        contenders: dict[str, Callable[[], Outcome]] = {
-            "raw sqlite3 + busy handler": lambda: run_one("immediate"),
-            "ours: transaction()": lambda: run_one("transaction"),
-        }
-        for name, factory in POLICIES.items():
-            contenders[name] = lambda factory=factory: run_one("policy", factory())  # type: ignore[misc]
+        contenders = _contenders(paths, threads, per_thread, work)
         results: dict[str, list[Outcome]] = {name: [] for name in contenders}
         names = list(contenders)
         for number in range(POLICY_ROUNDS):
