@@ -193,9 +193,11 @@ def _wake_quietly(waiter: _Waiter) -> bool:
 
 #: Threads started at once for queued work; more only while these are stuck.
 EAGER_THREADS = max(2, min(4, os.cpu_count() or 2))
-#: A job running longer than this counts as waiting (for a lock, a connection, a
-#: slow statement): queued work then gets a new thread, up to the limit.
-STUCK_AFTER = 0.002
+#: A job running longer than this counts as stuck in a wait (for a lock, a
+#: connection, a slow statement), and queued work gets more threads, up to the
+#: limit. Well above the GIL's switch interval (5 ms), so that waiting for the
+#: GIL on a busy machine does not count as stuck.
+STUCK_AFTER = 0.02
 
 
 class _Job:
@@ -466,7 +468,13 @@ class AsyncWorkers:
             lock.release()
 
     def _watch_for_stuck_threads(self) -> None:
-        """Start threads for queued work while every running thread is stuck in a wait."""
+        """Start threads for queued work while the running ones are stuck in waits.
+
+        Doubling: when every running thread is stuck, as many new ones as
+        there are stuck (bounded by the queue and the limit), so that a burst
+        of requests that all wait (for another process's write lock, say) is
+        absorbed in a few steps instead of one thread per step.
+        """
         with self._lock:
             while True:
                 if not self._queue or self._idle:
@@ -477,13 +485,16 @@ class AsyncWorkers:
                         self._watcher = False
                         return
                     continue
-                self._watch.wait(STUCK_AFTER)
+                self._watch.wait(STUCK_AFTER / 4)
                 if not self._queue or self._idle:
                     continue
                 now = time.monotonic()
                 moving = sum(1 for t in self._running if now - t.started < STUCK_AFTER)
-                wanted = min(EAGER_THREADS - moving, len(self._queue))
-                new = self._add_threads(wanted) if wanted > 0 else []
+                if moving >= EAGER_THREADS:
+                    continue
+                stuck = len(self._running) - moving
+                wanted = min(max(EAGER_THREADS - moving, stuck), len(self._queue))
+                new = self._add_threads(wanted)
                 if new:
                     self._lock.release()
                     try:
