@@ -132,7 +132,7 @@ class Ours:
 
     def connection(self, path: str) -> AsyncCheckout:
         registry = self.registry
-        return AsyncCheckout(lambda: registry.connection(path), self.workers)
+        return AsyncCheckout(lambda: registry.connection(path), self.workers, path=path)
 
     async def run(self, path: str, function: Callable[..., Any], *args: Any) -> Any:
         registry = self.registry

@@ -53,7 +53,7 @@ def create_app() -> FastAPI:
 
     def aconnection(user: str) -> AsyncCheckout:
         path = path_of(user)
-        return AsyncCheckout(lambda: registry.connection(path), workers)
+        return AsyncCheckout(lambda: registry.connection(path), workers, path=path)
 
     @app.get("/heartbeat")
     async def beats() -> dict[str, Any]:

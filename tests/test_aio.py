@@ -53,9 +53,9 @@ class Async:
     def connection(self, path: str | Path | None = None) -> AsyncCheckout:
         source = self.source
         if isinstance(source, ConnectionPool):
-            return AsyncCheckout(source.connection, self.workers)
+            return AsyncCheckout(source.connection, self.workers, path=source.path)
         resolved = str(path) if path is not None else current_db_path()
-        return AsyncCheckout(lambda: source.connection(resolved), self.workers)
+        return AsyncCheckout(lambda: source.connection(resolved), self.workers, path=resolved)
 
     async def run(self, path: str | Path | None, function: Any, *args: Any, **kwargs: Any) -> Any:
         source = self.source

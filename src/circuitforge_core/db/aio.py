@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import functools
 import os
 import sqlite3
 import sys
@@ -44,7 +45,8 @@ from typing import Any, TypeVar
 
 from .connect import Connection
 from .errors import PoolTimeoutError
-from .transaction import transaction
+from .transaction import busy_timeout_of, locked_by_this_process, transaction, writer_lock_for
+from .writer_lock import WriterLock
 
 __all__ = ["AsyncCheckout", "AsyncConnection", "AsyncTransaction", "AsyncWorkers", "FetchedCursor"]
 
@@ -90,6 +92,11 @@ class _Loop:
     async def wait_shielded(self, waiter: _Waiter) -> bool:
         """Until ``waiter`` is done, whatever cancellations arrive; True if one arrived."""
         raise NotImplementedError
+
+    def rearm(self, waiter: _Waiter) -> None:
+        """In the loop's thread: make ``waiter`` wait for its next wake-up."""
+        waiter.done = False
+        waiter.future = self.new_future()
 
 
 class _AsyncioLoop(_Loop):
@@ -147,7 +154,7 @@ class _TrioLoop(_Loop):
         return self.trio.Event()
 
     def wake(self, waiter: _Waiter) -> None:
-        self.token.run_sync_soon(waiter.future.set)
+        self.token.run_sync_soon(_set_event, waiter)
 
     async def wait(self, waiter: _Waiter, timeout: float | None = None) -> None:
         if timeout is None:
@@ -160,6 +167,10 @@ class _TrioLoop(_Loop):
         with self.trio.CancelScope(shield=True):
             await waiter.future.wait()
         return False  # trio delivers the cancellation again at the next checkpoint
+
+
+def _set_event(waiter: _Waiter) -> None:
+    waiter.future.set()  # the event current when this runs, in trio's thread
 
 
 def _running_loop() -> _Loop:
@@ -201,38 +212,69 @@ STUCK_AFTER = 0.02
 
 
 class _Job:
-    """One call for a worker thread, run in the coroutine's context; ``run`` returns the next."""
+    """One call for a worker thread, run in the coroutine's context; ``run`` returns the next.
 
-    __slots__ = ("args", "context", "error", "function", "lane", "result", "skip", "waiter")
+    A job with a ``waiter`` is awaited; one without is pipelined (the checkout,
+    a BEGIN): nobody waits for it, and if it fails the lane keeps its error
+    for the next awaited job to raise instead of running. ``always`` jobs (the
+    check-in) run whatever failed before them.
+    """
+
+    __slots__ = (
+        "always",
+        "args",
+        "context",
+        "error",
+        "function",
+        "lane",
+        "result",
+        "skip",
+        "waiter",
+    )
 
     def __init__(
         self,
         function: Callable[..., Any],
         args: tuple[Any, ...],
         context: contextvars.Context,
-        waiter: _Waiter,
+        waiter: _Waiter | None,
         lane: _Lane | None = None,
+        *,
+        always: bool = False,
     ) -> None:
         self.function = function
         self.args = args
         self.context = context
         self.waiter = waiter
         self.lane = lane
-        self.skip = False  # set by a cancelled coroutine before the job started
+        self.always = always
+        self.skip = False  # set by a cancelled coroutine; checked when the job starts
         self.result: Any = None
         self.error: BaseException | None = None
 
     def run(self) -> _Job | None:
+        lane = self.lane
+        earlier = lane.failure if lane is not None and not self.always else None
         if self.skip:
             self.error = _Skipped()
+        elif earlier is not None:
+            if self.waiter is not None:  # report the pipelined job's error here, once
+                assert lane is not None
+                lane.failure = None
+                self.error = earlier
+            else:
+                self.error = _Skipped()
         else:
             try:
                 self.result = self.context.run(self.function, *self.args)
             except BaseException as exc:
                 self.error = exc
-        self.waiter.done = True
-        _wake_quietly(self.waiter)
-        lane = self.lane
+                if self.waiter is None and lane is not None:
+                    lane.failure = exc
+        waiter = self.waiter
+        if waiter is not None:
+            waiter.done = True
+            _wake_quietly(waiter)
         return lane.next() if lane is not None else None
 
     def outcome(self) -> Any:
@@ -243,7 +285,7 @@ class _Job:
 
 
 class _Skipped(Exception):
-    """A job whose coroutine was cancelled before it started; nobody reads this."""
+    """A job that did not run: its coroutine was cancelled, or a job before it failed."""
 
 
 class _Lane:
@@ -251,15 +293,17 @@ class _Lane:
 
     Any worker thread may run a checkout's next job (SQLite connections may
     move between threads, never be used by two at once); the lane is what
-    keeps two tasks sharing one ``AsyncConnection`` from using it at once.
+    keeps two tasks sharing one ``AsyncConnection`` from using it at once, and
+    lets a job be submitted without waiting for the one before it.
     """
 
-    __slots__ = ("_backlog", "_busy", "_lock")
+    __slots__ = ("_backlog", "_busy", "_lock", "failure")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._busy = False
         self._backlog: collections.deque[_Job] = collections.deque()
+        self.failure: BaseException | None = None  # a pipelined job's, not reported yet
 
     def submit(self, job: _Job, workers: AsyncWorkers) -> None:
         with self._lock:
@@ -618,7 +662,7 @@ def _fetchall(db: Connection, sql: str, parameters: Any) -> list[Any]:
 
 
 class AsyncConnection:
-    """A checked-out pooled connection, driven from a coroutine.
+    """A pooled connection, driven from a coroutine.
 
     Every method runs on a worker thread and is awaited: ``execute`` and
     ``executemany`` return a ``FetchedCursor``; ``fetchone``/``fetchall``
@@ -626,28 +670,35 @@ class AsyncConnection:
     IMMEDIATE, a savepoint when nested); ``run(fn, *args)`` calls
     ``fn(connection, *args)`` with the sync connection, in one trip, for code
     that issues many statements. Cancelling a coroutine while a statement
-    runs interrupts the statement. Valid only inside its ``async with``; share
-    it between tasks only as you would share a sync connection between
-    threads (their statements run one at a time, in the order they were
-    awaited, inside whatever transaction is open).
+    runs interrupts the statement.
+
+    The checkout and a transaction's BEGIN are pipelined: they are queued on
+    the worker without a round trip of their own, and their errors (a
+    ``PoolTimeoutError``, "database is locked") are raised by the next
+    awaited call. Valid only inside its ``async with``; share it between tasks
+    only as you would share a sync connection between threads (their
+    statements run one at a time, in the order they were awaited, inside
+    whatever transaction is open).
     """
 
-    __slots__ = ("_context", "_db", "_lane", "_loop", "_workers", "path")
+    __slots__ = ("_context", "_depth", "_lane", "_loop", "_pending", "_workers", "path")
 
     def __init__(
         self,
-        db: Connection,
+        path: str,
+        pending: _PendingCheckout,
         workers: AsyncWorkers,
         lane: _Lane,
         loop: _Loop,
         context: contextvars.Context,
     ) -> None:
-        self._db: Connection | None = db
+        self.path = path
+        self._pending = pending
         self._workers = workers
         self._lane = lane
         self._loop = loop
         self._context = context
-        self.path: str = db.path
+        self._depth = 0  # async transaction blocks open on it
 
     # -- statements ----------------------------------------------------------------------
 
@@ -699,50 +750,67 @@ class AsyncConnection:
 
     @property
     def in_transaction(self) -> bool:
-        return self._open().in_transaction
+        """Whether a transaction is open, as of the last awaited call."""
+        self._check_usable()
+        db = self._pending.db
+        return db is not None and db.in_transaction
 
     # -- the trip to the worker --------------------------------------------------------
 
-    def _open(self) -> Connection:
-        db = self._db
-        if db is None:
+    def _check_usable(self) -> None:
+        if self._pending.closed:
             raise sqlite3.ProgrammingError(
                 f"the async connection to {self.path} went back to its pool when its "
                 f"`async with` ended; use it only inside that block."
             )
-        return db
+
+    def _pipeline(self, function: Callable[..., Any], *args: Any) -> None:
+        """Queue ``function(pending, *args)`` without waiting for it (see the class docstring)."""
+        self._check_usable()
+        job = _Job(function, (self._pending, *args), self._context, None, self._lane)
+        self._lane.submit(job, self._workers)
 
     async def _call(
         self, function: Callable[..., Any], *args: Any, interruptible: bool = True
     ) -> Any:
-        db = self._open()
-        job = _Job(function, (db, *args), self._context, _Waiter(self._loop), self._lane)
+        self._check_usable()
+        pending = self._pending
+        waiter = _Waiter(self._loop)
+        job = _Job(_on_connection, (pending, function, args), self._context, waiter, self._lane)
         self._lane.submit(job, self._workers)
         try:
-            await self._loop.wait(job.waiter)
+            await self._loop.wait(waiter)
         except BaseException:
-            if not job.waiter.done:
+            if not waiter.done:
                 job.skip = True  # not started yet: it never will
-                if interruptible:
+                if pending.abandon():  # still waiting for its connection: let it go
+                    raise
+                db = pending.db
+                if interruptible and db is not None:
                     db.interrupt()  # thread-safe: a running statement stops with SQLITE_INTERRUPT
-                await self._loop.wait_shielded(job.waiter)
+                await self._loop.wait_shielded(waiter)
             raise
         return job.outcome()
 
     async def _run_shielded(self, function: Callable[..., Any], *args: Any) -> Any:
-        """Run bookkeeping (commit, rollback) to its end, even when cancelled meanwhile."""
-        db = self._open()
-        job = _Job(function, (db, *args), self._context, _Waiter(self._loop), self._lane)
+        """Run ``function(pending, *args)`` to its end, even when cancelled meanwhile."""
+        job = _Job(function, (self._pending, *args), self._context, _Waiter(self._loop), self._lane)
         self._lane.submit(job, self._workers)
-        cancelled = await self._loop.wait_shielded(job.waiter)
+        cancelled = await self._loop.wait_shielded(job.waiter)  # type: ignore[arg-type]
         result = job.outcome()
         if cancelled:
             raise self._loop.cancelled()
         return result
 
     def __repr__(self) -> str:
-        state = "open" if self._db is not None else "returned"
+        state = "returned" if self._pending.closed else "checked out"
         return f"<AsyncConnection {self.path} ({state})>"
+
+
+def _on_connection(
+    pending: _PendingCheckout, function: Callable[..., Any], args: tuple[Any, ...]
+) -> Any:
+    return function(pending.connection(), *args)
 
 
 def _call_with(
@@ -759,95 +827,54 @@ def _rollback(db: Connection) -> None:
     db.rollback()
 
 
-class AsyncTransaction:
-    """``async with db.transaction():``: ``transaction()`` entered and left on the worker."""
+class _OpenTransaction:
+    """What one ``AsyncTransaction`` opened: the writer lock it waited for, the block."""
 
-    __slots__ = ("_block", "_connection")
+    __slots__ = ("block", "lane", "lock", "lock_given")
+
+    def __init__(self, lane: _Lane) -> None:
+        self.lane = lane
+        self.lock: WriterLock | None = None  # taken by the coroutine, without a thread
+        self.lock_given = False  # handed to transaction(), which releases it
+        self.block: AbstractContextManager[Connection] | None = None
+
+
+class AsyncTransaction:
+    """``async with db.transaction():``: ``transaction()`` entered and left on a worker thread.
+
+    The file's in-process writer lock (transaction()'s) is waited for by the
+    coroutine, in the same queue as threads, so a queue of writers to one
+    file holds no worker threads and a cancelled writer leaves the queue at
+    once. It is taken only once the connection is checked out (the lock order
+    of the sync API). BEGIN (or SAVEPOINT) is then pipelined ahead of the
+    block's first statement; COMMIT or ROLLBACK is awaited when the block
+    ends, shielded from cancellation, so that no transaction is left open on
+    a connection about to be checked in.
+    """
+
+    __slots__ = ("_connection", "_open")
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
-        self._block: AbstractContextManager[Connection] | None = None
+        self._open: _OpenTransaction | None = None
 
     async def __aenter__(self) -> AsyncConnection:
-        # Interruptible: waiting for another process's write lock can be long.
-        self._block = await self._connection._call(_enter_transaction)
-        return self._connection
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        block, self._block = self._block, None
-        assert block is not None, "the transaction block was not entered"
-        # COMMIT or ROLLBACK runs to its end: a cancellation now must not
-        # leave the transaction open on a connection about to be checked in.
-        await self._connection._run_shielded(_exit_transaction, block, exc_type, exc, traceback)
-
-
-def _enter_transaction(db: Connection) -> AbstractContextManager[Connection]:
-    block = transaction(db)
-    block.__enter__()
-    return block
-
-
-def _exit_transaction(
-    db: Connection,
-    block: AbstractContextManager[Connection],
-    exc_type: type[BaseException] | None,
-    exc: BaseException | None,
-    traceback: TracebackType | None,
-) -> None:
-    block.__exit__(exc_type, exc, traceback)
-
-
-# -- checking out ----------------------------------------------------------------------------
-
-
-class AsyncCheckout:
-    """``async with ... as db:``: a pooled connection for the block, driven from a coroutine.
-
-    ``checkout`` is the pool's or registry's sync checkout for one file (a
-    function returning ``pool.connection()``), run on a worker thread like
-    everything else; ``workers`` the pool's or registry's ``AsyncWorkers``.
-    Entering waits for a slot, then for the checkout; leaving checks the
-    connection in (rolled back if the block left a transaction open) and
-    waits for that, shielded from cancellation. A coroutine cancelled while
-    it waits for a connection leaves at once: the worker thread returns the
-    connection when it gets one.
-    """
-
-    __slots__ = ("_checkout", "_connection", "_pending", "_workers")
-
-    def __init__(self, checkout: Checkout, workers: AsyncWorkers) -> None:
-        self._checkout = checkout
-        self._workers = workers
-        self._connection: AsyncConnection | None = None
-        self._pending: _PendingCheckout | None = None
-
-    async def __aenter__(self) -> AsyncConnection:
-        loop = _running_loop()
-        workers = self._workers
-        await workers._take_slot(loop)
-        context = contextvars.copy_context()
-        lane = _Lane()
-        pending = _PendingCheckout(self._checkout, workers)
-        job = _Job(pending.enter, (), context, _Waiter(loop), lane)
-        lane.submit(job, workers)
-        try:
-            await loop.wait(job.waiter)
-        except BaseException as exc:
-            if not pending.abandon():  # the checkout ended meanwhile: return it from here
-                await _check_in_shielded(loop, workers, lane, context, pending, exc)
-            raise
-        try:
-            db = job.outcome()
-        except BaseException:
-            workers._release_slot()
-            raise
-        connection = AsyncConnection(db, workers, lane, loop, context)
-        self._connection, self._pending = connection, pending
+        connection = self._connection
+        connection._check_usable()
+        pending = connection._pending
+        opened = _OpenTransaction(connection._lane)
+        if connection._depth == 0:
+            if pending.db is None:
+                await connection._call(_noop)  # checked out first (raises what kept it)
+            db = pending.db
+            if db is not None and not db.in_transaction:
+                lock = writer_lock_for(db)
+                if lock is not None:
+                    await _take_writer_lock(lock, connection._loop, db)
+                    opened.lock = lock
+        connection._depth += 1
+        self._open = opened
+        connection._pipeline(_enter_transaction, opened)
         return connection
 
     async def __aexit__(
@@ -856,47 +883,182 @@ class AsyncCheckout:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        connection, pending = self._connection, self._pending
-        self._connection = self._pending = None
-        if connection is None or pending is None:
+        opened, self._open = self._open, None
+        if opened is None:
+            raise RuntimeError("__aexit__ without __aenter__ on an async transaction")
+        self._connection._depth -= 1
+        await self._connection._run_shielded(_exit_transaction, opened, exc_type, exc, traceback)
+
+
+def _noop(db: Connection) -> None:
+    return None
+
+
+async def _take_writer_lock(lock: WriterLock, loop: _Loop, db: Connection) -> None:
+    """Wait for ``lock`` in the loop, up to ``db``'s busy timeout, as transaction() would."""
+    waiter = _Waiter(loop)
+    ticket = lock.enqueue(functools.partial(_wake_quietly, waiter))
+    if ticket is None:
+        return
+    deadline = ticket.arrived + busy_timeout_of(db)
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if lock.withdraw(ticket):
+                    return
+                raise locked_by_this_process(db)
+            await loop.wait(waiter, remaining)
+            if lock.claim(ticket):
+                return
+            loop.rearm(waiter)
+    except BaseException:
+        if lock.withdraw(ticket):  # it came to us as we left: pass it on
+            lock.release()
+        raise
+
+
+def _enter_transaction(pending: _PendingCheckout, opened: _OpenTransaction) -> None:
+    db = pending.connection()
+    opened.lock_given = True  # from here on transaction() releases it, whatever happens
+    block = transaction(db, writer_lock_held=opened.lock is not None)
+    block.__enter__()
+    opened.block = block
+
+
+def _exit_transaction(
+    pending: _PendingCheckout,
+    opened: _OpenTransaction,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    traceback: TracebackType | None,
+) -> None:
+    """Always runs (even after a failed BEGIN), so that the writer lock is never kept."""
+    block, opened.block = opened.block, None
+    if block is not None:
+        block.__exit__(exc_type, exc, traceback)
+    elif opened.lock is not None and not opened.lock_given:
+        opened.lock.release()  # BEGIN never ran: the checkout failed, or a job before it
+    failure, opened.lane.failure = opened.lane.failure, None
+    if failure is not None and exc is None:
+        raise failure  # the BEGIN's own error, when no statement of the block reported it
+
+
+# -- checking out ----------------------------------------------------------------------------
+
+
+class AsyncCheckout:
+    """``async with ... as db:``: a pooled connection for the block, driven from a coroutine.
+
+    ``checkout`` is the pool's or registry's sync checkout for the file at
+    ``path`` (a function returning ``pool.connection()``), run on a worker
+    thread like everything else; ``workers`` the pool's or registry's
+    ``AsyncWorkers``. Entering waits only for a slot (one per connection the
+    pool may open); the checkout itself is pipelined ahead of the first
+    statement. Leaving checks the connection in (rolled back if the block
+    left a transaction open) and waits for that, shielded from cancellation.
+    A checkout still waiting for a connection when the block ends, or when a
+    statement waiting behind it is cancelled, is abandoned at once: the
+    worker returns the connection when it gets one.
+    """
+
+    __slots__ = ("_checkout", "_connection", "_path", "_workers")
+
+    def __init__(self, checkout: Checkout, workers: AsyncWorkers, *, path: str) -> None:
+        self._checkout = checkout
+        self._workers = workers
+        self._path = path
+        self._connection: AsyncConnection | None = None
+
+    async def __aenter__(self) -> AsyncConnection:
+        loop = _running_loop()
+        workers = self._workers
+        await workers._take_slot(loop)
+        context = contextvars.copy_context()
+        lane = _Lane()
+        pending = _PendingCheckout(self._checkout, workers, self._path)
+        lane.submit(_Job(pending.enter, (), context, None, lane), workers)
+        connection = AsyncConnection(self._path, pending, workers, lane, loop, context)
+        self._connection = connection
+        return connection
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
             raise RuntimeError("__aexit__ without __aenter__ on an async checkout")
-        connection._db = None  # refuse further use from now on, even while checking in
-        await _check_in_shielded(
-            connection._loop, self._workers, connection._lane, connection._context, pending, exc
-        )
+        pending = connection._pending
+        pending.closed = True  # refuse further use from now on, even while checking in
+        if pending.abandon():
+            return
+        loop = connection._loop
+        waiter = _Waiter(loop)
+        lane = connection._lane
+        job = _Job(pending.exit, (exc,), connection._context, waiter, lane, always=True)
+        lane.submit(job, self._workers)
+        cancelled = await loop.wait_shielded(waiter)
+        job.outcome()
+        if cancelled:
+            raise loop.cancelled()
 
 
 class _PendingCheckout:
     """The sync checkout behind one ``async with``, as the worker threads see it.
 
-    ``abandon()`` (the coroutine was cancelled while waiting for a
-    connection) and the end of ``enter()`` race; a lock decides which side
-    returns the connection. Whoever ends the checkout frees its slot.
+    ``enter`` runs on a worker, pipelined; ``abandon()`` comes from the
+    coroutine (its block ended, or a statement waiting behind the checkout
+    was cancelled) and races with it; a lock decides which side returns the
+    connection. Whoever ends the checkout frees its slot.
     """
 
-    __slots__ = ("_abandoned", "_block", "_entered", "_lock", "_open", "_workers")
+    __slots__ = (
+        "_abandoned",
+        "_block",
+        "_entered",
+        "_lock",
+        "_open",
+        "_workers",
+        "closed",
+        "db",
+        "error",
+        "path",
+    )
 
-    def __init__(self, open_block: Checkout, workers: AsyncWorkers) -> None:
+    def __init__(self, open_block: Checkout, workers: AsyncWorkers, path: str) -> None:
         self._open = open_block
         self._workers = workers
+        self.path = path
         self._lock = threading.Lock()
         self._abandoned = False
         self._entered = False
         self._block: AbstractContextManager[Connection] | None = None
+        self.db: Connection | None = None
+        self.error: BaseException | None = None
+        self.closed = False  # the `async with` ended
 
-    def enter(self) -> Connection:
+    def enter(self) -> None:
         """On a worker: check a connection out (waiting for one if need be)."""
+        with self._lock:
+            if self._abandoned:
+                self._entered = True
+                self._workers._release_slot()
+                return
         try:
             block = self._open()
             db = block.__enter__()
-        except BaseException:
-            if self._finish_entering():  # nobody will read the error: free the slot here
-                self._workers._release_slot()
-            raise
+        except BaseException as exc:
+            self.error = exc  # raised by every statement of the block
+            self._finish_entering()
+            self._workers._release_slot()
+            return
         self._block = block
-        if self._finish_entering():
+        self.db = db
+        if self._finish_entering():  # given up meanwhile: nobody else will return it
             self.exit(asyncio.CancelledError())
-        return db
 
     def _finish_entering(self) -> bool:
         """True if the coroutine gave up meanwhile."""
@@ -905,38 +1067,32 @@ class _PendingCheckout:
             return self._abandoned
 
     def abandon(self) -> bool:
-        """From the cancelled coroutine: True if the worker will end the checkout itself."""
+        """From the coroutine: True if the checkout had not ended; the worker now returns it."""
         with self._lock:
             if self._entered:
                 return False
             self._abandoned = True
             return True
 
+    def connection(self) -> Connection:
+        """On a worker: the checked-out connection, or the error that kept it from us."""
+        db = self.db
+        if db is None:
+            if self.error is not None:
+                raise self.error
+            raise sqlite3.ProgrammingError(f"no connection to {self.path} was checked out")
+        return db
+
     def exit(self, exc: BaseException | None) -> None:
         """On a worker: check the connection in (rolled back, reset), then free the slot."""
         block, self._block = self._block, None
+        self.db = None
+        if block is None:  # the checkout failed, and freed the slot then
+            return
         try:
-            if block is not None:
-                block.__exit__(type(exc) if exc is not None else None, exc, None)
+            block.__exit__(type(exc) if exc is not None else None, exc, None)
         finally:
             self._workers._release_slot()
-
-
-async def _check_in_shielded(
-    loop: _Loop,
-    workers: AsyncWorkers,
-    lane: _Lane,
-    context: contextvars.Context,
-    pending: _PendingCheckout,
-    exc: BaseException | None,
-) -> None:
-    """Check the connection in on a worker and wait for that, whatever cancellations arrive."""
-    job = _Job(pending.exit, (exc,), context, _Waiter(loop), lane)
-    lane.submit(job, workers)
-    cancelled = await loop.wait_shielded(job.waiter)
-    job.outcome()
-    if cancelled:
-        raise loop.cancelled()
 
 
 # -- one unit of work in one trip -----------------------------------------------------------
@@ -958,14 +1114,15 @@ async def run_checked_out(
     loop = _running_loop()
     await workers._take_slot(loop)
     unit = _UnitOfWork(checkout, workers, function, args, kwargs)
-    job = _Job(unit.run, (), contextvars.copy_context(), _Waiter(loop))
+    waiter = _Waiter(loop)
+    job = _Job(unit.run, (), contextvars.copy_context(), waiter)
     workers._submit(job)
     try:
-        await loop.wait(job.waiter)
+        await loop.wait(waiter)
     except BaseException:
-        if not job.waiter.done:
+        if not waiter.done:
             unit.cancel()
-            await loop.wait_shielded(job.waiter)
+            await loop.wait_shielded(waiter)
         raise
     result: T = job.outcome()
     return result

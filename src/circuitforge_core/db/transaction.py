@@ -35,24 +35,27 @@ _writer_locks = WriterLocks()
 
 
 @contextmanager
-def transaction(db: ConnectionT) -> Iterator[ConnectionT]:
+def transaction(db: ConnectionT, *, writer_lock_held: bool = False) -> Iterator[ConnectionT]:
     """Run the block in one ``BEGIN IMMEDIATE`` transaction.
 
     Commits when the block ends, rolls back if it raises. Inside an open
     transaction it becomes a savepoint instead: its failure undoes only its
     own work and the exception still propagates. Do not call ``commit()`` or
     ``rollback()`` inside the block; that raises ``TransactionError``.
+
+    ``writer_lock_held``: the caller already took ``writer_lock_for(db)``
+    (the async API waits for it without holding a thread); the block
+    releases it when it ends, or at once if it becomes a savepoint.
     """
+    lock = _writer_lock(db)
     if db.in_transaction:
+        if writer_lock_held and lock is not None:
+            lock.release()
         with _savepoint(db):
             yield db
         return
-    lock = _writer_lock(db)
-    if lock is not None and not lock.acquire(timeout=_busy_timeout(db)):
-        raise db.OperationalError(  # sqlite3's or sqlcipher3's
-            f"database is locked: {getattr(db, 'path', '?')}: other threads of this process "
-            f"kept writing it for longer than the busy timeout"
-        )
+    if lock is not None and not writer_lock_held and not lock.acquire(timeout=_busy_timeout(db)):
+        raise locked_by_this_process(db)
     try:
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -94,6 +97,24 @@ def _savepoint(db: sqlite3.Connection) -> Iterator[None]:
             "rollback() inside it). Let the blocks commit by ending."
         )
     db.execute(f"RELEASE {name}")
+
+
+def locked_by_this_process(db: sqlite3.Connection) -> sqlite3.OperationalError:
+    """The error for a writer that waited its busy timeout for the in-process writer lock."""
+    return db.OperationalError(  # sqlite3's or sqlcipher3's
+        f"database is locked: {getattr(db, 'path', '?')}: other threads of this process "
+        f"kept writing it for longer than the busy timeout"
+    )
+
+
+def writer_lock_for(db: sqlite3.Connection) -> WriterLock | None:
+    """The in-process writer lock ``transaction()`` takes for the file behind ``db``."""
+    return _writer_lock(db)
+
+
+def busy_timeout_of(db: sqlite3.Connection) -> float:
+    """Seconds ``db`` waits for a lock (get_db's ``busy_timeout``)."""
+    return _busy_timeout(db)
 
 
 def _writer_lock(db: sqlite3.Connection) -> WriterLock | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable
 
 #: How long the longest waiter may wait before the lock is handed to it (seconds).
 DEFAULT_HANDOFF_AFTER = 0.002
@@ -35,15 +36,16 @@ DEFAULT_HANDOFF_AFTER = 0.002
 WRITER_LOCKS_KEPT = 1024
 
 
-class _Waiter:
-    __slots__ = ("arrived", "granted", "signalled", "wake")
+class WaitTicket:
+    """One waiter's place in a ``WriterLock``'s queue."""
 
-    def __init__(self, arrived: float) -> None:
+    __slots__ = ("arrived", "granted", "notify", "signalled")
+
+    def __init__(self, arrived: float, notify: Callable[[], object]) -> None:
         self.arrived = arrived
+        self.notify = notify  # called, by whichever thread releases, when it may claim
         self.granted = False  # the lock was handed to this waiter
-        self.signalled = False  # `wake` was released and not consumed yet
-        self.wake = threading.Lock()
-        self.wake.acquire()
+        self.signalled = False  # notified and not claimed since
 
 
 class WriterLock:
@@ -51,8 +53,10 @@ class WriterLock:
 
     ``acquire(timeout)`` returns False if the lock could not be had in time.
     Any thread may release it (it is not owned by a thread), like
-    ``threading.Lock``. Waiters wait on a lock of their own; only the longest
-    waiter is woken at a release, so a release never wakes a herd.
+    ``threading.Lock``. Only the longest waiter is notified at a release, so
+    a release never wakes a herd. Code that must not block a thread (a
+    coroutine) waits with ``enqueue``/``claim``/``withdraw`` instead, in the
+    same queue as the threads.
     """
 
     __slots__ = ("_guard", "_held", "_waiters", "handoff_after")
@@ -61,34 +65,62 @@ class WriterLock:
         self.handoff_after = handoff_after
         self._guard = threading.Lock()
         self._held = False
-        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._waiters: collections.deque[WaitTicket] = collections.deque()
 
     def acquire(self, timeout: float) -> bool:
-        guard = self._guard
-        with guard:
-            if not self._held:
-                self._held = True
-                return True
-            now = time.monotonic()
-            waiter = _Waiter(now)
-            self._waiters.append(waiter)
-        deadline = now + timeout
+        wake = threading.Lock()
+        wake.acquire()
+        ticket = self.enqueue(wake.release)
+        if ticket is None:
+            return True
+        deadline = ticket.arrived + timeout
         while True:
             remaining = deadline - time.monotonic()
-            woken = remaining > 0 and waiter.wake.acquire(timeout=remaining)
-            with guard:
-                if waiter.granted:
+            if remaining > 0 and wake.acquire(timeout=remaining):
+                if self.claim(ticket):
                     return True
-                if woken:
-                    waiter.signalled = False
-                if not self._held:  # woken to compete for a free lock, and won
-                    self._held = True
-                    self._waiters.remove(waiter)
-                    return True
-                if not woken:  # timed out, and the lock is still held
-                    self._waiters.remove(waiter)
-                    return False
-                # A newcomer took it first: stay at the front and wait again.
+                continue  # a newcomer took it first: stay at the front and wait again
+            # True if it was handed over, or freed, just as the wait ran out.
+            return self.withdraw(ticket)
+
+    def enqueue(self, notify: Callable[[], object]) -> WaitTicket | None:
+        """Take the lock now (None), or join the queue and get a ticket.
+
+        ``notify()`` is called from the releasing thread whenever the ticket
+        may have the lock; then ``claim(ticket)``. A waiter that gives up
+        calls ``withdraw(ticket)``.
+        """
+        with self._guard:
+            if not self._held:
+                self._held = True
+                return None
+            ticket = WaitTicket(time.monotonic(), notify)
+            self._waiters.append(ticket)
+            return ticket
+
+    def claim(self, ticket: WaitTicket) -> bool:
+        """After a notification: True if the lock is now this ticket's holder's."""
+        with self._guard:
+            if ticket.granted:
+                return True
+            ticket.signalled = False
+            if not self._held:  # woken to compete for a free lock, and won
+                self._held = True
+                self._waiters.remove(ticket)
+                return True
+            return False
+
+    def withdraw(self, ticket: WaitTicket) -> bool:
+        """Stop waiting; True if the lock came to the ticket anyway (the caller now holds it)."""
+        with self._guard:
+            if ticket.granted:
+                return True
+            if not self._held:
+                self._held = True
+                self._waiters.remove(ticket)
+                return True
+            self._waiters.remove(ticket)
+            return False
 
     def release(self) -> None:
         with self._guard:
@@ -104,9 +136,10 @@ class WriterLock:
                 head.granted = True  # the lock stays held, now by the head waiter
             else:
                 self._held = False
-            if not head.signalled:
-                head.signalled = True
-                head.wake.release()
+            if head.signalled:
+                return
+            head.signalled = True
+        head.notify()
 
     @property
     def waiting(self) -> int:
