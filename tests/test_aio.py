@@ -4,6 +4,7 @@ context isolation, many users at once, and an event loop that never waits for th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import sqlite3
 import subprocess
@@ -548,10 +549,16 @@ db.execute("ROLLBACK")
 
 
 @pytest.fixture
-def lock_holder(pool: ConnectionPool) -> Iterator[subprocess.Popen[str]]:
-    """Another process holding the write lock of the pool's file until told to stop."""
+def lock_holder_of() -> Any:
+    """``with lock_holder_of(path) as holder:`` another process holds path's write lock until
+    told to go (a line on its stdin) or the block ends."""
+    return _hold_lock
+
+
+@contextlib.contextmanager
+def _hold_lock(path: str) -> Iterator[subprocess.Popen[str]]:
     with subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, pool.path],
+        [sys.executable, "-c", HOLD_LOCK, path],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -564,6 +571,13 @@ def lock_holder(pool: ConnectionPool) -> Iterator[subprocess.Popen[str]]:
             if holder.poll() is None:
                 holder.kill()
             holder.wait(WAIT)
+
+
+@pytest.fixture
+def lock_holder(pool: ConnectionPool) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the write lock of the pool's file until told to stop."""
+    with _hold_lock(pool.path) as holder:
+        yield holder
 
 
 def test_waiting_for_another_processes_write_lock_never_blocks_the_loop(
@@ -606,3 +620,144 @@ def test_work_in_the_worker_sees_a_copy_of_the_task_context(apool: Async) -> Non
         return seen, marker.get()
 
     assert asyncio.run(main()) == ("task", "task")
+
+
+# -- pipelined checkout and BEGIN ---------------------------------------------------------------
+
+
+def test_a_failed_checkout_is_raised_by_the_first_statement(db_path: Path) -> None:
+    """The checkout runs ahead of the first statement: its PoolTimeoutError comes from there,
+    every later call raises it too, and the block still ends cleanly."""
+    with ConnectionPool(db_path, max_size=1, timeout=0.2) as pool:
+        apool = Async(pool)
+
+        async def starved() -> None:
+            async with apool.connection() as db:
+                with pytest.raises(PoolTimeoutError):
+                    await db.fetchone("SELECT 1")
+                with pytest.raises(PoolTimeoutError):
+                    await db.execute("SELECT 1")
+            assert apool.workers.in_use == 0
+
+        with pool.connection():  # a sync thread holds the only connection
+            asyncio.run(starved())
+        assert asyncio.run(_checkout_once(apool)) == (1,)
+
+
+def test_a_block_that_runs_nothing_returns_its_connection(
+    apool: Async, pool: ConnectionPool
+) -> None:
+    """async with and nothing inside: no error, and the connection is back right after."""
+
+    async def main() -> None:
+        for _ in range(20):
+            async with apool.connection():
+                pass
+        assert apool.workers.in_use == 0
+
+    asyncio.run(main())
+    assert pool.stats().busy == 0
+
+
+def test_a_begin_that_cannot_get_the_lock_is_raised_by_the_next_statement(
+    db_path: Path, lock_holder_of: Any
+) -> None:
+    """Another process holds the write lock past the busy timeout: the pipelined BEGIN's
+    'database is locked' comes from the block's first statement (or its end when empty);
+    nothing stays open, and the connection works once the lock is free."""
+    with ConnectionPool(db_path, max_size=1, connect_kwargs={"busy_timeout": 0.2}) as pool:
+        with pool.connection() as db:
+            db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+            db.commit()
+        apool = Async(pool)
+
+        async def main() -> None:
+            async with apool.connection() as db:
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    async with db.transaction():
+                        await db.execute("INSERT INTO notes (body) VALUES ('x')")
+                assert not db.in_transaction
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    async with db.transaction():
+                        pass
+                assert not db.in_transaction
+                assert await db.fetchone("SELECT count(*) FROM notes") == (0,)
+
+        with lock_holder_of(pool.path):
+            asyncio.run(main())
+
+        async def after() -> None:
+            async with apool.connection() as db, db.transaction():
+                await db.execute("INSERT INTO notes (body) VALUES ('now')")
+
+        asyncio.run(after())
+        assert count(pool) == 1
+
+
+def test_async_writers_queue_for_the_writer_lock_in_the_loop(
+    apool: Async, pool: ConnectionPool
+) -> None:
+    """While a thread of this process writes, an async writer waits in the lock's queue
+    without a worker thread, leaves it at once when cancelled, and times out like a thread."""
+    holding = threading.Event()
+    release = threading.Event()
+
+    def sync_writer() -> None:
+        with pool.connection() as db, transaction(db):
+            db.execute("INSERT INTO notes (body) VALUES ('sync')")
+            holding.set()
+            release.wait(WAIT)
+
+    thread = threading.Thread(target=sync_writer)
+    thread.start()
+    try:
+        assert holding.wait(WAIT)
+        lock = _writer_lock_of(pool)
+
+        async def write() -> None:
+            async with apool.connection() as db, db.transaction():
+                await db.execute("INSERT INTO notes (body) VALUES ('async')")
+
+        async def main() -> None:
+            task = asyncio.create_task(write())
+            while lock.waiting == 0:
+                await asyncio.sleep(0.001)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert lock.waiting == 0
+            release.set()
+            await write()
+
+        asyncio.run(main())
+    finally:
+        release.set()
+        thread.join(WAIT)
+    assert not thread.is_alive()
+    assert count(pool) == 2
+
+
+def test_an_async_writer_times_out_on_the_writer_lock_like_a_thread(db_path: Path) -> None:
+    """Past the busy timeout, the in-process lock wait fails with 'database is locked'."""
+    with ConnectionPool(db_path, max_size=2, connect_kwargs={"busy_timeout": 0.2}) as pool:
+        apool = Async(pool)
+        with pool.connection() as holder, transaction(holder):
+
+            async def main() -> None:
+                async with apool.connection() as db:
+                    with pytest.raises(sqlite3.OperationalError, match="other threads"):
+                        async with db.transaction():
+                            pass
+                    assert not db.in_transaction
+
+            asyncio.run(main())
+        assert _writer_lock_of(pool).waiting == 0
+
+
+def _writer_lock_of(pool: ConnectionPool) -> Any:
+    from circuitforge_core.db.transaction import writer_lock_for
+
+    with pool.connection() as db:
+        lock = writer_lock_for(db)
+    assert lock is not None
+    return lock

@@ -902,12 +902,7 @@ async def _take_writer_lock(lock: WriterLock, loop: _Loop, db: Connection) -> No
         return
     deadline = ticket.arrived + busy_timeout_of(db)
     try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if lock.withdraw(ticket):
-                    return
-                raise locked_by_this_process(db)
+        while (remaining := deadline - time.monotonic()) > 0:
             await loop.wait(waiter, remaining)
             if lock.claim(ticket):
                 return
@@ -916,6 +911,8 @@ async def _take_writer_lock(lock: WriterLock, loop: _Loop, db: Connection) -> No
         if lock.withdraw(ticket):  # it came to us as we left: pass it on
             lock.release()
         raise
+    if not lock.withdraw(ticket):
+        raise locked_by_this_process(db)
 
 
 def _enter_transaction(pending: _PendingCheckout, opened: _OpenTransaction) -> None:
@@ -957,9 +954,9 @@ class AsyncCheckout:
     pool may open); the checkout itself is pipelined ahead of the first
     statement. Leaving checks the connection in (rolled back if the block
     left a transaction open) and waits for that, shielded from cancellation.
-    A checkout still waiting for a connection when the block ends, or when a
-    statement waiting behind it is cancelled, is abandoned at once: the
-    worker returns the connection when it gets one.
+    A checkout still waiting for a connection when the block ends with an
+    exception, or when a statement waiting behind it is cancelled, is
+    abandoned at once: the worker returns the connection when it gets one.
     """
 
     __slots__ = ("_checkout", "_connection", "_path", "_workers")
@@ -993,8 +990,8 @@ class AsyncCheckout:
             raise RuntimeError("__aexit__ without __aenter__ on an async checkout")
         pending = connection._pending
         pending.closed = True  # refuse further use from now on, even while checking in
-        if pending.abandon():
-            return
+        if exc is not None and pending.abandon():
+            return  # still waiting for a connection: not worth delaying the error for
         loop = connection._loop
         waiter = _Waiter(loop)
         lane = connection._lane
