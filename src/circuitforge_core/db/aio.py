@@ -1,29 +1,35 @@
 """Async connections: pooled connections for ``async def`` code that never block the loop.
 
-Owns how a coroutine uses a pooled connection: each ``async with`` gets one
-worker thread for its whole length, and that thread checks the connection
-out, runs every statement and ``transaction()`` block, and checks it back in,
-while the coroutine only awaits. So waiting for a free connection, for the
-write lock, or for a slow statement costs the event loop nothing. Owns the
-capacity limit on those threads (``AsyncWorkers``), cancellation (a cancelled
-statement is interrupted with ``Connection.interrupt()``, the connection is
-rolled back and checked in, shielded from further cancellation), and
-``FetchedCursor``, the rows of a statement fetched in the worker thread.
+Owns how a coroutine uses a pooled connection: the checkout, every statement
+and ``transaction()`` block, and the check-in run on worker threads while
+the coroutine only awaits, so waiting for a free connection, for another
+process's write lock or for a slow statement costs the event loop nothing.
+Owns the capacity limit and the threads (``AsyncWorkers``), cancellation (a
+cancelled statement is interrupted with ``Connection.interrupt()``, then the
+connection is rolled back and checked in, shielded from further
+cancellation), the async wait for a file's in-process writer lock, and
+``FetchedCursor``, the rows of a statement fetched on the worker.
 
 Does not own pooling (the pool and the registry hand this module a function
-that returns their sync checkout), transactions (transaction.py), nor which
-database a request uses (tenancy.py). Needs no dependency: it runs on asyncio,
-and on trio when trio is the running loop (anyio runs on one of the two).
+that returns their sync checkout), transactions (transaction.py), the writer
+lock (writer_lock.py), nor which database a request uses (tenancy.py). Needs
+no dependency: it runs on asyncio, and on trio when trio is the running loop
+(anyio runs on one of the two, so FastAPI under either works).
 
-Why threads of its own instead of ``anyio.to_thread`` or
-``loop.run_in_executor``: a checked-out connection must stay on one thread
-for the whole block (``transaction()``'s per-file writer lock is held from
-BEGIN to COMMIT by the thread that took it), which a shared executor cannot
-promise; and database waits must never hold one of the 40 threadpool tokens
-Starlette runs sync endpoints on. The threads are daemons, made when needed up
-to the limit and ended after ``IDLE_SECONDS`` without work.
+Threads of its own, not ``anyio.to_thread``: database waits must never hold
+one of the 40 tokens of the threadpool Starlette runs sync endpoints on. Not
+a thread per checkout either: a checkout's jobs run one at a time, in order
+(its lane), on whichever worker is free. SQLite connections may move between
+threads as long as two never use one at once, and ``transaction()``'s writer
+lock is not owned by a thread; while a thread per checkout means as many
+threads as requests in flight, and on a small machine those only contend for
+the GIL (bench/aio.py: a few hot threads serve 3 to 5 times the requests of
+a thread per request). Threads are daemons, started as work needs them up
+to the limit, and end after ``IDLE_SECONDS`` without work.
 
-Lock order: an ``AsyncWorkers`` lock is a leaf; nothing else is taken under it.
+Lock order: a lane's lock and an ``AsyncWorkers`` lock are leaves; nothing
+else is taken under them. The writer lock is taken after the checkout,
+never before, as the sync API does.
 """
 
 from __future__ import annotations
@@ -64,12 +70,11 @@ Checkout = Callable[[], AbstractContextManager[Connection]]
 class _Waiter:
     """One wait of a coroutine for a worker thread: the thread marks it done, then wakes it."""
 
-    __slots__ = ("done", "future", "loop", "value")
+    __slots__ = ("done", "future", "loop")
 
     def __init__(self, loop: _Loop) -> None:
         self.loop = loop
         self.done = False
-        self.value: Any = None
         self.future: Any = loop.new_future()
 
 
