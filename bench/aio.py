@@ -127,17 +127,20 @@ class Ours:
     def __init__(self, registry: PoolRegistry) -> None:
         self.registry = registry
         self.workers = AsyncWorkers(
-            registry.max_connections, timeout=registry.timeout, describe="bench registry"
+            registry.max_connections,
+            timeout=registry.timeout,
+            describe="bench registry",
+            per_key_limit=registry.max_per_database,
         )
 
     def connection(self, path: str) -> AsyncCheckout:
         registry = self.registry
-        return AsyncCheckout(lambda: registry.connection(path), self.workers, path=path)
+        return AsyncCheckout(lambda: registry.connection(path), self.workers, path=path, key=path)
 
     async def run(self, path: str, function: Callable[..., Any], *args: Any) -> Any:
         registry = self.registry
         return await run_checked_out(
-            lambda: registry.connection(path), self.workers, function, args, {}
+            lambda: registry.connection(path), self.workers, function, args, {}, key=path
         )
 
 

@@ -30,7 +30,7 @@ def create_app() -> FastAPI:
     root = Path(os.environ["CF_TEST_ROOT"])
     blocking = os.environ.get("CF_TEST_BLOCKING") == "1"
     registry = PoolRegistry(max_connections=8, max_per_database=2, timeout=20)
-    workers = AsyncWorkers(8, timeout=20, describe="test registry")
+    workers = AsyncWorkers(8, timeout=20, describe="test registry", per_key_limit=2)
     lateness: list[float] = []
 
     async def heartbeat() -> None:
@@ -53,7 +53,7 @@ def create_app() -> FastAPI:
 
     def aconnection(user: str) -> AsyncCheckout:
         path = path_of(user)
-        return AsyncCheckout(lambda: registry.connection(path), workers, path=path)
+        return AsyncCheckout(lambda: registry.connection(path), workers, path=path, key=path)
 
     @app.get("/heartbeat")
     async def beats() -> dict[str, Any]:

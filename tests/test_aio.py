@@ -48,15 +48,26 @@ class Async:
 
     def __init__(self, source: ConnectionPool | PoolRegistry) -> None:
         self.source = source
-        limit = source.max_size if isinstance(source, ConnectionPool) else source.max_connections
-        self.workers = AsyncWorkers(limit, timeout=source.timeout, describe=repr(source))
+        if isinstance(source, ConnectionPool):
+            self.workers = AsyncWorkers(
+                source.max_size, timeout=source.timeout, describe=repr(source), path=source.path
+            )
+        else:
+            self.workers = AsyncWorkers(
+                source.max_connections,
+                timeout=source.timeout,
+                describe=repr(source),
+                per_key_limit=source.max_per_database,
+            )
 
     def connection(self, path: str | Path | None = None) -> AsyncCheckout:
         source = self.source
         if isinstance(source, ConnectionPool):
             return AsyncCheckout(source.connection, self.workers, path=source.path)
         resolved = str(path) if path is not None else current_db_path()
-        return AsyncCheckout(lambda: source.connection(resolved), self.workers, path=resolved)
+        return AsyncCheckout(
+            lambda: source.connection(resolved), self.workers, path=resolved, key=resolved
+        )
 
     async def run(self, path: str | Path | None, function: Any, *args: Any, **kwargs: Any) -> Any:
         source = self.source
@@ -64,7 +75,7 @@ class Async:
             return await run_checked_out(source.connection, self.workers, function, args, kwargs)
         resolved = str(path)
         return await run_checked_out(
-            lambda: source.connection(resolved), self.workers, function, args, kwargs
+            lambda: source.connection(resolved), self.workers, function, args, kwargs, key=resolved
         )
 
 
@@ -761,3 +772,34 @@ def _writer_lock_of(pool: ConnectionPool) -> Any:
         lock = writer_lock_for(db)
     assert lock is not None
     return lock
+
+
+def test_a_crowd_for_one_full_file_waits_in_the_loop_and_others_go_first(
+    tmp_path: Path,
+) -> None:
+    """30 requests hold connections to one file across an await, 2 allowed per file: 28 wait
+    for a slot in the loop (not in threads), and another user's request is not held up."""
+    crowded, other = str(tmp_path / "crowded.db"), str(tmp_path / "other.db")
+    with PoolRegistry(max_connections=16, max_per_database=2, timeout=30) as registry:
+        aregistry = Async(registry)
+
+        async def main() -> None:
+            let_go = asyncio.Event()
+
+            async def hold() -> None:
+                async with aregistry.connection(crowded) as db:
+                    await db.fetchone("SELECT 1")
+                    await let_go.wait()
+
+            holders = [asyncio.create_task(hold()) for _ in range(30)]
+            while aregistry.workers.waiting < 28:
+                await asyncio.sleep(0.001)
+            assert aregistry.workers.in_use == 2
+            async with aregistry.connection(other) as db:  # not queued behind the crowd
+                assert await db.fetchone("SELECT 1") == (1,)
+            let_go.set()
+            await asyncio.gather(*holders)
+            assert aregistry.workers.in_use == 0
+
+        asyncio.run(main())
+        assert registry.stats().busy == 0

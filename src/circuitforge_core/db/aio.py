@@ -333,28 +333,48 @@ class _Thread:
         self.started = 0.0  # when its current job started (read unlocked by the watcher)
 
 
+class _SlotWaiter(_Waiter):
+    __slots__ = ("key",)
+
+    def __init__(self, loop: _Loop, key: str | None) -> None:
+        super().__init__(loop)
+        self.key = key
+
+
 class AsyncWorkers:
     """The async side of one pool or registry: its capacity limit and its worker threads.
 
-    At most ``limit`` checkouts are in flight (sized to the pool's or
-    registry's cap on connections): a coroutine asking for one more waits, in
-    arrival order and without blocking its loop, up to ``timeout`` seconds,
-    then gets ``PoolTimeoutError``. Their statements run on worker threads of
-    this object's own, never the web framework's threadpool, so database
-    waits cannot starve sync endpoints of its tokens. Few threads run at once
-    (``EAGER_THREADS``; on a small machine more threads only contend for the
-    GIL), and another is started whenever the running ones are all stuck
-    longer than ``STUCK_AFTER`` in a wait (a lock, a full pool, a slow
-    statement), up to ``limit``; threads idle for ``IDLE_SECONDS`` end.
-    Several event loops may share one ``AsyncWorkers``.
+    At most ``limit`` checkouts are in flight (the pool's or registry's cap on
+    connections), and at most ``per_key_limit`` for one key (a registry's
+    connections per file; the key is the file): a coroutine asking for one
+    more waits in the loop, in arrival order, up to ``timeout`` seconds, then
+    gets ``PoolTimeoutError``. So a crowd of requests for one full pool waits
+    without holding threads, and the checkouts that run find a connection.
+    Statements run on worker threads of this object's own, never the web
+    framework's threadpool, so database waits cannot starve sync endpoints
+    of its tokens. Few threads run at once (``EAGER_THREADS``; on a small
+    machine more threads only contend for the GIL), and more are started
+    while the running ones are all stuck longer than ``STUCK_AFTER`` in a
+    wait (another process's write lock, a slow statement), up to ``limit``;
+    threads idle for ``IDLE_SECONDS`` end. Several event loops may share one
+    ``AsyncWorkers``.
     """
 
     def __init__(
-        self, limit: int, *, timeout: float, describe: str, path: str | None = None
+        self,
+        limit: int,
+        *,
+        timeout: float,
+        describe: str,
+        path: str | None = None,
+        per_key_limit: int | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
+        if per_key_limit is not None and per_key_limit < 1:
+            raise ValueError(f"per_key_limit must be at least 1, not {per_key_limit}")
         self.limit = limit
+        self.per_key_limit = per_key_limit
         self.timeout = timeout
         self.describe = describe
         self.path = path
@@ -371,8 +391,9 @@ class AsyncWorkers:
         self._idle = 0
         self._watcher = False
         self._watcher_parked = False
-        self._free_slots = self.limit
-        self._slot_waiters: collections.deque[_Waiter] = collections.deque()
+        self._in_use = 0
+        self._in_use_by_key: dict[str, int] = {}
+        self._slot_waiters: collections.deque[_SlotWaiter] = collections.deque()
 
     # -- introspection -------------------------------------------------------------------
 
@@ -384,7 +405,7 @@ class AsyncWorkers:
     @property
     def in_use(self) -> int:
         """Checkouts in flight now (each holds, or is about to hold, a connection)."""
-        return self.limit - self._free_slots
+        return self._in_use
 
     @property
     def waiting(self) -> int:
@@ -393,31 +414,54 @@ class AsyncWorkers:
 
     def __repr__(self) -> str:
         return (
-            f"<AsyncWorkers {self.describe}: {self.in_use}/{self.limit} in use, "
+            f"<AsyncWorkers {self.describe}: {self._in_use}/{self.limit} in use, "
             f"{len(self._threads)} threads>"
         )
 
     # -- slots: checkouts in flight ------------------------------------------------------
 
-    async def _take_slot(self, loop: _Loop) -> None:
-        """A slot for one checkout, waiting in arrival order; PoolTimeoutError after ``timeout``."""
+    def _key_full(self, key: str | None) -> bool:
+        limit = self.per_key_limit
+        return key is not None and limit is not None and self._in_use_by_key.get(key, 0) >= limit
+
+    def _count_in(self, key: str | None) -> None:
+        self._in_use += 1
+        if key is not None:
+            self._in_use_by_key[key] = self._in_use_by_key.get(key, 0) + 1
+
+    def _count_out(self, key: str | None) -> None:
+        self._in_use -= 1
+        if key is not None:
+            left = self._in_use_by_key[key] - 1
+            if left:
+                self._in_use_by_key[key] = left
+            else:
+                del self._in_use_by_key[key]
+
+    async def _take_slot(self, loop: _Loop, key: str | None = None) -> None:
+        """A slot for one checkout of ``key``; waits in arrival order up to ``timeout``.
+
+        No coroutine that could use a slot is ever left waiting (a release
+        hands its slot to the first that can), so a newcomer with room for
+        its key may take one at once without jumping that queue.
+        """
         with self._lock:
-            if self._free_slots and not self._slot_waiters:
-                self._free_slots -= 1
+            if self._in_use < self.limit and not self._key_full(key):
+                self._count_in(key)
                 return
-            waiter = _Waiter(loop)
+            waiter = _SlotWaiter(loop, key)
             self._slot_waiters.append(waiter)
         started = time.monotonic()
         try:
             await loop.wait(waiter, self.timeout)
         except BaseException:
             if not self._stop_waiting(waiter):  # cancelled just as a slot was handed over
-                self._release_slot()
+                self._release_slot(key)
             raise
         if self._stop_waiting(waiter):
-            raise self._timeout_error(time.monotonic() - started)
+            raise self._timeout_error(key, time.monotonic() - started)
 
-    def _stop_waiting(self, waiter: _Waiter) -> bool:
+    def _stop_waiting(self, waiter: _SlotWaiter) -> bool:
         """Leave the queue; False if a slot was handed to ``waiter`` already."""
         with self._lock:
             if waiter.done:
@@ -425,27 +469,39 @@ class AsyncWorkers:
             self._slot_waiters.remove(waiter)
             return True
 
-    def _release_slot(self) -> None:
-        """Hand the slot to the longest waiting coroutine, or free it."""
-        while True:
-            with self._lock:
-                if not self._slot_waiters:
-                    self._free_slots += 1
-                    return
-                waiter = self._slot_waiters.popleft()
-                waiter.done = True
-            if _wake_quietly(waiter):
-                return
-            # That coroutine's loop is gone: offer the slot to the next one.
+    def _release_slot(self, key: str | None = None) -> None:
+        """Give the slot back, and hand one to the first waiting coroutine that can use it."""
+        with self._lock:
+            self._count_out(key)
+            self._hand_on()
 
-    def _timeout_error(self, waited: float) -> PoolTimeoutError:
+    def _hand_on(self) -> None:
+        """Lock held: hand a free slot to the first waiter with room for its key."""
+        if self._in_use >= self.limit:
+            return
+        for waiter in self._slot_waiters:
+            if not self._key_full(waiter.key):
+                self._slot_waiters.remove(waiter)
+                self._count_in(waiter.key)
+                waiter.done = True
+                if not _wake_quietly(waiter):  # its loop is gone: the slot goes on
+                    self._count_out(waiter.key)
+                    self._hand_on()
+                return
+
+    def _timeout_error(self, key: str | None, waited: float) -> PoolTimeoutError:
+        if self._key_full(key):
+            limit, scope = self.per_key_limit or self.limit, key
+            what = f"{key}: all {limit} connections to it"
+        else:
+            limit, scope = self.limit, self.path
+            what = f"{self.describe}: all {limit} connections it may open"
         return PoolTimeoutError(
-            f"{self.describe}: all {self.limit} connections it may hand to async code stayed "
-            f"checked out for {waited:.3g} s. Requests hold connections too long (a slow "
-            f"query, or a connection kept across a network call), or raise the pool's size "
-            f"or timeout.",
-            path=self.path,
-            limit=self.limit,
+            f"{what} stayed checked out by async code for {waited:.3g} s. Requests hold "
+            f"connections too long (a slow query, or a connection kept across a network "
+            f"call), or raise the pool's size or timeout.",
+            path=scope,
+            limit=limit,
             timeout=self.timeout,
         )
 
@@ -955,30 +1011,34 @@ class AsyncCheckout:
     ``checkout`` is the pool's or registry's sync checkout for the file at
     ``path`` (a function returning ``pool.connection()``), run on a worker
     thread like everything else; ``workers`` the pool's or registry's
-    ``AsyncWorkers``. Entering waits only for a slot (one per connection the
-    pool may open); the checkout itself is pipelined ahead of the first
-    statement. Leaving checks the connection in (rolled back if the block
-    left a transaction open) and waits for that, shielded from cancellation.
+    ``AsyncWorkers``; ``key`` the file, for a registry's per-file limit.
+    Entering waits only for a slot (one per connection the pool may open);
+    the checkout itself is pipelined ahead of the first statement. Leaving
+    checks the connection in (rolled back if the block left a transaction
+    open) and waits for that, shielded from cancellation.
     A checkout still waiting for a connection when the block ends with an
     exception, or when a statement waiting behind it is cancelled, is
     abandoned at once: the worker returns the connection when it gets one.
     """
 
-    __slots__ = ("_checkout", "_connection", "_path", "_workers")
+    __slots__ = ("_checkout", "_connection", "_key", "_path", "_workers")
 
-    def __init__(self, checkout: Checkout, workers: AsyncWorkers, *, path: str) -> None:
+    def __init__(
+        self, checkout: Checkout, workers: AsyncWorkers, *, path: str, key: str | None = None
+    ) -> None:
         self._checkout = checkout
         self._workers = workers
         self._path = path
+        self._key = key
         self._connection: AsyncConnection | None = None
 
     async def __aenter__(self) -> AsyncConnection:
         loop = _running_loop()
         workers = self._workers
-        await workers._take_slot(loop)
+        await workers._take_slot(loop, self._key)
         context = contextvars.copy_context()
         lane = _Lane()
-        pending = _PendingCheckout(self._checkout, workers, self._path)
+        pending = _PendingCheckout(self._checkout, workers, self._path, self._key)
         lane.submit(_Job(pending.enter, (), context, None, lane), workers)
         connection = AsyncConnection(self._path, pending, workers, lane, loop, context)
         self._connection = connection
@@ -1027,13 +1087,17 @@ class _PendingCheckout:
         "closed",
         "db",
         "error",
+        "key",
         "path",
     )
 
-    def __init__(self, open_block: Checkout, workers: AsyncWorkers, path: str) -> None:
+    def __init__(
+        self, open_block: Checkout, workers: AsyncWorkers, path: str, key: str | None
+    ) -> None:
         self._open = open_block
         self._workers = workers
         self.path = path
+        self.key = key
         self._lock = threading.Lock()
         self._abandoned = False
         self._entered = False
@@ -1047,7 +1111,7 @@ class _PendingCheckout:
         with self._lock:
             if self._abandoned:
                 self._entered = True
-                self._workers._release_slot()
+                self._workers._release_slot(self.key)
                 return
         try:
             block = self._open()
@@ -1055,7 +1119,7 @@ class _PendingCheckout:
         except BaseException as exc:
             self.error = exc  # raised by every statement of the block
             self._finish_entering()
-            self._workers._release_slot()
+            self._workers._release_slot(self.key)
             return
         self._block = block
         self.db = db
@@ -1094,7 +1158,7 @@ class _PendingCheckout:
         try:
             block.__exit__(type(exc) if exc is not None else None, exc, None)
         finally:
-            self._workers._release_slot()
+            self._workers._release_slot(self.key)
 
 
 # -- one unit of work in one trip -----------------------------------------------------------
@@ -1106,6 +1170,8 @@ async def run_checked_out(
     function: Callable[..., T],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    *,
+    key: str | None = None,
 ) -> T:
     """Check out, call ``function(connection, *args, **kwargs)``, check in: one worker trip.
 
@@ -1114,8 +1180,8 @@ async def run_checked_out(
     running, and waits for the check-in.
     """
     loop = _running_loop()
-    await workers._take_slot(loop)
-    unit = _UnitOfWork(checkout, workers, function, args, kwargs)
+    await workers._take_slot(loop, key)
+    unit = _UnitOfWork(checkout, workers, key, function, args, kwargs)
     waiter = _Waiter(loop)
     job = _Job(unit.run, (), contextvars.copy_context(), waiter)
     workers._submit(job)
@@ -1133,18 +1199,29 @@ async def run_checked_out(
 class _UnitOfWork:
     """``run_checked_out``'s job: the connection is published so a cancellation can interrupt it."""
 
-    __slots__ = ("_args", "_cancelled", "_checkout", "_db", "_function", "_kwargs", "_workers")
+    __slots__ = (
+        "_args",
+        "_cancelled",
+        "_checkout",
+        "_db",
+        "_function",
+        "_key",
+        "_kwargs",
+        "_workers",
+    )
 
     def __init__(
         self,
         checkout: Checkout,
         workers: AsyncWorkers,
+        key: str | None,
         function: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
         self._checkout = checkout
         self._workers = workers
+        self._key = key
         self._function = function
         self._args = args
         self._kwargs = kwargs
@@ -1162,7 +1239,7 @@ class _UnitOfWork:
                 finally:
                     self._db = None
         finally:
-            self._workers._release_slot()
+            self._workers._release_slot(self._key)
 
     def cancel(self) -> None:
         """From the cancelled coroutine (loop thread)."""
