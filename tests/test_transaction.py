@@ -325,3 +325,22 @@ def test_the_writer_lock_excludes_and_never_loses_a_wakeup(handoff_after: float)
     assert errors == []
     assert most_inside == 1
     assert not lock.locked()
+
+
+def test_the_writer_lock_takes_threading_lock_arguments() -> None:
+    """acquire(blocking=False) tries once; acquire() with no timeout waits as long as it takes."""
+    lock = WriterLock()
+    assert lock.acquire(blocking=False)
+    assert not lock.acquire(blocking=False)
+    got: list[bool] = []
+    thread = threading.Thread(target=lambda: got.append(lock.acquire()))
+    thread.start()
+    for _ in range(3000):  # bounded: the thread queues within moments
+        if lock.waiting:
+            break
+        time.sleep(0.001)
+    lock.release()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert got == [True]
+    lock.release()

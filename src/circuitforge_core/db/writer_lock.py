@@ -51,7 +51,7 @@ class WaitTicket:
 class WriterLock:
     """A lock that barges while waits are short and hands off once a waiter waited too long.
 
-    ``acquire(timeout)`` returns False if the lock could not be had in time.
+    ``acquire(timeout=...)`` returns False if the lock could not be had in time.
     Any thread may release it (it is not owned by a thread), like
     ``threading.Lock``. Only the longest waiter is notified at a release, so
     a release never wakes a herd. Code that must not block a thread (a
@@ -67,16 +67,27 @@ class WriterLock:
         self._held = False
         self._waiters: collections.deque[WaitTicket] = collections.deque()
 
-    def acquire(self, timeout: float) -> bool:
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """``threading.Lock.acquire``'s signature: wait (``timeout`` < 0: for ever), or not."""
+        if not blocking:
+            with self._guard:
+                if self._held:
+                    return False
+                self._held = True
+                return True
         wake = threading.Lock()
         wake.acquire()
         ticket = self.enqueue(wake.release)
         if ticket is None:
             return True
-        deadline = ticket.arrived + timeout
+        deadline = None if timeout < 0 else ticket.arrived + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining > 0 and wake.acquire(timeout=remaining):
+            if deadline is None:
+                woken = wake.acquire()
+            else:
+                remaining = deadline - time.monotonic()
+                woken = remaining > 0 and wake.acquire(timeout=remaining)
+            if woken:
                 if self.claim(ticket):
                     return True
                 continue  # a newcomer took it first: stay at the front and wait again
