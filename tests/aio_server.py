@@ -15,10 +15,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from circuitforge_core.db import PoolRegistry, transaction
 from circuitforge_core.db.aio import AsyncCheckout, AsyncWorkers
+from circuitforge_core.db.asgi import CancelOnDisconnect
 
 SLOW_QUERY = (
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000000) "
@@ -47,6 +48,7 @@ def create_app() -> FastAPI:
         registry.close()
 
     app = FastAPI(lifespan=lifespan)
+    app.add_middleware(CancelOnDisconnect)
 
     def path_of(user: str) -> str:
         return str(root / f"{user}.db")
@@ -90,6 +92,21 @@ def create_app() -> FastAPI:
             await asyncio.sleep(seconds)
             row = await adb.fetchone("SELECT 1")
             return {"one": row[0]}
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict[str, int]:
+        return {"length": len(await request.body())}
+
+    @app.get("/busy")
+    async def busy() -> dict[str, int]:
+        return {"busy": registry.stats().busy, "in_use": workers.in_use}
+
+    @app.get("/endless/{user}")
+    async def endless(user: str) -> dict[str, int]:
+        # Counts to a billion: minutes, unless the request is cancelled and interrupts it.
+        async with aconnection(user) as adb:
+            row = await adb.fetchone(SLOW_QUERY.replace("10000000", "1000000000"))
+            return {"count": row[0]}
 
     @app.get("/slow/{user}")
     async def slow(user: str) -> dict[str, int]:

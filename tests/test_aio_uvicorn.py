@@ -148,3 +148,28 @@ def test_the_heartbeat_does_see_a_blocked_loop(root: Path) -> None:
         responses, beats = asyncio.run(waiting_requests(base, with_pool=False))
     assert [r.status_code for r in responses] == [200] * len(responses)
     assert beats["worst"] > 3 * STALL_LIMIT, beats
+
+
+def test_a_client_that_disconnects_cancels_its_query(root: Path) -> None:
+    """Behind CancelOnDisconnect, closing the socket mid-query interrupts the query and the
+    connection is back within moments (the query alone would run for minutes); requests with
+    a body still read it whole."""
+    with serve(root, blocking=False) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(b"GET /endless/slowpoke HTTP/1.1\r\nHost: test\r\n\r\n")
+            for _ in range(1000):  # bounded: the query starts within moments
+                if httpx.get(f"{base}/busy").json()["busy"] == 1:
+                    break
+                time.sleep(0.01)
+            assert httpx.get(f"{base}/busy").json()["busy"] == 1
+        closed = time.monotonic()
+        for _ in range(1000):
+            state = httpx.get(f"{base}/busy").json()
+            if state == {"busy": 0, "in_use": 0}:
+                break
+            time.sleep(0.01)
+        assert state == {"busy": 0, "in_use": 0}
+        assert time.monotonic() - closed < 5.0
+        body = b"x" * 1_000_000
+        assert httpx.post(f"{base}/echo", content=body).json() == {"length": len(body)}
