@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-pythons lint typecheck pytest bench clean
+.PHONY: demo test test-pythons lint typecheck pytest bench check-sdist export-core clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,8 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples tools
+	$(BIN)/ruff format --check src tests bench examples tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -33,6 +33,16 @@ test-pythons:
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The whole suite again from an unpacked sdist (what a packager downloads).
+check-sdist: $(STAMP)
+	tools/check-sdist.sh $(BIN)/python
+
+# Put circuitforge_core.db into a circuitforge-core checkout (docs/upgrading.md, "For
+# circuitforge-core maintainers"): make export-core CORE=../circuitforge-core [VERSION=0.22.0]
+export-core: $(STAMP)
+	@test -n "$(CORE)" || { echo "usage: make export-core CORE=path/to/circuitforge-core [VERSION=x.y.z] [CHECK=1]"; exit 2; }
+	$(BIN)/python tools/export_to_core.py $(if $(VERSION),--version $(VERSION)) $(if $(CHECK),--check) $(CORE)
 
 clean:
 	rm -rf $(VENV) .venv-3.12 .venv-3.13 .pytest_cache .mypy_cache .ruff_cache .hypothesis

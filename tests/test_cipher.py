@@ -209,6 +209,50 @@ def test_plain_file_opened_with_a_key_says_so(db_path: Path) -> None:
     assert read_bodies(db_path, None)[0].startswith(KNOWN_PLAINTEXT)
 
 
+def test_open_errors_of_encrypted_files_say_why_in_their_reason(db_path: Path) -> None:
+    """OpenError.reason tells a wrong key, a key for a plain file and a missing key apart."""
+    write_known_rows(db_path, "right key")
+    plain = db_path.with_name("plain.db")
+    write_known_rows(plain, None)
+    cases = [
+        (lambda: get_db(db_path, key="wrong key"), "wrong_key"),
+        (lambda: get_db(db_path, key="wrong key", readonly=True), "wrong_key"),
+        (lambda: get_db(plain, key="k"), "not_encrypted"),
+        (lambda: get_db(db_path), "not_a_database"),
+        (lambda: encrypt_database(db_path, "again"), "not_a_database"),
+        (lambda: rekey_database(db_path, "wrong key", "new"), "wrong_key"),
+        (lambda: encrypt_database(db_path.with_name("missing.db"), "k"), "missing"),
+        (lambda: get_db(db_path.with_name("missing.db"), key="k", readonly=True), "missing"),
+    ]
+    for attempt, reason in cases:
+        with pytest.raises(OpenError) as info:
+            attempt()
+        assert info.value.reason == reason, info.value
+    reader = get_db(db_path, key="right key")
+    try:
+        reader.execute("SELECT count(*) FROM notes").fetchone()
+        with pytest.raises(OpenError) as info:
+            rekey_database(db_path, "right key", "new")
+        assert info.value.reason == "in_use"
+    finally:
+        reader.close()
+
+
+def test_the_conversions_keep_their_old_import_path() -> None:
+    """encrypt/decrypt/rekey_database still import from cipher, where they used to live."""
+    from circuitforge_core.db.cipher import decrypt_database as old_decrypt
+    from circuitforge_core.db.cipher import encrypt_database as old_encrypt
+    from circuitforge_core.db.cipher import rekey_database as old_rekey
+
+    assert (old_encrypt, old_decrypt, old_rekey) == (
+        encrypt_database,
+        decrypt_database,
+        rekey_database,
+    )
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        cipher_module.nothing_here  # noqa: B018
+
+
 def test_readonly_encrypted_connection_refuses_writes(db_path: Path) -> None:
     """readonly=True works with a key and refuses writes."""
     write_known_rows(db_path, "k")

@@ -1,8 +1,18 @@
-"""cf-db run as a real subprocess on real files: output, exit codes, JSON, bad input."""
+"""cf-db on real files: output, exit codes, JSON, bad input.
+
+Commands run in this process through ``main(argv)`` with stdout and stderr
+captured; a real process is started only where one is the point: the
+installed entry point and ``python -m``, a terminal (pty) or a pipe, and a
+lock held by another process.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import fcntl
+import importlib
+import io
 import json
 import os
 import pty
@@ -13,7 +23,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -27,18 +39,63 @@ EXAMPLES = ROOT / "examples" / "notes" / "migrations"
 DOCS = ROOT / "docs" / "cli.md"
 
 
-def cf_db(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m circuitforge_core.db ARGS` and capture everything."""
+class Outcome(Protocol):
+    """What a cf-db run left behind, in process or as a child."""
+
+    @property
+    def returncode(self) -> int: ...
+    @property
+    def stdout(self) -> str: ...
+    @property
+    def stderr(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Result:
+    """One in-process run of ``main(argv)``."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class CfDb(Protocol):
+    def __call__(
+        self, *args: object, env: dict[str, str] | None = None, stdin: str | None = None
+    ) -> Result: ...
+
+
+@pytest.fixture
+def cf_db(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> CfDb:
+    """Run ``main(ARGS)`` here, with extra environment variables or stdin for that run only."""
+
+    def run(*args: object, env: dict[str, str] | None = None, stdin: str | None = None) -> Result:
+        capsys.readouterr()  # drop what came before
+        with monkeypatch.context() as scoped:
+            for name, value in (env or {}).items():
+                scoped.setenv(name, value)
+            if stdin is not None:
+                scoped.setattr(sys, "stdin", io.StringIO(stdin))
+            code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def cf_db_process(
+    *args: object, command: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m circuitforge_core.db ARGS`` (or ``command ARGS``) as a child."""
     return subprocess.run(
-        [sys.executable, "-m", "circuitforge_core.db", *(str(a) for a in args)],
+        [*(command or [sys.executable, "-m", "circuitforge_core.db"]), *(str(a) for a in args)],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=cwd,
     )
 
 
-def assert_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+def assert_error(result: Outcome, *fragments: str) -> None:
     """Exit 2, an `error: ...` line on stderr naming what is wrong, no traceback."""
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
@@ -48,7 +105,7 @@ def assert_error(result: subprocess.CompletedProcess[str], *fragments: str) -> N
         assert fragment in result.stderr, result.stderr
 
 
-def parsed(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
+def parsed(result: Outcome) -> dict[str, object]:
     document = json.loads(result.stdout)
     assert isinstance(document, dict)
     return document
@@ -81,7 +138,7 @@ def migration_rows(db_path: Path) -> list[tuple[object, ...]]:
 # -- every command -------------------------------------------------------------------
 
 
-def test_every_command_has_help() -> None:
+def test_every_command_has_help(cf_db: CfDb) -> None:
     """`cf-db COMMAND --help` exits 0 with that command's usage."""
     for name in command_parsers():
         result = cf_db(name, "--help")
@@ -102,6 +159,17 @@ def test_docs_mention_every_command_and_option() -> None:
         assert code in docs
 
 
+def test_the_cli_imports_only_public_names_of_the_library() -> None:
+    """Every name cli/ takes from the library is in the __all__ of the module it comes from."""
+    for path in sorted((ROOT / "src" / "circuitforge_core" / "db" / "cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:  # out of cli/
+                where = "circuitforge_core.db" + (f".{node.module}" if node.module else "")
+                public = importlib.import_module(where).__all__
+                for alias in node.names:
+                    assert alias.name in public, f"{path.name} imports {alias.name} from {where}"
+
+
 def test_main_returns_the_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     """main(argv) returns an int, also for --version and for usage errors."""
     assert main(["--version"]) == 0
@@ -114,7 +182,22 @@ def test_main_returns_the_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     assert "invalid choice: 'frobnicate'" in captured.err
 
 
-def test_usage_errors_exit_2(tmp_path: Path) -> None:
+def test_the_entry_point_and_python_m_run_main(db_path: Path) -> None:
+    """The installed `cf-db` script and `python -m circuitforge_core.db` behave as main()."""
+    script = Path(sys.executable).with_name("cf-db")
+    assert script.exists(), "the cf-db entry point is installed with the package"
+    by_script = cf_db_process("status", db_path, EXAMPLES, command=[str(script)])
+    by_module = cf_db_process("status", db_path, EXAMPLES)
+    for result in (by_script, by_module):
+        assert result.returncode == 1, result.stderr
+        assert result.stdout.count("pending ") == 3
+    assert by_script.stdout == by_module.stdout
+    assert not db_path.parent.exists()
+    assert_error(cf_db_process("frobnicate", command=[str(script)]), "invalid choice")
+    assert_error(cf_db_process(), "no command given")
+
+
+def test_usage_errors_exit_2(cf_db: CfDb, tmp_path: Path) -> None:
     """Unknown command, missing argument, bad option value: usage and `error:` on stderr."""
     assert_error(cf_db("frobnicate"), "invalid choice")
     assert_error(cf_db("migrate", tmp_path / "app.db"), "required: DIR")
@@ -126,7 +209,7 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "app.db").exists()
 
 
-def test_errors_have_a_traceback_only_with_verbose(tmp_path: Path) -> None:
+def test_errors_have_a_traceback_only_with_verbose(cf_db: CfDb, tmp_path: Path) -> None:
     """A file that is not a database: one clear line; -v (before or after) adds the traceback."""
     not_db = tmp_path / "app.db"
     not_db.write_text("hello, this is not a database\n" * 100)
@@ -147,7 +230,7 @@ def test_errors_have_a_traceback_only_with_verbose(tmp_path: Path) -> None:
 
 
 def test_migrate_prints_one_line_per_file_with_its_duration(
-    db_path: Path, migrations_dir: Path, write_migration: Write
+    cf_db: CfDb, db_path: Path, migrations_dir: Path, write_migration: Write
 ) -> None:
     """Each applied file with its time, a total, then `nothing to apply` on the next run."""
     write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
@@ -164,7 +247,7 @@ def test_migrate_prints_one_line_per_file_with_its_duration(
 
 
 def test_migrate_failure_names_the_file_and_keeps_earlier_ones(
-    db_path: Path, migrations_dir: Path, write_migration: Write
+    cf_db: CfDb, db_path: Path, migrations_dir: Path, write_migration: Write
 ) -> None:
     """A failing statement: exit 2, file and line named, files before it applied."""
     write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
@@ -177,7 +260,9 @@ def test_migrate_failure_names_the_file_and_keeps_earlier_ones(
     assert [name for name, _ in migration_rows(db_path)] == ["001_a.sql"]
 
 
-def test_migrate_with_a_bad_folder_creates_no_database(db_path: Path, tmp_path: Path) -> None:
+def test_migrate_with_a_bad_folder_creates_no_database(
+    cf_db: CfDb, db_path: Path, tmp_path: Path
+) -> None:
     """A mistyped DIR, or a file that is not UTF-8: error, and no empty database left behind."""
     assert_error(cf_db("migrate", db_path, tmp_path / "nope"), "nope does not exist")
     bad = tmp_path / "bad"
@@ -232,21 +317,81 @@ def start_migrate_waiting_for_lock(
     return holder, process
 
 
-def test_migrate_shows_no_live_line_when_not_on_a_terminal(
-    db_path: Path, migrations_dir: Path, write_migration: Write
-) -> None:
-    """Piped stderr: no `\\r` redraws even while a migration runs for a second."""
-    holder, process = start_migrate_waiting_for_lock(
-        db_path, migrations_dir, write_migration, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+#: LiveLine's default: how long a step runs before the live line appears.
+LIVE_LINE_DELAY = 0.25
+
+
+def blocked_database(path: Path) -> sqlite3.Connection:
+    """A database whose write lock the returned connection holds until it rolls back."""
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("CREATE TABLE t (x)")
+    blocker.execute("BEGIN IMMEDIATE")
+    return blocker
+
+
+def slow_migration(other: Path) -> str:
+    """A no-transaction file that runs until ``other``'s write lock is released."""
+    return (
+        "-- cf-db: no-transaction\n"
+        f"ATTACH DATABASE '{other}' AS other;\n"
+        "INSERT INTO other.t VALUES (1);\n"
+        "DETACH DATABASE other;\n"
     )
+
+
+def wait_until_locked_by(lock_file: Path, child: subprocess.Popen[bytes]) -> None:
+    """Return once ``child`` holds the flock on ``lock_file`` (a no-transaction file runs)."""
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        time.sleep(1.0)
+        deadline = time.monotonic() + 30
+        while True:
+            assert child.poll() is None, "the migrate ended before it took the lock file"
+            assert time.monotonic() < deadline, "the migrate never took the lock file"
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            time.sleep(0.005)
     finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        os.close(fd)
+
+
+def test_migrate_shows_no_live_line_when_not_on_a_terminal(
+    tmp_path: Path, db_path: Path, migrations_dir: Path, write_migration: Write
+) -> None:
+    """Piped stderr: no `\\r` redraws, though a file ran four times the live line's delay."""
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
+    applied_db(db_path, migrations_dir)
+    other = tmp_path / "other.db"
+    blocker = blocked_database(other)
+    write_migration("002_slow.sql", slow_migration(other))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "circuitforge_core.db",
+            "migrate",
+            str(db_path),
+            str(migrations_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _children.append(process)
+    try:
+        wait_until_locked_by(Path(f"{db_path}.migrate-lock"), process)
+        # How long 002 runs. Not a wait for something to happen: the duration the child
+        # prints below proves the file ran long enough for a live line to show.
+        time.sleep(4 * LIVE_LINE_DELAY)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
-    assert re.match(rb"applied 002_slow\.sql \((\d\.\d\d s|\d+\.\d ms)\)", stdout)
+    ran = re.match(rb"applied 002_slow\.sql \((\d+\.\d\d) s\)\n", stdout)
+    assert ran, stdout
+    assert float(ran[1]) >= 3 * LIVE_LINE_DELAY
     assert b"\r" not in stderr
     assert b"applying" not in stderr
 
@@ -288,16 +433,9 @@ def test_migrate_shows_elapsed_time_on_a_terminal(
     """On a TTY: a redrawn line while waiting for the lock and while a file runs, then erased."""
     slave, output, reader = terminal
     other = tmp_path / "other.db"
-    blocker = sqlite3.connect(other, isolation_level=None)
-    blocker.execute("CREATE TABLE t (x)")
-    blocker.execute("BEGIN IMMEDIATE")  # 003 writes here: it runs until this ends
+    blocker = blocked_database(other)  # 003 writes here: it runs until this ends
     holder = None
-    slow = (
-        "-- cf-db: no-transaction\n"
-        f"ATTACH DATABASE '{other}' AS other;\n"
-        "INSERT INTO other.t VALUES (1);\n"
-        "DETACH DATABASE other;\n"
-    )
+    slow = slow_migration(other)
     try:
         holder, process = start_migrate_waiting_for_lock(
             db_path,
@@ -338,7 +476,7 @@ def wait_for(output: bytearray, text: bytes, *, times: int) -> None:
 # -- migrate --dry-run ---------------------------------------------------------------
 
 
-def test_dry_run_lists_pending_and_creates_nothing(db_path: Path) -> None:
+def test_dry_run_lists_pending_and_creates_nothing(cf_db: CfDb, db_path: Path) -> None:
     """On a database that does not exist: everything would apply; no file is created."""
     result = cf_db("migrate", "--dry-run", db_path, EXAMPLES)
     assert result.returncode == 0, result.stderr
@@ -359,7 +497,7 @@ def test_dry_run_lists_pending_and_creates_nothing(db_path: Path) -> None:
 
 
 def test_dry_run_reports_what_the_run_would_refuse(
-    db_path: Path, migrations_dir: Path, write_migration: Write
+    cf_db: CfDb, db_path: Path, migrations_dir: Path, write_migration: Write
 ) -> None:
     """An edited applied file and a VACUUM outside a marker: exit 1, both named, nothing run."""
     write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
@@ -386,7 +524,7 @@ def test_dry_run_reports_what_the_run_would_refuse(
 # -- status --------------------------------------------------------------------------
 
 
-def test_status_of_a_missing_database_creates_nothing(db_path: Path) -> None:
+def test_status_of_a_missing_database_creates_nothing(cf_db: CfDb, db_path: Path) -> None:
     """Everything pending, exit 1, and the database and its folder still do not exist."""
     result = cf_db("status", db_path, EXAMPLES)
     assert result.returncode == 1
@@ -396,7 +534,7 @@ def test_status_of_a_missing_database_creates_nothing(db_path: Path) -> None:
 
 
 def test_status_states_in_json_and_exit_codes(
-    db_path: Path, migrations_dir: Path, write_migration: Write
+    cf_db: CfDb, db_path: Path, migrations_dir: Path, write_migration: Write
 ) -> None:
     """applied, modified, missing, pending with dates; exit 0 only when all are applied."""
     write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
@@ -429,7 +567,7 @@ def test_status_states_in_json_and_exit_codes(
 # -- new -----------------------------------------------------------------------------
 
 
-def test_new_takes_the_next_number_and_the_folder_width(tmp_path: Path) -> None:
+def test_new_takes_the_next_number_and_the_folder_width(cf_db: CfDb, tmp_path: Path) -> None:
     """Empty folder: 001; after 0041 comes 0042; after 7_ comes 8_; the path is printed."""
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -450,7 +588,7 @@ def test_new_takes_the_next_number_and_the_folder_width(tmp_path: Path) -> None:
     assert cf_db("new", one, "y").stdout.strip().endswith("8_y.sql")
 
 
-def test_new_no_transaction_starts_with_the_marker(migrations_dir: Path) -> None:
+def test_new_no_transaction_starts_with_the_marker(cf_db: CfDb, migrations_dir: Path) -> None:
     """--no-transaction: the marker is the first line, so the runner honours it."""
     result = cf_db("new", "--no-transaction", migrations_dir, "compact")
     assert result.returncode == 0
@@ -472,7 +610,9 @@ def test_new_no_transaction_starts_with_the_marker(migrations_dir: Path) -> None
         ("add_tags", "already has a migration named add_tags: 002_add_tags.sql"),
     ],
 )
-def test_new_refuses_unsafe_or_colliding_names(migrations_dir: Path, name: str, why: str) -> None:
+def test_new_refuses_unsafe_or_colliding_names(
+    cf_db: CfDb, migrations_dir: Path, name: str, why: str
+) -> None:
     """Refused with a reason, and no file created."""
     (migrations_dir / "002_add_tags.sql").write_text("SELECT 1;")
     before = sorted(p.name for p in migrations_dir.parent.rglob("*"))
@@ -480,14 +620,14 @@ def test_new_refuses_unsafe_or_colliding_names(migrations_dir: Path, name: str, 
     assert sorted(p.name for p in migrations_dir.parent.rglob("*")) == before
 
 
-def test_new_refuses_a_number_that_outgrows_the_width(migrations_dir: Path) -> None:
+def test_new_refuses_a_number_that_outgrows_the_width(cf_db: CfDb, migrations_dir: Path) -> None:
     """After 9_x.sql, 10_y.sql would sort before 2_...: refused, saying why."""
     (migrations_dir / "9_x.sql").write_text("SELECT 1;")
     assert_error(cf_db("new", migrations_dir, "y"), "needs more digits than the 1")
     assert sorted(p.name for p in migrations_dir.iterdir()) == ["9_x.sql"]
 
 
-def test_new_needs_an_existing_folder(tmp_path: Path) -> None:
+def test_new_needs_an_existing_folder(cf_db: CfDb, tmp_path: Path) -> None:
     """A missing DIR is not created (a typo would start a second folder)."""
     assert_error(cf_db("new", tmp_path / "migrtions", "x"), "does not exist")
     assert not (tmp_path / "migrtions").exists()
@@ -496,13 +636,15 @@ def test_new_needs_an_existing_folder(tmp_path: Path) -> None:
 # -- lint ----------------------------------------------------------------------------
 
 
-def test_lint_of_the_example_folder_is_clean() -> None:
+def test_lint_of_the_example_folder_is_clean(cf_db: CfDb) -> None:
     """No finding, exit 0, a one-line summary."""
     result = cf_db("lint", EXAMPLES)
     assert (result.returncode, result.stdout) == (0, "3 files: 0 errors, 0 warnings\n")
 
 
-def test_lint_errors_exit_1_with_reasons(migrations_dir: Path, write_migration: Write) -> None:
+def test_lint_errors_exit_1_with_reasons(
+    cf_db: CfDb, migrations_dir: Path, write_migration: Write
+) -> None:
     """Findings as file:line: severity: message [rule], each rule's why once; --json has all."""
     write_migration("001_a.sql", "CREATE TABLE a (x);\nCREATE TABLE b (x);\n")
     write_migration("002_b.sql", "ALTER TABLE a RENAME COLUMN x TO y;\n")
@@ -529,7 +671,9 @@ def test_lint_errors_exit_1_with_reasons(migrations_dir: Path, write_migration: 
     }
 
 
-def test_lint_warnings_pass_unless_strict(migrations_dir: Path, write_migration: Write) -> None:
+def test_lint_warnings_pass_unless_strict(
+    cf_db: CfDb, migrations_dir: Path, write_migration: Write
+) -> None:
     """Warnings alone: exit 0; with --strict exit 1; --ignore removes them."""
     write_migration("001_a.sql", "CREATE TABLE a (x);\n")
     assert cf_db("lint", migrations_dir).returncode == 0
@@ -542,7 +686,7 @@ def test_lint_warnings_pass_unless_strict(migrations_dir: Path, write_migration:
     assert by_file.returncode == 0
 
 
-def test_lint_of_a_missing_folder_is_an_error(tmp_path: Path) -> None:
+def test_lint_of_a_missing_folder_is_an_error(cf_db: CfDb, tmp_path: Path) -> None:
     """Not a finding: exit 2 naming the folder."""
     assert_error(cf_db("lint", tmp_path / "nope"), "nope does not exist")
     (tmp_path / "file.sql").write_text("SELECT 1;")
@@ -553,7 +697,7 @@ def test_lint_of_a_missing_folder_is_an_error(tmp_path: Path) -> None:
 
 
 def test_verify_compares_checksums(
-    db_path: Path, migrations_dir: Path, write_migration: Write
+    cf_db: CfDb, db_path: Path, migrations_dir: Path, write_migration: Write
 ) -> None:
     """All match: exit 0; an edited or deleted applied file: exit 1, in text and JSON."""
     write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
@@ -577,7 +721,7 @@ def test_verify_compares_checksums(
     assert entries["002_b.sql"]["file_checksum"] is None
 
 
-def test_verify_needs_an_existing_database(db_path: Path) -> None:
+def test_verify_needs_an_existing_database(cf_db: CfDb, db_path: Path) -> None:
     """Nothing to verify: exit 2, and no database is created."""
     assert_error(cf_db("verify", db_path, EXAMPLES), "does not exist; nothing to verify")
     assert not db_path.parent.exists()
@@ -586,7 +730,7 @@ def test_verify_needs_an_existing_database(db_path: Path) -> None:
 # -- check ---------------------------------------------------------------------------
 
 
-def test_check_reports_ok_and_dangling_foreign_keys(tmp_path: Path) -> None:
+def test_check_reports_ok_and_dangling_foreign_keys(cf_db: CfDb, tmp_path: Path) -> None:
     """A sound file: exit 0; rows pointing at nothing: exit 1, readable and in JSON."""
     path = tmp_path / "app.db"
     db = sqlite3.connect(path)
@@ -633,7 +777,7 @@ def make_damaged(path: Path) -> None:
         handle.write(b"\x07garbage" * 60)
 
 
-def test_check_of_a_damaged_or_wrong_file(tmp_path: Path) -> None:
+def test_check_of_a_damaged_or_wrong_file(cf_db: CfDb, tmp_path: Path) -> None:
     """Corruption: exit 1 with SQLite's messages; not a database, a folder, missing: exit 2."""
     damaged = tmp_path / "damaged.db"
     make_damaged(damaged)
@@ -676,7 +820,7 @@ def count(path: Path, sql: str = "SELECT count(*) FROM t") -> object:
         db.close()
 
 
-def test_backup_to_a_file_and_into_a_folder(tmp_path: Path) -> None:
+def test_backup_to_a_file_and_into_a_folder(cf_db: CfDb, tmp_path: Path) -> None:
     """The copy opens with every row; a folder DEST keeps DB's name; one summary line."""
     source = tmp_path / "app.db"
     make_database(source, rows=100, blob=100)
@@ -695,7 +839,7 @@ def test_backup_to_a_file_and_into_a_folder(tmp_path: Path) -> None:
     assert count(tmp_path / "backups" / "app.db") == 100
 
 
-def test_backup_refusals_leave_everything_as_it_was(tmp_path: Path) -> None:
+def test_backup_refusals_leave_everything_as_it_was(cf_db: CfDb, tmp_path: Path) -> None:
     """Onto itself, over a non-database, into a missing folder, from a missing DB: exit 2."""
     source = tmp_path / "app.db"
     make_database(source, rows=10, blob=10)
@@ -711,7 +855,9 @@ def test_backup_refusals_leave_everything_as_it_was(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db", "notes.txt"]
 
 
-def test_backup_of_a_damaged_database_exits_1_and_writes_nothing(tmp_path: Path) -> None:
+def test_backup_of_a_damaged_database_exits_1_and_writes_nothing(
+    cf_db: CfDb, tmp_path: Path
+) -> None:
     """The copy fails integrity_check: the problems on stderr, exit 1, no DEST."""
     damaged = tmp_path / "damaged.db"
     make_damaged(damaged)
@@ -733,7 +879,7 @@ while True:
 """
 
 
-def test_backup_while_another_process_writes(tmp_path: Path) -> None:
+def test_backup_while_another_process_writes(cf_db: CfDb, tmp_path: Path) -> None:
     """A 40 MB database under continuous writes: the copy opens, passes integrity_check,
     and holds every row committed before the backup began."""
     source = tmp_path / "app.db"
@@ -790,20 +936,6 @@ SECRET_ROW = "KNOWN-PLAINTEXT-c41e9a"
 RAW_KEY_TEXT = "x'" + bytes(range(32)).hex() + "'"
 
 
-def cf_db_keyed(
-    *args: object, env: dict[str, str] | None = None, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """cf-db in a fresh process (so nothing is cached from this one), with extra env or stdin."""
-    return subprocess.run(
-        [sys.executable, "-m", "circuitforge_core.db", *(str(a) for a in args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-        input=stdin,
-    )
-
-
 def make_encrypted(path: Path, key: str, rows: int = 300) -> None:
     db = get_db(path, key=key)
     try:
@@ -824,13 +956,13 @@ def encrypted_rows(path: Path, key: str) -> list[tuple[object, ...]]:
         db.close()
 
 
-def test_backup_and_check_of_an_encrypted_database(tmp_path: Path) -> None:
+def test_backup_and_check_of_an_encrypted_database(cf_db: CfDb, tmp_path: Path) -> None:
     """--key-env / --key-file / stdin: an encrypted copy with every row, no plaintext; check ok."""
     pytest.importorskip("sqlcipher3")
     source = tmp_path / "app.db"
     make_encrypted(source, RAW_KEY_TEXT)
     copy = tmp_path / "copy.db"
-    result = cf_db_keyed(
+    result = cf_db(
         "backup", source, copy, "--key-env", "APP_DB_KEY", env={"APP_DB_KEY": RAW_KEY_TEXT}
     )
     assert result.returncode == 0, result.stderr
@@ -846,16 +978,16 @@ def test_backup_and_check_of_an_encrypted_database(tmp_path: Path) -> None:
         count(copy, "SELECT count(*) FROM t")
     key_file = tmp_path / "app.key"
     key_file.write_text(RAW_KEY_TEXT + "\n", encoding="utf-8")
-    again = cf_db_keyed("backup", "--quick", source, copy, "--key-file", key_file)
+    again = cf_db("backup", "--quick", source, copy, "--key-file", key_file)
     assert again.returncode == 0, again.stderr  # replaces the older encrypted backup
     assert again.stdout.endswith("quick_check ok, encrypted with the same key\n")
-    ok = cf_db_keyed("check", copy, "--key-file", "-", stdin=RAW_KEY_TEXT + "\n")
+    ok = cf_db("check", copy, "--key-file", "-", stdin=RAW_KEY_TEXT + "\n")
     assert (ok.returncode, ok.stdout) == (0, "integrity_check: ok\nforeign_key_check: ok\n")
-    document = parsed(cf_db_keyed("check", "--json", source, "--key-file", key_file))
+    document = parsed(cf_db("check", "--json", source, "--key-file", key_file))
     assert (document["ok"], document["integrity"]) == (True, [])
 
 
-def test_wrong_or_missing_key_for_backup_and_check_exits_2(tmp_path: Path) -> None:
+def test_wrong_or_missing_key_for_backup_and_check_exits_2(cf_db: CfDb, tmp_path: Path) -> None:
     """A wrong key names DB and says the key is wrong; no key says to give one; DEST unwritten."""
     pytest.importorskip("sqlcipher3")
     source = tmp_path / "app.db"
@@ -863,23 +995,23 @@ def test_wrong_or_missing_key_for_backup_and_check_exits_2(tmp_path: Path) -> No
     copy = tmp_path / "copy.db"
     wrong = {"WRONG_KEY": "not the key"}
     assert_error(
-        cf_db_keyed("backup", source, copy, "--key-env", "WRONG_KEY", env=wrong),
+        cf_db("backup", source, copy, "--key-env", "WRONG_KEY", env=wrong),
         f"{source}: cannot decrypt the database: the key is wrong",
     )
-    assert_error(cf_db_keyed("backup", source, copy), f"{source} is not a usable", "give its key")
+    assert_error(cf_db("backup", source, copy), f"{source} is not a usable", "give its key")
     assert_error(
-        cf_db_keyed("backup", source, copy, "--key-env", "CF_TEST_UNSET_KEY"),
+        cf_db("backup", source, copy, "--key-env", "CF_TEST_UNSET_KEY"),
         "CF_TEST_UNSET_KEY is not set",
     )
     assert_error(
-        cf_db_keyed("check", source, "--key-env", "WRONG_KEY", env=wrong),
+        cf_db("check", source, "--key-env", "WRONG_KEY", env=wrong),
         f"{source}: cannot decrypt the database: the key is wrong",
     )
-    assert_error(cf_db_keyed("check", source), f"{source} is not a usable", "give its key")
+    assert_error(cf_db("check", source), f"{source} is not a usable", "give its key")
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("app.db")) == []
 
 
-def test_check_of_a_damaged_encrypted_database_exits_1(tmp_path: Path) -> None:
+def test_check_of_a_damaged_encrypted_database_exits_1(cf_db: CfDb, tmp_path: Path) -> None:
     """A page that fails its HMAC: exit 1 with the damage listed, not a key error."""
     pytest.importorskip("sqlcipher3")
     damaged = tmp_path / "damaged.db"
@@ -888,13 +1020,11 @@ def test_check_of_a_damaged_encrypted_database_exits_1(tmp_path: Path) -> None:
         handle.seek(4096 * 10 + 200)
         handle.write(b"\x07garbage" * 60)
     env = {"APP_DB_KEY": RAW_KEY_TEXT}
-    result = cf_db_keyed("check", "--quick", damaged, "--key-env", "APP_DB_KEY", env=env)
+    result = cf_db("check", "--quick", damaged, "--key-env", "APP_DB_KEY", env=env)
     assert result.returncode == 1, result.stderr
     assert re.match(r"quick_check: \d+ problem\(s\)\n    ", result.stdout)
     assert "restore it from a backup" in result.stdout
-    backup = cf_db_keyed(
-        "backup", damaged, tmp_path / "copy.db", "--key-env", "APP_DB_KEY", env=env
-    )
+    backup = cf_db("backup", damaged, tmp_path / "copy.db", "--key-env", "APP_DB_KEY", env=env)
     assert backup.returncode == 1
     assert "error: the copy of the database fails integrity_check" in backup.stderr
     assert not (tmp_path / "copy.db").exists()

@@ -44,6 +44,33 @@ def test_old_import_paths_are_the_same_functions() -> None:
     assert old_path_run_migrations is package.run_migrations
 
 
+def test_old_module_paths_of_migrations_lint_verify_and_the_cli() -> None:
+    """Modules that moved keep their old public import paths, reaching the same objects."""
+    import circuitforge_core.db.cli as cli
+    import circuitforge_core.db.lint as old_lint
+    import circuitforge_core.db.maintenance as maintenance
+    import circuitforge_core.db.migrations as migrations
+
+    assert old_lint.lint_migrations is package.lint_migrations
+    assert old_lint.LintFinding is package.LintFinding
+    assert maintenance.verify_migrations is package.verify_migrations
+    assert maintenance.ChecksumCheck is package.ChecksumCheck
+    assert callable(cli.main)
+    assert cli.main(["--version"]) == 0
+    for name in (
+        "DEFAULT_LOCK_TIMEOUT",
+        "NO_TRANSACTION_MARKER",
+        "MigrationFile",
+        "MigrationStatus",
+        "MigrationsDir",
+        "State",
+        "migration_status",
+        "read_migrations",
+        "run_migrations",
+    ):
+        assert hasattr(migrations, name), name
+
+
 def test_get_connection_signature_and_timeout(tmp_path: Path) -> None:
     """get_connection(db_path, key='') opens a hardened connection with the old 30 s wait."""
     db = get_connection(tmp_path / "app.db")

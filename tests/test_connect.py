@@ -222,6 +222,30 @@ def test_in_memory_names_are_refused() -> None:
             get_db(name)
 
 
+def test_open_errors_say_why_in_their_reason(tmp_path: Path) -> None:
+    """OpenError.reason names the cause, for code that must not read the message."""
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"This is a text file, not SQLite.\n" * 200)
+    damaged = tmp_path / "damaged.db"
+    get_db(damaged).close()
+    data = bytearray(damaged.read_bytes())
+    data[100:600] = b"\xff" * 500  # page 1 after the header: sqlite_schema's b-tree
+    damaged.write_bytes(bytes(data))
+    (tmp_path / "blocker").write_text("x")
+    cases = [
+        (lambda: get_db(tmp_path / "missing.db", readonly=True), "missing"),
+        (lambda: get_db(tmp_path), "not_a_file"),
+        (lambda: get_db(":memory:"), "not_a_file"),
+        (lambda: get_db(tmp_path / "blocker" / "app.db"), "not_a_file"),
+        (lambda: get_db(junk), "not_a_database"),
+        (lambda: get_db(damaged), "damaged"),
+    ]
+    for attempt, reason in cases:
+        with pytest.raises(OpenError) as info:
+            attempt()
+        assert info.value.reason == reason, info.value
+
+
 def test_wrong_path_type() -> None:
     """A path that is neither str nor PathLike is a TypeError."""
     with pytest.raises(TypeError):
@@ -262,6 +286,7 @@ def _check_permission_denied(tmp_path: Path, mode: int) -> None:
         "    get_db(sys.argv[1])\n"
         "except OpenError as exc:\n"
         "    print(exc)\n"
+        "    print('reason:', exc.reason)\n"
         "    sys.exit(3)\n"
     )
     preexec = None
@@ -292,6 +317,7 @@ def _check_permission_denied(tmp_path: Path, mode: int) -> None:
     assert result.returncode == 3, result.stderr
     assert str(path) in result.stdout
     assert "permission denied" in result.stdout
+    assert "reason: permission" in result.stdout
 
 
 def test_wal_reset_bug_warning_logged_once(

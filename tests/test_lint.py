@@ -10,7 +10,7 @@ import pytest
 
 from circuitforge_core.db import get_db, run_migrations
 from circuitforge_core.db.errors import MigrationSourceError
-from circuitforge_core.db.lint import LintFinding, lint_migrations
+from circuitforge_core.db.migrations import LintFinding, LintReport, lint_migrations, lint_report
 
 Write = Callable[[str, "str | bytes"], Path]
 
@@ -297,6 +297,24 @@ def test_ignore_by_code_and_by_file(write_migration: Write, migrations_dir: Path
     assert kept.file == "002_b.sql"
 
 
+def test_the_report_counts_files_and_findings(write_migration: Write, migrations_dir: Path) -> None:
+    """lint_report: the .sql files read, the counts, failed() with and without strict."""
+    write_migration("001_a.sql", "CREATE TABLE a (x);\n")
+    write_migration("002_b.sql", "ALTER TABLE a RENAME COLUMN x TO y;\n")
+    write_migration("notes.txt", "not a migration")
+    report = lint_report(migrations_dir)
+    assert isinstance(report, LintReport)
+    assert report.files == ("001_a.sql", "002_b.sql")
+    assert list(report.findings) == lint_migrations(migrations_dir)
+    assert (report.errors, report.warnings) == (1, 1)
+    assert report.failed()
+    assert report.failed(strict=True)
+    only_warnings = lint_report(migrations_dir, ignore=["rename-column"])
+    assert (only_warnings.errors, only_warnings.warnings) == (0, 1)
+    assert not only_warnings.failed()
+    assert only_warnings.failed(strict=True)
+
+
 def test_a_missing_folder_raises_naming_it(tmp_path: Path) -> None:
     """Not a finding: the folder itself is wrong."""
     with pytest.raises(MigrationSourceError, match="does not exist"):
@@ -307,7 +325,7 @@ def test_a_long_statement_is_cut_short(
     write_migration: Write, migrations_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A migration generating many rows stops at the replay budget, without a finding."""
-    monkeypatch.setattr("circuitforge_core.db.lint.REPLAY_STATEMENT_BUDGET", 0.05)
+    monkeypatch.setattr("circuitforge_core.db.migrations.lint.REPLAY_STATEMENT_BUDGET", 0.05)
     write_migration(
         "001_a.sql",
         "CREATE TABLE IF NOT EXISTS t (a);\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import sqlite3
@@ -24,7 +25,7 @@ from circuitforge_core.db import (
     migration_status,
     run_migrations,
 )
-from circuitforge_core.db import migrations as migrations_module
+from circuitforge_core.db.migrations import shortcut as migrations_module
 
 Write = Callable[[str, "str | bytes"], Path]
 
@@ -823,3 +824,22 @@ def test_status_never_writes(db_path: Path, migrations_dir: Path, write_migratio
         assert [s.state for s in migration_status(ro, migrations_dir)] == ["applied"]
     finally:
         ro.close()
+
+
+# -- the room's walls ------------------------------------------------------------------
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "circuitforge_core" / "db"
+
+
+def test_nothing_outside_the_package_imports_its_private_names() -> None:
+    """Modules outside migrations/ import only public names from it, whatever the module."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "migrations" in path.relative_to(PACKAGE).parts[:-1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("migrations"):
+                offenders += [
+                    f"{path.name}: {alias.name}" for alias in node.names if alias.name[0] == "_"
+                ]
+    assert offenders == []

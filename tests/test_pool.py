@@ -1,5 +1,5 @@
-"""ConnectionPool: reuse, limits and timeout, the reset on check-in, once-only migrations,
-replaced and deleted files, close(), leaks and fork()."""
+"""ConnectionPool: reuse, limits and timeout, a budget shared by pools, the reset on check-in,
+once-only migrations, replaced and deleted files, close(), leaks and fork()."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from circuitforge_core.db import (
     PoolTimeoutError,
     get_db,
 )
+from circuitforge_core.db.pool import ConnectionBudget
 
 JOIN_TIMEOUT = 30.0
 
@@ -45,6 +46,14 @@ def join_all(threads: list[threading.Thread]) -> None:
     for thread in threads:
         thread.join(JOIN_TIMEOUT)
     assert not any(thread.is_alive() for thread in threads), "a thread is stuck (deadlock?)"
+
+
+def wait_for_waiters(pool: ConnectionPool, count: int = 1) -> None:
+    """Return once ``count`` threads are blocked in the pool (its own gauge says so)."""
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    while pool.stats().waiting < count:
+        assert time.monotonic() < deadline, f"{count} thread(s) never started waiting"
+        time.sleep(0.001)
 
 
 def make_table(pool: ConnectionPool, rows: int = 0) -> None:
@@ -122,7 +131,7 @@ def test_a_waiter_gets_the_connection_someone_returns(pool: ConnectionPool) -> N
             got.append(time.monotonic() - started)
 
     waiting = start(waiter)
-    time.sleep(0.2)
+    wait_for_waiters(pool)
     assert not got, "the waiter should still be waiting"
     release.set()
     join_all([*holders, waiting])
@@ -157,6 +166,71 @@ def test_many_threads_share_a_small_pool_without_deadlock(db_path: Path) -> None
         assert stats.busy == 0
         with pool.connection() as db:
             assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 32 * 5
+
+
+def test_pools_sharing_a_budget_stay_under_its_cap_together(tmp_path: Path) -> None:
+    """Two pools on one ConnectionBudget(2): a third connection evicts the other file's idle one."""
+    budget = ConnectionBudget(2)
+    with (
+        ConnectionPool(tmp_path / "a.db", budget=budget) as a,
+        ConnectionPool(tmp_path / "b.db", budget=budget) as b,
+    ):
+        with a.connection(), a.connection():
+            pass
+        assert (budget.open_connections, budget.idle_connections) == (2, 2)
+        with b.connection() as db:
+            assert db.execute("SELECT 1").fetchone() == (1,)
+            assert (budget.open_connections, budget.busy_connections) == (2, 1)
+        assert (a.stats().open, a.stats().closed, b.stats().open) == (1, 1, 1)
+        assert budget.evictions == 1
+
+
+def test_a_budget_without_eviction_makes_the_other_pool_wait(tmp_path: Path) -> None:
+    """With evict_idle=False an idle connection of another pool is never closed for a checkout."""
+    budget = ConnectionBudget(1, evict_idle=False)
+    with (
+        ConnectionPool(tmp_path / "a.db", budget=budget) as a,
+        ConnectionPool(tmp_path / "b.db", budget=budget, timeout=0.05) as b,
+    ):
+        with a.connection():
+            pass
+        with (
+            pytest.raises(PoolTimeoutError, match="1 connections open across all") as caught,
+            b.connection(),
+        ):
+            pass
+        assert caught.value.path is None
+        assert (a.stats().open, b.stats().timeouts, budget.evictions) == (1, 1, 0)
+
+
+def test_a_waiter_for_a_shared_cap_gets_its_own_pools_returned_connection(
+    tmp_path: Path,
+) -> None:
+    """Without eviction, a checkout waiting for the cap takes its pool's connection once back."""
+    budget = ConnectionBudget(1, evict_idle=False)
+    with ConnectionPool(tmp_path / "a.db", budget=budget, timeout=JOIN_TIMEOUT) as pool:
+        holding, release = threading.Event(), threading.Event()
+        got: list[Connection] = []
+
+        def hold() -> None:
+            with pool.connection() as db:
+                got.append(db)
+                holding.set()
+                release.wait(JOIN_TIMEOUT)
+
+        def second() -> None:
+            with pool.connection() as db:
+                got.append(db)
+
+        holder = start(hold)
+        assert holding.wait(JOIN_TIMEOUT)
+        waiter = start(second)
+        wait_for_waiters(pool)  # this pool has room (max_size 8), the budget has not
+        assert len(got) == 1
+        release.set()
+        join_all([holder, waiter])
+        assert got[1] is got[0]
+        assert (pool.stats().opened, pool.stats().timeouts) == (1, 0)
 
 
 def test_invalid_sizes_are_refused(db_path: Path) -> None:
@@ -431,7 +505,7 @@ def test_a_replaced_file_waits_for_busy_old_connections_first(
         assert holding.wait(JOIN_TIMEOUT)
         os.replace(replacement, db_path)
         waiter = start(new_user)
-        time.sleep(0.3)
+        wait_for_waiters(pool)  # blocked until the old file's last connection is closed
         assert result == [], "opened the new file while the old one was still in use"
         release.set()
         join_all([holder, waiter])
@@ -456,6 +530,37 @@ def test_close_refuses_new_checkouts_and_closes_busy_ones_on_return(db_path: Pat
     with pytest.raises(PoolClosedError, match="closed"), pool.connection():
         pass
     pool.close()  # twice is fine
+
+
+def test_close_with_a_timeout_waits_for_busy_connections(db_path: Path) -> None:
+    """close(timeout=...) returns once the busy connection came back and was closed."""
+    pool = ConnectionPool(db_path)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with pool.connection():
+            holding.set()
+            release.wait(JOIN_TIMEOUT)
+
+    holder = start(hold)
+    assert holding.wait(JOIN_TIMEOUT)
+    closer = start(lambda: pool.close(timeout=JOIN_TIMEOUT))
+    wait_for_waiters(pool)
+    assert closer.is_alive(), "close() returned while a connection was still busy"
+    release.set()
+    join_all([holder, closer])
+    assert (pool.stats().open, pool.closed) == (0, True)
+
+
+def test_close_with_a_timeout_gives_up_while_still_busy(db_path: Path) -> None:
+    """Past its timeout close() raises PoolTimeoutError; the busy connection closes on return."""
+    pool = ConnectionPool(db_path)
+    with pool.connection():
+        with pytest.raises(PoolTimeoutError, match=r"1 connection.* still in use") as caught:
+            pool.close(timeout=0.01)
+        assert caught.value.path == pool.path
+        assert pool.closed
+    assert pool.stats().open == 0
 
 
 def test_a_leaked_pool_warns(db_path: Path) -> None:

@@ -39,6 +39,7 @@ from circuitforge_core.db import (
     request_db,
     use_db,
     user_db_path,
+    user_key_resolver,
 )
 
 JOIN_TIMEOUT = 30.0
@@ -55,6 +56,14 @@ def join_all(threads: list[threading.Thread]) -> None:
     for thread in threads:
         thread.join(JOIN_TIMEOUT)
     assert not any(thread.is_alive() for thread in threads), "a thread is stuck (deadlock?)"
+
+
+def wait_for_waiters(registry: PoolRegistry, count: int = 1) -> None:
+    """Return once ``count`` threads are blocked in the registry (its own gauge says so)."""
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    while registry.stats().waiting < count:
+        assert time.monotonic() < deadline, f"{count} thread(s) never started waiting"
+        time.sleep(0.001)
 
 
 @pytest.fixture
@@ -100,6 +109,20 @@ def test_bad_settings_are_refused_with_what_to_do(environ: dict[str, str], messa
         Settings.from_env(environ)
     assert isinstance(caught.value, ValueError)
     assert isinstance(caught.value, DBError)
+
+
+def test_only_settings_reads_the_environment() -> None:
+    """No module but settings.py reads os.environ (the CLI's --key-env reads the one named)."""
+    from circuitforge_core.db import settings as settings_module
+
+    source = Path(settings_module.__file__).parent
+    readers = sorted(
+        str(path.relative_to(source))
+        for path in source.rglob("*.py")
+        if re.search(r"\bos\.environ\b|\bgetenv\(", path.read_text(encoding="utf-8"))
+    )
+    assert [r for r in readers if r != "settings.py" and not r.startswith("cli")] == []
+    assert "settings.py" in readers
 
 
 # -- the request context ---------------------------------------------------------------
@@ -375,6 +398,25 @@ def test_eviction_keeps_open_connections_under_the_cap(registry: PoolRegistry, r
     assert stats.databases == 4  # pools of files without connections are let go
 
 
+def test_a_file_whose_last_connection_broke_is_let_go(root: Path) -> None:
+    """A file whose only connection was discarded at check-in keeps no pool in the registry."""
+    with PoolRegistry() as registry:
+        with registry.connection(user_db_path(root, "u", "app.db")) as db:
+            db.close()  # closed by its user: discarded, not kept
+        stats = registry.stats()
+        assert (stats.databases, stats.open, stats.busy) == (0, 0, 0)
+
+
+def test_a_checkout_that_opened_nothing_leaves_no_pool_behind(root: Path, tmp_path: Path) -> None:
+    """A first checkout that fails before any connection opens does not leave an empty pool."""
+    resolver = user_key_resolver(root, "s" * 32)
+    with PoolRegistry(key=resolver) as registry:
+        with pytest.raises(UnsafePathError), registry.connection(tmp_path / "elsewhere.db"):
+            pass
+        stats = registry.stats()
+        assert (stats.databases, stats.open, stats.busy) == (0, 0, 0)
+
+
 def test_a_file_replaced_while_its_pool_was_let_go_is_migrated_again(root: Path) -> None:
     """The registry remembers which file it migrated, not just the path: a restore is noticed."""
     with PoolRegistry(migrations=NOTES_MIGRATIONS, max_connections=1) as registry:
@@ -467,7 +509,7 @@ def test_a_waiter_for_the_cap_proceeds_when_a_connection_comes_back(root: Path) 
         holder = start(hold_a)
         assert holding.wait(JOIN_TIMEOUT)
         waiter = start(use_b)
-        time.sleep(0.2)
+        wait_for_waiters(registry)  # blocked on the cap
         assert done == []
         release.set()
         join_all([holder, waiter])
@@ -594,7 +636,7 @@ def test_drop_database_waits_for_busy_connections_and_refuses_new_ones(
     holder = start(hold)
     assert holding.wait(JOIN_TIMEOUT)
     dropper = start(lambda: dropped.append(registry.drop_database(path)))
-    time.sleep(0.2)
+    wait_for_waiters(registry)  # blocked until the busy connection comes back
     assert dropped == []
     assert path.exists()
     with pytest.raises(PoolClosedError, match="being deleted"), registry.connection(path):
@@ -679,3 +721,20 @@ def test_migrations_may_depend_on_the_file(root: Path, tmp_path: Path) -> None:
         with registry.connection(user_db_path(root, "u", "plain.db")) as db:
             tables = db.execute("SELECT name FROM sqlite_master").fetchall()
             assert tables == []
+
+
+def test_old_import_paths_keep_working() -> None:
+    """The registry and Settings are still importable from tenancy, the pool from pool."""
+    import circuitforge_core.db as package
+    from circuitforge_core.db import pool, settings, tenancy
+
+    for name in ("PoolRegistry", "Settings", "user_db_path", "user_key_resolver", "use_db"):
+        assert getattr(tenancy, name) is getattr(package, name)
+    assert tenancy.RegistryStats is pool.RegistryStats
+    assert tenancy.CLOUD_CONNECT_KWARGS is pool.CLOUD_CONNECT_KWARGS
+    assert tenancy.DEFAULT_MAX_CONNECTIONS == pool.DEFAULT_MAX_CONNECTIONS
+    assert tenancy.DEFAULT_MAX_PER_DATABASE == pool.DEFAULT_MAX_PER_DATABASE
+    assert tenancy.Settings is settings.Settings
+    assert pool.ConnectionPool is package.ConnectionPool
+    for name in ("PoolStats", "PooledConnection", "DEFAULT_POOL_SIZE", "DEFAULT_POOL_TIMEOUT"):
+        assert hasattr(pool, name)

@@ -10,8 +10,9 @@ Depends on the standard library only.
 
 from .asgi import DatabaseMiddleware, database_dependency
 from .base import get_connection
-from .cipher import decrypt_database, derive_user_key, encrypt_database, rekey_database
+from .cipher import derive_user_key
 from .connect import Connection, get_db
+from .conversions import decrypt_database, encrypt_database, rekey_database
 from .errors import (
     BackupError,
     DBError,
@@ -20,6 +21,7 @@ from .errors import (
     MigrationError,
     MigrationFailedError,
     MigrationModifiedError,
+    MigrationNameError,
     MigrationRefusedError,
     MigrationSourceError,
     NoDatabaseError,
@@ -30,27 +32,33 @@ from .errors import (
     TransactionError,
     UnsafePathError,
 )
-from .lint import LintFinding, lint_migrations
 from .maintenance import (
     BackupResult,
     CheckResult,
-    ChecksumCheck,
     ForeignKeyProblem,
     backup_database,
     check_database,
+)
+from .migrations import (
+    ChecksumCheck,
+    LintFinding,
+    LintReport,
+    MigrationPlan,
+    MigrationProblem,
+    MigrationStatus,
+    NewMigration,
+    PlannedMigration,
+    lint_migrations,
+    lint_report,
+    migration_status,
+    new_migration,
+    plan_migrations,
+    run_migrations,
     verify_migrations,
 )
-from .migrations import MigrationStatus, migration_status, run_migrations
-from .pool import ConnectionPool
-from .tenancy import (
-    PoolRegistry,
-    Settings,
-    current_db_path,
-    request_db,
-    use_db,
-    user_db_path,
-    user_key_resolver,
-)
+from .pool import ConnectionPool, PoolRegistry
+from .settings import Settings
+from .tenancy import current_db_path, request_db, use_db, user_db_path, user_key_resolver
 from .transaction import transaction
 
 __all__ = [
@@ -66,14 +74,20 @@ __all__ = [
     "ForeignKeyProblem",
     "ForeignKeyViolationError",
     "LintFinding",
+    "LintReport",
     "MigrationError",
     "MigrationFailedError",
     "MigrationModifiedError",
+    "MigrationNameError",
+    "MigrationPlan",
+    "MigrationProblem",
     "MigrationRefusedError",
     "MigrationSourceError",
     "MigrationStatus",
+    "NewMigration",
     "NoDatabaseError",
     "OpenError",
+    "PlannedMigration",
     "PoolClosedError",
     "PoolRegistry",
     "PoolTimeoutError",
@@ -91,7 +105,10 @@ __all__ = [
     "get_connection",
     "get_db",
     "lint_migrations",
+    "lint_report",
     "migration_status",
+    "new_migration",
+    "plan_migrations",
     "rekey_database",
     "request_db",
     "run_migrations",

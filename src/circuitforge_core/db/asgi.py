@@ -21,7 +21,8 @@ from typing import Any
 
 from .connect import Connection
 from .errors import UnsafePathError
-from .tenancy import PoolRegistry, current_db_path, use_db
+from .pool import PoolRegistry
+from .tenancy import current_db_path, use_db
 
 logger = logging.getLogger("circuitforge_core.db")
 

@@ -1,11 +1,16 @@
-"""Encryption at rest: SQLCipher keys, encrypted connections, and conversions.
+"""Encryption at rest: SQLCipher keys, and the one keyed open that every caller uses.
 
 Owns everything that knows about SQLCipher: loading the optional
-``sqlcipher3`` driver, turning a key into SQL that cannot inject, applying it
-before anything else touches the file, checking that the driver really
-encrypts, deriving per-user keys, and rewriting a file under a new key (or
-none) atomically. Does not own the pragma sequence every connection gets
-(connect.py) or where keys come from in cloud mode (the caller passes them).
+``sqlcipher3`` driver, turning a key into SQL that cannot inject, and
+``open_keyed``, the only place a file is opened through the driver: it applies
+the key before anything else touches the file, checks that the driver really
+encrypts and that the key opens the file, and says why not with
+``OpenError.reason``. ``get_db(key=...)``, the backups and checks of
+maintenance.py and the conversions all open through it; ``attach_keyed`` is
+the one other place a key reaches SQL. Also derives per-user keys. Does not
+own the pragma sequence every connection gets (connect.py), rewriting a file
+under a new key (conversions.py), or where keys come from in cloud mode (the
+caller passes them).
 
 A key is one of:
 
@@ -24,21 +29,19 @@ only ever opened through one of them at a time in one process.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import importlib
 import logging
 import os
 import re
-import secrets
 import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import DBError, EncryptionUnavailableError, OpenError
-from .files import fsync, remove_quietly
+from .errors import EncryptionUnavailableError, OpenError, OpenReason
+from .open_errors import Access, open_failed, unopenable
 from .sqlite_facts import (
     DEFAULT_BUSY_TIMEOUT,
     FIRST_SQLITE_WITHOUT_WAL_RESET_BUG,
@@ -47,8 +50,12 @@ from .sqlite_facts import (
     WAL_RESET_BUG_URL,
     error_code,
     has_wal_reset_bug,
-    quote_identifier,
 )
+
+if TYPE_CHECKING:  # imported lazily below (see __getattr__): conversions.py imports this module
+    from .conversions import decrypt_database as decrypt_database
+    from .conversions import encrypt_database as encrypt_database
+    from .conversions import rekey_database as rekey_database
 
 logger = logging.getLogger("circuitforge_core.db")
 
@@ -63,7 +70,6 @@ MIN_SERVER_SECRET_BYTES = 16
 # digits (the key) or 96 (key and salt). The same text is also what we send
 # for a bytes key, so both go through one quoting path.
 _RAW_KEY_TEXT = re.compile(r"[xX]'(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{96})'")
-_TEMP_PREFIX = ".{name}.cf-db-"  # + verb-random.tmp: the copy a conversion builds
 
 # HKDF parameters for derive_user_key. Changing any of them makes every
 # existing user database unreadable: they are part of the file format.
@@ -154,6 +160,18 @@ def key_literal(key: Key) -> str:
         raise TypeError(
             f"key must be str (passphrase) or bytes (raw key), not {type(key).__name__}"
         )
+    return _string_literal(text)
+
+
+def check_key(key: Key) -> None:
+    """Refuse a key that cannot be applied faithfully, as ``key_literal`` does, before any open."""
+    key_literal(key)
+
+
+def _string_literal(text: str) -> str:
+    """``text`` as one SQL string literal: quotes doubled, nothing else means anything."""
+    if "\x00" in text:
+        raise ValueError(f"{text!r} contains a NUL character, which SQL text cannot hold")
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -212,19 +230,86 @@ def connection_class(driver: ModuleType, mixins: tuple[type, ...] = ()) -> type[
     return cls
 
 
-def apply_key(db: Any, path: str, key: Key | None, literal: str | None = None) -> None:
-    """Key a fresh driver connection, check SQLCipher is in effect, and check the key.
+# -- the keyed open ------------------------------------------------------------------
 
-    ``PRAGMA key`` must be the connection's first statement: SQLCipher
-    derives the key at the first page read. Plain SQLite ignores unknown
-    pragmas, so ``PRAGMA cipher_version`` must answer, or nothing is
-    encrypted. A wrong key fails at the first read with "file is not a
-    database"; that read is done here so the error names the key, not a
-    corrupt file. Nothing is written on any of these paths. ``key=None``
-    checks only the driver (used when a conversion reads a plain file).
+#: How ``open_keyed`` opens a file: SQLite's URI modes, plus ``immutable`` (read
+#: only, no locks, never a -wal or -shm: for probing a file nobody writes).
+OpenMode = Literal["ro", "rw", "rwc", "immutable"]
+
+_URI_QUERY: dict[str, str] = {
+    "ro": "?mode=ro",
+    "rw": "?mode=rw",
+    "rwc": "?mode=rwc",
+    "immutable": "?mode=ro&immutable=1",
+}
+
+
+def open_keyed(
+    path: str,
+    key: Key | None,
+    *,
+    mode: OpenMode,
+    timeout: float = DEFAULT_BUSY_TIMEOUT,
+    isolation_level: str | None = None,
+    check_same_thread: bool = True,
+    mixins: tuple[type, ...] = (),
+    read_schema: bool = True,
+) -> Any:
+    """A ``sqlcipher3`` connection to ``path`` with ``key`` applied; the one keyed open.
+
+    The key is checked and the driver loaded before the file is touched;
+    ``PRAGMA key`` is the connection's first statement; ``PRAGMA
+    cipher_version`` must answer (or nothing would be encrypted); and unless
+    ``read_schema`` is False the schema is read, so that a wrong key fails
+    here with ``OpenError`` (``reason`` ``wrong_key``, ``not_encrypted`` or
+    ``not_a_database``) rather than at the caller's first query. ``key=None``
+    reads a plain file through the same driver (what the conversions do).
+    ``mixins`` go in front of the driver's connection class
+    (``connection_class``). On failure the connection is closed and a file
+    this call created, still empty, is removed: nothing is left behind.
     """
     if key is not None:
-        db.execute(f"PRAGMA key = {literal if literal is not None else key_literal(key)}")
+        check_key(key)
+    driver = load_driver(path)
+    access: Access = "ro" if mode == "immutable" else mode
+    created = mode == "rwc" and not os.path.exists(path)
+    try:
+        db = driver.connect(
+            Path(path).as_uri() + _URI_QUERY[mode],
+            uri=True,
+            timeout=timeout,
+            isolation_level=isolation_level,
+            check_same_thread=check_same_thread,
+            factory=connection_class(driver, mixins),
+        )
+    except driver.Error as exc:
+        raise unopenable(path, exc, access=access) from exc
+    try:
+        try:
+            apply_key(db, path, key, read_schema=read_schema)
+        except db.DatabaseError as exc:  # sqlcipher3's: what the first read said
+            raise open_failed(path, exc, access=access) from exc
+    except BaseException:
+        db.close()
+        if created and os.path.exists(path) and os.path.getsize(path) == 0:
+            os.remove(path)  # we created it and wrote nothing: leave no trace
+        raise
+    return db
+
+
+def apply_key(db: Any, path: str, key: Key | None, *, read_schema: bool = True) -> None:
+    """Key a fresh driver connection, check SQLCipher is in effect, and check the key.
+
+    The steps of ``open_keyed``, which is what callers use. ``PRAGMA key``
+    must be the connection's first statement: SQLCipher derives the key at
+    the first page read. Plain SQLite ignores unknown pragmas, so ``PRAGMA
+    cipher_version`` must answer, or nothing is encrypted. A wrong key fails
+    at the first read with "file is not a database"; that read is done here
+    so the error names the key, not a corrupt file. Nothing is written on any
+    of these paths. ``key=None`` checks only the driver.
+    """
+    if key is not None:
+        db.execute(f"PRAGMA key = {key_literal(key)}")
     row = db.execute("PRAGMA cipher_version").fetchone()
     if row is None or not row[0]:
         raise EncryptionUnavailableError(
@@ -232,35 +317,51 @@ def apply_key(db: Any, path: str, key: Key | None, literal: str | None = None) -
             f"PRAGMA key; refusing to write the database unencrypted. Reinstall it: "
             f"{INSTALL_HINT}"
         )
+    if not read_schema:
+        return
     try:
         db.execute("SELECT count(*) FROM sqlite_schema").fetchone()
     except db.DatabaseError as exc:
         if error_code(exc) != SQLITE_NOTADB:
             raise
-        raise OpenError(path, _why_undecryptable(path, key is not None)) from exc
+        reason, message = _why_undecryptable(path, key is not None)
+        raise OpenError(path, message, reason=reason) from exc
     # After the read: any statement, even SELECT sqlite_version(), reads the schema first,
     # so logging earlier let the first wrong key of a process fail outside the try above.
     _log_driver_once(db, row[0])
 
 
-def _why_undecryptable(path: str, keyed: bool) -> str:
+def attach_keyed(db: Any, path: str, schema: str, key: Key | None) -> None:
+    """``ATTACH`` the file ``path`` to a keyed connection as ``schema``, under ``key``.
+
+    None attaches it unencrypted (SQLCipher's ``KEY ''``). The only other
+    statement besides ``PRAGMA key`` that carries a key.
+    """
+    literal = key_literal(key) if key is not None else "''"
+    if not schema.isidentifier():
+        raise ValueError(f"schema name {schema!r} is not a plain identifier")
+    db.execute(f"ATTACH DATABASE {_string_literal(path)} AS {schema} KEY {literal}")
+
+
+def _why_undecryptable(path: str, keyed: bool) -> tuple[OpenReason, str]:
+    """Why the first read failed with "file is not a database": the reason and the message."""
     try:
         with open(path, "rb") as handle:
             plain = handle.read(len(HEADER)) == HEADER
     except OSError:
         plain = False
     if keyed and plain:
-        return (
+        return "not_encrypted", (
             f"{path} is a plain (unencrypted) SQLite database, but a key was given. Open it "
             f"without a key, or encrypt it first (`cf-db encrypt`); the file was not changed."
         )
     if keyed:
-        return (
+        return "wrong_key", (
             f"{path}: cannot decrypt the database: the key is wrong, or the file is not a "
             f"SQLCipher 4 database. The file was not changed; open it with the key it was "
             f"encrypted with."
         )
-    return (
+    return "not_a_database", (
         f"{path} is not a plain SQLite database: it is encrypted (give its key) or not a "
         f"database at all. The file was not changed."
     )
@@ -283,285 +384,18 @@ def _log_driver_once(db: Any, cipher_version: str) -> None:
         )
 
 
-# -- conversions ---------------------------------------------------------------------
+# -- the conversions' old import path ------------------------------------------------
+
+_MOVED_TO_CONVERSIONS = frozenset({"decrypt_database", "encrypt_database", "rekey_database"})
 
 
-def encrypt_database(
-    path: str | os.PathLike[str], key: Key, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
-) -> int:
-    """Turn the plain database at ``path`` into one encrypted with ``key``, atomically.
+def __getattr__(name: str) -> Any:
+    """``from circuitforge_core.db.cipher import encrypt_database`` keeps working.
 
-    Returns the number of table rows copied (and checked). See
-    ``rekey_database`` for how the file is replaced and what must hold.
+    Lazily, because conversions.py imports this module for ``open_keyed``.
     """
-    return _convert(path, None, key, busy_timeout=busy_timeout, verb="encrypt")
+    if name in _MOVED_TO_CONVERSIONS:
+        from . import conversions
 
-
-def decrypt_database(
-    path: str | os.PathLike[str], key: Key, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
-) -> int:
-    """Turn the database at ``path``, encrypted with ``key``, back into a plain one.
-
-    Returns the number of table rows copied (and checked).
-    """
-    return _convert(path, key, None, busy_timeout=busy_timeout, verb="decrypt")
-
-
-def rekey_database(
-    path: str | os.PathLike[str],
-    old_key: Key,
-    new_key: Key,
-    *,
-    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-) -> int:
-    """Re-encrypt the database at ``path`` from ``old_key`` to ``new_key``, atomically.
-
-    The data is exported (``sqlcipher_export``) into a new file beside the
-    original, row counts per table and ``PRAGMA integrity_check`` are
-    checked, the new file is fsynced and renamed over the old one: at every
-    moment the path holds either the old database or the complete new one,
-    never a mix. The WAL is checkpointed first and writers are locked out
-    until the rename. The database must not be open anywhere else (stop the
-    service): other connections are detected in WAL mode and refused, but a
-    connection opened in this process through the standard ``sqlite3``
-    module cannot be seen. Returns the number of table rows copied.
-    """
-    return _convert(path, old_key, new_key, busy_timeout=busy_timeout, verb="rekey")
-
-
-def _convert(
-    path: str | os.PathLike[str],
-    old_key: Key | None,
-    new_key: Key | None,
-    *,
-    busy_timeout: float,
-    verb: str,
-) -> int:
-    fspath = os.path.abspath(os.fspath(path))
-    # Both keys are checked before anything is opened.
-    old_literal = key_literal(old_key) if old_key is not None else None
-    new_literal = key_literal(new_key) if new_key is not None else "''"
-    driver = load_driver(fspath)
-    if not os.path.isfile(fspath):
-        raise OpenError(fspath, f"{fspath} does not exist (or is not a file); nothing to {verb}.")
-    folder, name = os.path.split(fspath)
-    temp = os.path.join(
-        folder, f"{_TEMP_PREFIX.format(name=name)}{verb}-{secrets.token_hex(4)}.tmp"
-    )
-
-    try:
-        holder = _open(driver, fspath, old_key, old_literal, busy_timeout)
-        try:
-            was_wal = _take_exclusive_writer(holder, fspath, verb)
-            _remove_leftovers(folder, name)
-            try:
-                rows = _export(
-                    driver, fspath, old_key, old_literal, temp, new_literal, busy_timeout
-                )
-                _finish(driver, temp, new_key, new_literal, busy_timeout, was_wal)
-                _copy_ownership(fspath, temp)
-                fsync(temp)
-                os.replace(temp, fspath)
-            except BaseException:
-                remove_quietly(temp, temp + "-wal", temp + "-shm", temp + "-journal")
-                _release(holder, restore_wal=was_wal)
-                raise
-            # The holder's file is unlinked now; ending its transaction touches nothing.
-            _release(holder, restore_wal=False)
-        finally:
-            holder.close()
-    except driver.Error as exc:
-        raise DBError(
-            f"{fspath}: could not {verb} the database: {exc}. The file was not changed."
-        ) from exc
-    fsync(folder)
-    logger.info("%sed %s (%d rows checked)", verb.removesuffix("e"), fspath, rows)
-    return rows
-
-
-def _open(
-    driver: ModuleType, path: str, key: Key | None, literal: str | None, timeout: float
-) -> Any:
-    """A bare driver connection (autocommit, our own BEGINs) with the key applied."""
-    try:
-        db = driver.connect(
-            Path(path).as_uri() + "?mode=rw", uri=True, timeout=timeout, isolation_level=None
-        )
-    except driver.Error as exc:
-        raise OpenError(path, f"{path}: cannot open the database ({exc}).") from exc
-    try:
-        apply_key(db, path, key, literal)
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _take_exclusive_writer(holder: Any, path: str, verb: str) -> bool:
-    """Checkpoint the WAL, make sure no one else has the file open, lock out writers.
-
-    Leaving WAL mode succeeds only for the last connection to the file, so it
-    is the test for "nobody else has it open". In rollback-journal mode the
-    held ``BEGIN IMMEDIATE`` lets the export read but keeps every other
-    writer out until the new file is in place. Returns whether the file was
-    in WAL mode, to restore it if the conversion fails.
-    """
-    was_wal = bool(holder.execute("PRAGMA journal_mode").fetchone()[0] == "wal")
-    if was_wal:
-        try:
-            holder.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            mode = holder.execute("PRAGMA journal_mode=DELETE").fetchone()[0]
-        except holder.OperationalError as exc:
-            raise OpenError(
-                path,
-                f"{path} is open in another connection or process; cannot {verb} it safely "
-                f"while it is in use. Stop the service using it (or close every connection) "
-                f"and run again. Nothing was changed.",
-            ) from exc
-        if mode != "delete":
-            raise OpenError(path, f"{path}: could not leave WAL mode to {verb} it ({mode!r}).")
-    try:
-        holder.execute("BEGIN IMMEDIATE")
-    except holder.OperationalError as exc:
-        if was_wal:
-            holder.execute("PRAGMA journal_mode=WAL")
-        raise OpenError(
-            path,
-            f"{path} is being written by another connection; stop the service using it and "
-            f"run again. Nothing was changed.",
-        ) from exc
-    return was_wal
-
-
-def _export(
-    driver: ModuleType,
-    path: str,
-    old_key: Key | None,
-    old_literal: str | None,
-    temp: str,
-    new_literal: str,
-    timeout: float,
-) -> int:
-    """Copy everything into ``temp`` under the new key; check it; return the row count."""
-    db = _open(driver, path, old_key, old_literal, timeout)
-    try:
-        db.execute(f"ATTACH DATABASE {_string_literal(temp)} AS converted KEY {new_literal}")
-        try:
-            db.execute("BEGIN")
-            db.execute("SELECT sqlcipher_export('converted')").fetchall()
-            # sqlcipher_export copies schema and rows, not the header fields.
-            for pragma in ("user_version", "application_id"):
-                value = int(db.execute(f"PRAGMA main.{pragma}").fetchone()[0])
-                db.execute(f"PRAGMA converted.{pragma} = {value}")
-            db.execute("COMMIT")
-            rows = _check_copy(db, path)
-        finally:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            db.execute("DETACH DATABASE converted")
-    finally:
-        db.close()
-    return rows
-
-
-def _check_copy(db: Any, path: str) -> int:
-    """The copy must have the same schema, rows per table and header, and be intact."""
-    schema = "SELECT type, name, tbl_name, sql FROM {}.sqlite_schema ORDER BY type, name"
-    if (
-        db.execute(schema.format("main")).fetchall()
-        != db.execute(schema.format("converted")).fetchall()
-    ):
-        raise DBError(f"{path}: the converted copy has a different schema; nothing was changed.")
-    total = 0
-    tables = db.execute(
-        "SELECT name FROM main.sqlite_schema WHERE type = 'table' AND sql NOT LIKE 'CREATE "
-        "VIRTUAL%'"
-    ).fetchall()
-    for (table,) in tables:
-        quoted = quote_identifier(table)
-        before = db.execute(f"SELECT count(*) FROM main.{quoted}").fetchone()[0]
-        after = db.execute(f"SELECT count(*) FROM converted.{quoted}").fetchone()[0]
-        if before != after:
-            raise DBError(
-                f"{path}: the converted copy of table {table} has {after} rows instead of "
-                f"{before}; nothing was changed."
-            )
-        total += before
-    for pragma in ("user_version", "application_id"):
-        if (
-            db.execute(f"PRAGMA main.{pragma}").fetchone()[0]
-            != db.execute(f"PRAGMA converted.{pragma}").fetchone()[0]
-        ):
-            raise DBError(f"{path}: the converted copy lost PRAGMA {pragma}; nothing was changed.")
-    problems = [row[0] for row in db.execute("PRAGMA converted.integrity_check")]
-    if problems != ["ok"]:
-        raise DBError(
-            f"{path}: the converted copy fails its integrity check ({problems[:3]}); nothing "
-            f"was changed."
-        )
-    return int(total)
-
-
-def _finish(
-    driver: ModuleType,
-    temp: str,
-    new_key: Key | None,
-    new_literal: str,
-    timeout: float,
-    wal: bool,
-) -> None:
-    """Reopen the copy the way users will (proves the key), and restore WAL mode.
-
-    Closing the last connection checkpoints and deletes the copy's -wal and
-    -shm; a leftover -wal would mean part of the data is not in the file yet.
-    """
-    db = _open(driver, temp, new_key, new_literal if new_key is not None else None, timeout)
-    try:
-        if wal:
-            db.execute("PRAGMA journal_mode=WAL").fetchone()
-    finally:
-        db.close()
-    for suffix in ("-wal", "-journal"):
-        if os.path.exists(temp + suffix) and os.path.getsize(temp + suffix) > 0:
-            raise DBError(f"{temp}{suffix} was left behind; nothing was changed.")
-    remove_quietly(temp + "-wal", temp + "-shm", temp + "-journal")
-
-
-def _copy_ownership(source: str, target: str) -> None:
-    """The new file keeps the old one's permissions, and its owner where allowed."""
-    stat = os.stat(source)
-    os.chmod(target, stat.st_mode & 0o7777)
-    if (stat.st_uid, stat.st_gid) != (os.getuid(), os.getgid()):
-        try:
-            os.chown(target, stat.st_uid, stat.st_gid)
-        except PermissionError:
-            logger.warning("%s: could not keep the file's owner (needs root)", source)
-
-
-def _remove_leftovers(folder: str, name: str) -> None:
-    """Delete copies left by a conversion that was killed before its rename.
-
-    Only called while holding the file's write lock, which any running
-    conversion of the same file would hold instead.
-    """
-    prefix = _TEMP_PREFIX.format(name=name)
-    with os.scandir(folder) as entries:
-        stale = [entry.path for entry in entries if entry.name.startswith(prefix)]
-    for path in stale:
-        logger.info("removing %s, left by an interrupted conversion", path)
-        remove_quietly(path)
-
-
-def _release(holder: Any, *, restore_wal: bool) -> None:
-    """End the holder's write lock (and give the file its WAL mode back)."""
-    with contextlib.suppress(holder.Error):
-        holder.execute("ROLLBACK")
-    if restore_wal:
-        with contextlib.suppress(holder.Error):
-            holder.execute("PRAGMA journal_mode=WAL")
-
-
-def _string_literal(text: str) -> str:
-    if "\x00" in text:
-        raise ValueError(f"path {text!r} contains a NUL character")
-    return "'" + text.replace("'", "''") + "'"
+        return getattr(conversions, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

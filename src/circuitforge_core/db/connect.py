@@ -2,7 +2,9 @@
 
 Owns the connection-open sequence and the choice of every pragma, each one
 a small named step below with the reason for it. Does not own transactions
-(transaction.py), migrations (migrations.py) or pooling.
+(transaction.py), migrations (migrations.py), pooling (pool/), the keyed open
+of an encrypted file (cipher.py) or what an open failure is called
+(open_errors.py).
 
 Transaction control is pinned to the same behaviour on every supported
 Python: ``isolation_level="IMMEDIATE"`` with, on 3.12+, ``autocommit`` held at
@@ -29,7 +31,8 @@ from typing import Any, cast
 
 from . import cipher, sqlite_facts
 from .cipher import Key
-from .errors import OpenError
+from .errors import OpenError, OpenReason
+from .open_errors import open_failed, unopenable
 
 logger = logging.getLogger("circuitforge_core.db")
 
@@ -102,7 +105,7 @@ def get_db(
         if not readonly and not os.access(fspath, os.W_OK):
             # SQLite opens a write-protected file read-only without a word: refuse
             # now, not at the first write.
-            raise OpenError(fspath, _why_unopenable(fspath, readonly, PermissionError(fspath)))
+            raise unopenable(fspath, PermissionError(fspath), access="rw")
         db.path = fspath
         db.readonly = readonly
         db.busy_timeout = busy_timeout
@@ -113,7 +116,7 @@ def get_db(
             _ensure_wal(db, fspath, deadline)
             db.executescript(script)
         except db.DatabaseError as exc:  # sqlite3's or sqlcipher3's
-            raise _open_error(fspath, exc) from exc
+            raise open_failed(fspath, exc, access="ro" if readonly else "rwc") from exc
     except BaseException:
         db.close()
         raise
@@ -167,6 +170,7 @@ def _ensure_wal(db: Connection, path: str, deadline: float) -> None:
             f"{path}: could not switch the database to WAL mode: it stayed locked by "
             f"another connection for the whole busy timeout. Retry, or raise "
             f"busy_timeout.",
+            reason="in_use",
         ) from exc
     if mode != "wal":
         raise OpenError(
@@ -174,6 +178,7 @@ def _ensure_wal(db: Connection, path: str, deadline: float) -> None:
             f"{path}: SQLite refused WAL mode (journal mode stays {mode!r}). WAL needs a "
             f"local filesystem with shared memory; keep the database on a local disk, "
             f"not a network share.",
+            reason="unsupported",
         )
 
 
@@ -251,6 +256,7 @@ def _checked_path(path: str | os.PathLike[str]) -> str:
             raw,
             f"get_db needs the path of a database file, not {raw!r}: in-memory databases "
             f"cannot use WAL. Use a file in a temporary folder instead.",
+            reason="not_a_file",
         )
     return os.path.abspath(raw)
 
@@ -275,11 +281,12 @@ def _connect(
         with contextlib.suppress(sqlite3.Error):
             db = cast(Connection, sqlite3.connect(path, **options))
     if db is None:
-        uri = _prepare_path(path, readonly=readonly)
+        _prepare_path(path, readonly=readonly)
+        uri = Path(path).as_uri() + ("?mode=ro" if readonly else "?mode=rwc")
         try:
             db = cast(Connection, sqlite3.connect(uri, uri=True, **options))
         except sqlite3.Error as exc:
-            raise OpenError(path, _why_unopenable(path, readonly, exc)) from exc
+            raise unopenable(path, exc, access="ro" if readonly else "rwc") from exc
     return db
 
 
@@ -291,38 +298,26 @@ def _connect_encrypted(
     busy_timeout: float,
     factory: type[Connection] = Connection,
 ) -> Connection:
-    """Open through sqlcipher3 and apply the key before any other statement.
+    """Open through ``cipher.open_keyed``, which applies the key before any other statement.
 
-    The key and the driver are checked before any folder or file is created.
-    sqlcipher3 (0.6.4) has no ``autocommit`` keyword: its only mode is the
-    legacy transaction control we pin on the standard library.
+    The key and the driver are checked before any folder is created, so a bad
+    key or a missing driver leaves no trace. sqlcipher3 (0.6.4) has no
+    ``autocommit`` keyword: its only mode is the legacy transaction control we
+    pin on the standard library.
     """
-    literal = cipher.key_literal(key)
-    driver = cipher.load_driver(path)
-    cls = cipher.connection_class(driver, _mixins(factory))
-    existed = os.path.exists(path)
-    uri = _prepare_path(path, readonly=readonly)
-    try:
-        db = driver.connect(
-            uri,
-            uri=True,
-            timeout=busy_timeout,
-            isolation_level="IMMEDIATE",
-            check_same_thread=False,
-            factory=cls,
-        )
-    except driver.Error as exc:
-        raise OpenError(path, _why_unopenable(path, readonly, exc)) from exc
-    try:
-        try:
-            cipher.apply_key(db, path, key, literal)
-        except db.DatabaseError as exc:  # sqlcipher3's
-            raise _open_error(path, exc) from exc
-    except BaseException:
-        db.close()
-        if not existed and os.path.exists(path) and os.path.getsize(path) == 0:
-            os.remove(path)  # we created it and wrote nothing: leave no trace
-        raise
+    cipher.check_key(key)
+    cipher.load_driver(path)
+    mixins = _mixins(factory)
+    _prepare_path(path, readonly=readonly)
+    db = cipher.open_keyed(
+        path,
+        key,
+        mode="ro" if readonly else "rwc",
+        timeout=busy_timeout,
+        isolation_level="IMMEDIATE",
+        check_same_thread=False,
+        mixins=mixins,
+    )
     # Typed as Connection: same methods and attributes (see get_db's docstring).
     return cast(Connection, db)
 
@@ -360,50 +355,38 @@ def _mixins(factory: type[Connection]) -> tuple[type, ...]:
     )
 
 
-def _prepare_path(path: str, *, readonly: bool) -> str:
-    """Refuse folders and (read-only) missing files, create folders; the URI to open."""
+def _prepare_path(path: str, *, readonly: bool) -> None:
+    """Refuse folders and (read-only) missing files; create the missing folders."""
     if os.path.isdir(path):
-        raise OpenError(path, f"{path} is a folder; pass the path of a database file.")
+        raise OpenError(
+            path, f"{path} is a folder; pass the path of a database file.", reason="not_a_file"
+        )
     if readonly:
         if not os.path.exists(path):
-            raise OpenError(path, f"{path} does not exist; readonly=True never creates a database.")
+            raise OpenError(
+                path,
+                f"{path} does not exist; readonly=True never creates a database.",
+                reason="missing",
+            )
     else:
         parent = os.path.dirname(path)
         try:
             os.makedirs(parent, exist_ok=True)
         except OSError as exc:
             raise OpenError(
-                path, f"{path}: cannot create its folder {parent}: {exc.strerror or exc}."
+                path,
+                f"{path}: cannot create its folder {parent}: {exc.strerror or exc}.",
+                reason=_folder_failure(exc),
             ) from exc
-    return Path(path).as_uri() + ("?mode=ro" if readonly else "?mode=rwc")
 
 
-def _why_unopenable(path: str, readonly: bool, exc: Exception) -> str:
-    """Turn SQLite's 'unable to open database file' into the actual reason."""
-    if os.path.exists(path) and not os.access(path, os.R_OK | (0 if readonly else os.W_OK)):
-        need = "read" if readonly else "read and write"
-        return f"{path}: permission denied; the service user must be able to {need} it."
-    parent = os.path.dirname(path)
-    if not readonly and not os.access(parent, os.W_OK | os.X_OK):
-        return (
-            f"{path}: its folder {parent} is not writable; SQLite needs to create the "
-            f"-wal and -shm files beside the database."
-        )
-    return f"{path}: cannot open the database ({exc}). Check the path and its permissions."
-
-
-def _open_error(path: str, exc: Exception) -> OpenError:
-    """The OpenError, naming the file, for what SQLite said while opening it."""
-    message = str(exc)
-    if "file is not a database" in message or "malformed" in message:
-        return OpenError(
-            path,
-            f"{path} is not a usable SQLite database (SQLite says: {message}). Check "
-            f"the path, give its key if it is encrypted, or restore the file from a backup.",
-        )
-    if "unable to open" in message or "readonly" in message or "disk I/O" in message:
-        return OpenError(path, _why_unopenable(path, False, exc))
-    return OpenError(path, f"{path}: cannot open the database ({message}).")
+def _folder_failure(exc: OSError) -> OpenReason:
+    """Why the database's folder could not be created."""
+    if isinstance(exc, PermissionError):
+        return "permission"
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        return "not_a_file"  # a file where a folder should be
+    return "other"
 
 
 _version_logged = threading.Event()

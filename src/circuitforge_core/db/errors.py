@@ -6,7 +6,7 @@ errors: we translate only at our own boundaries (opening a file, running a
 migration), always chaining the original with ``raise ... from exc``.
 
     DBError
-    ├── OpenError                  a database file cannot be opened as asked
+    ├── OpenError                  a database file cannot be opened as asked (.reason says why)
     ├── EncryptionUnavailableError a key was given but encryption cannot be used
     ├── TransactionError           transaction() was misused (block ended it)
     ├── PoolTimeoutError           (also TimeoutError) no connection free in time
@@ -17,6 +17,7 @@ migration), always chaining the original with ``raise ... from exc``.
     ├── BackupError                a backup could not be written (DEST left as it was)
     └── MigrationError             a migration cannot be planned or applied
         ├── MigrationSourceError       the folder or a file cannot be read
+        ├── MigrationNameError         (also ValueError) a new migration's name cannot be used
         ├── MigrationRefusedError      a file breaks a rule; nothing ran
         ├── MigrationModifiedError     an applied file was edited afterwards
         ├── MigrationFailedError       a statement failed; the file rolled back
@@ -28,6 +29,22 @@ Each message says what happened, to which file, and what to do next.
 from __future__ import annotations
 
 import os
+from typing import Literal
+
+#: Why a database file did not open: ``OpenError.reason``. A fixed set, so that
+#: callers can branch on it instead of on the wording of a message.
+OpenReason = Literal[
+    "missing",  # the file, or the folder it should be in, does not exist
+    "not_a_file",  # a folder (or no file name at all) where a database file was expected
+    "permission",  # the service user may not read or write the file, or its folder
+    "not_a_database",  # not an SQLite database; or encrypted, and no key was given
+    "wrong_key",  # a key was given, and it does not decrypt the file
+    "not_encrypted",  # a key was given for a plain (unencrypted) database
+    "damaged",  # an SQLite database, but what must be read to open it is corrupt
+    "in_use",  # another connection or process holds it, for longer than we may wait
+    "unsupported",  # the file system cannot give what the file needs (WAL mode)
+    "other",  # anything else; the message says what SQLite reported
+]
 
 
 class DBError(Exception):
@@ -35,10 +52,17 @@ class DBError(Exception):
 
 
 class OpenError(DBError):
-    """A database file cannot be opened the way it was asked for."""
+    """A database file cannot be opened the way it was asked for.
 
-    def __init__(self, path: str | os.PathLike[str], message: str) -> None:
+    ``path`` is the file; ``reason`` (an ``OpenReason``) says why, for code
+    that must tell a wrong key from a damaged file without reading the message.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], message: str, *, reason: OpenReason = "other"
+    ) -> None:
         self.path = os.fspath(path)
+        self.reason: OpenReason = reason
         super().__init__(message)
 
 
@@ -115,6 +139,13 @@ class MigrationError(DBError):
 
 class MigrationSourceError(MigrationError):
     """The migrations folder or one of its files cannot be read."""
+
+
+class MigrationNameError(MigrationError, ValueError):
+    """A new migration cannot take the name asked for: unsafe, taken, or out of numbers.
+
+    ``name`` is the existing file that already has the name, when that is why.
+    """
 
 
 class MigrationRefusedError(MigrationError):

@@ -1,10 +1,10 @@
-"""Looking after a database file that may be in use: backup, checks, verification.
+"""Looking after a database file that may be in use: backup and checks.
 
 Owns the online backup (SQLite's backup API into a temporary file beside the
-destination, checked, synced and renamed into place), the integrity and
-foreign-key check, and the comparison of applied migrations' checksums with
-their files. Never writes the database it looks at. Does not print or parse
-arguments (cli.py does). An encrypted database is read through SQLCipher with
+destination, checked, synced and renamed into place) and the integrity and
+foreign-key check; ``verify_migrations`` is imported from the migrations package
+for its old import path. Never writes the database it looks at. Does not print or parse
+arguments (the CLI does). An encrypted database is read through SQLCipher with
 its key (cipher.py owns the driver and the keys) and its backup is encrypted
 with the same key: SQLCipher's backup API copies between two connections
 keyed alike, decrypting each page from the source and encrypting it for the
@@ -32,21 +32,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-from .cipher import Key, apply_key, key_literal, load_driver
+from .cipher import Key, open_keyed
 from .connect import Connection, get_db
 from .errors import BackupError, OpenError
 from .files import fsync, remove_quietly
-from .migrations import MigrationsDir, _read_records, read_migrations
-from .sqlite_facts import (
-    DEFAULT_BUSY_TIMEOUT,
-    HEADER,
-    SQLITE_NOTADB,
-    error_code,
-    quote_identifier,
-)
+from .migrations import ChecksumCheck as ChecksumCheck  # the old import path of verify
+from .migrations import ChecksumState as ChecksumState
+from .migrations import verify_migrations as verify_migrations
+from .sqlite_facts import DEFAULT_BUSY_TIMEOUT, HEADER, quote_identifier
 
 try:  # POSIX only; elsewhere copies left by a killed backup stay until removed by hand
     import fcntl
@@ -60,7 +55,6 @@ DEFAULT_PAGES_PER_STEP = 1024
 
 Progress = Callable[[int, int], None]
 CheckMode = Literal["integrity_check", "quick_check"]
-ChecksumState = Literal["ok", "modified", "missing", "unchecked", "pending"]
 
 
 # -- backup --------------------------------------------------------------------------
@@ -206,9 +200,13 @@ def _existing_database(path: str | os.PathLike[str], what_then: str) -> str:
     """The absolute path of an existing file, or OpenError saying what is wrong."""
     fspath = os.path.abspath(os.fspath(path))
     if os.path.isdir(fspath):
-        raise OpenError(fspath, f"{fspath} is a folder; pass the path of a database file.")
+        raise OpenError(
+            fspath, f"{fspath} is a folder; pass the path of a database file.", reason="not_a_file"
+        )
     if not os.path.exists(fspath):
-        raise OpenError(fspath, f"{fspath} does not exist; {what_then}. Check the path.")
+        raise OpenError(
+            fspath, f"{fspath} does not exist; {what_then}. Check the path.", reason="missing"
+        )
     return fspath
 
 
@@ -254,17 +252,10 @@ def _opens_with(path: str, key: Key | None) -> bool:
     """
     if key is None:
         return False
-    driver = load_driver(path)
     try:
-        db = driver.connect(Path(path).as_uri() + "?mode=ro&immutable=1", uri=True)
-    except driver.Error:
+        open_keyed(path, key, mode="immutable").close()
+    except OpenError:
         return False
-    try:
-        apply_key(db, path, key)
-    except (OpenError, driver.Error):
-        return False
-    finally:
-        db.close()
     return True
 
 
@@ -277,14 +268,7 @@ def _open_copy(temp: str, key: Key | None) -> Any:
     """
     if key is None:
         return sqlite3.connect(temp, isolation_level=None)
-    driver = load_driver(temp)
-    db = driver.connect(temp, isolation_level=None)
-    try:
-        apply_key(db, temp, key)
-    except BaseException:
-        db.close()
-        raise
-    return db
+    return open_keyed(temp, key, mode="rw")
 
 
 def _copy_snapshot(
@@ -416,12 +400,12 @@ def check_database(
     try:
         db = get_db(fspath, readonly=True, busy_timeout=busy_timeout, key=key)
     except OpenError as exc:
-        if "malformed" in str(exc.__cause__):  # readable header, unreadable schema
+        if exc.reason == "damaged":  # a readable header, an unreadable schema: a finding
             return CheckResult(fspath, check, (f"cannot read the schema: {exc.__cause__}",), ())
-        undecryptable = exc.__cause__ is not None and error_code(exc.__cause__) == SQLITE_NOTADB
+        # A damaged first page of an encrypted file looks just like a wrong key.
         damage = (
             _undecryptable_pages(fspath, key, max_errors)
-            if key is not None and undecryptable
+            if key is not None and exc.reason == "wrong_key"
             else None
         )
         if damage:
@@ -455,19 +439,15 @@ def _undecryptable_pages(path: str, key: Key, max_errors: int) -> tuple[str, ...
     ``cipher_integrity_check`` (no locks, main file only, one pass over the
     file) is good enough here.
     """
-    with open(path, "rb") as handle:
-        if handle.read(len(HEADER)) == HEADER:
-            return None  # a plain file opened with a key: the OpenError says so
-    driver = load_driver(path)
     try:
-        db = driver.connect(Path(path).as_uri() + "?mode=ro&immutable=1", uri=True)
-    except driver.Error:
+        # Keyed but not read: the first page is the one that may not decrypt.
+        db = open_keyed(path, key, mode="immutable", read_schema=False)
+    except OpenError:
         return None
     try:
-        db.execute(f"PRAGMA key = {key_literal(key)}")
         failures = [str(row[0]) for row in db.execute("PRAGMA cipher_integrity_check")]
         pages = int(db.execute("PRAGMA cipher_page_size").fetchone()[0])
-    except driver.Error:
+    except db.Error:
         return None
     finally:
         db.close()
@@ -519,53 +499,3 @@ def _foreign_key_problems(db: Connection) -> tuple[ForeignKeyProblem, ...]:
             )
         )
     return tuple(problems)
-
-
-# -- verify --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ChecksumCheck:
-    """One migration's recorded checksum against its file.
-
-    ``state`` is ``ok`` (they match), ``modified`` (they differ), ``missing``
-    (recorded, no file), ``unchecked`` (recorded without a checksum by the old
-    runner; the next ``run_migrations`` records the file's) or ``pending``
-    (a file not applied yet, nothing to compare).
-    """
-
-    name: str
-    state: ChecksumState
-    applied_at: str | None
-    recorded: str | None
-    actual: str | None
-
-
-def verify_migrations(db: sqlite3.Connection, migrations_dir: MigrationsDir) -> list[ChecksumCheck]:
-    """Compare the checksums ``_migrations`` recorded with the files; never writes.
-
-    Files in filename order, then recorded names without a file. Works on a
-    read-only connection.
-    """
-    files = read_migrations(migrations_dir)
-    records, _ = _read_records(db)
-    checks = []
-    for file in files:
-        record = records.get(file.name)
-        if record is None:
-            checks.append(ChecksumCheck(file.name, "pending", None, None, file.checksum))
-            continue
-        if record.checksum is None:
-            state: ChecksumState = "unchecked"
-        elif record.checksum == file.checksum:
-            state = "ok"
-        else:
-            state = "modified"
-        checks.append(
-            ChecksumCheck(file.name, state, record.applied_at, record.checksum, file.checksum)
-        )
-    present = {file.name for file in files}
-    for name in sorted(set(records) - present):
-        record = records[name]
-        checks.append(ChecksumCheck(name, "missing", record.applied_at, record.checksum, None))
-    return checks

@@ -1,117 +1,57 @@
-"""Cloud mode: which database a request uses, where per-user files live, their pools.
+"""Cloud mode's request lifetime: which database a request uses, and where per-user files live.
 
-Owns three things products need when one process serves many per-user
-SQLite files, kept apart by lifetime:
+Owns two things products need when one process serves many per-user SQLite
+files:
 
-- request lifetime: ``request_db``, the ContextVar naming this request's
+- the request context: ``request_db``, the ContextVar naming this request's
   database file, with ``current_db_path()`` and ``use_db()``;
 - per-user paths: ``user_db_path()`` joins a data root, a user id and the
   product's sub-path, refusing anything that could leave or confuse the root,
-  and creates folders 0700 and the file 0600;
-- app lifetime: ``PoolRegistry``, one ``ConnectionPool`` per file under a
-  process-wide cap on open connections, with LRU eviction of idle ones and
-  ``drop_database()`` for account deletion;
+  and creates folders 0700 and the file 0600; ``user_key_resolver()`` maps
+  such a path back to its user's encryption key.
 
-plus ``Settings.from_env()``, the only place the package reads environment
-variables. Does not know who the user is (the product's resolver does), nor
-anything about ASGI (asgi.py).
+Does not own the app-lifetime registry of pools (pool/registry.py; re-exported
+here, its old home, with ``Settings`` from settings.py), who the user is (the
+product's resolver), nor anything about ASGI (asgi.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import re
-import sqlite3
 import stat
-import threading
-import time
 import unicodedata
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType, TracebackType
-from typing import Any
 
-from .cipher import MIN_SERVER_SECRET_BYTES, derive_user_key
-from .connect import Connection
-from .errors import (
-    NoDatabaseError,
-    OpenError,
-    PoolClosedError,
-    SettingsError,
-    UnsafePathError,
-)
-from .migrations import DEFAULT_LOCK_TIMEOUT, MigrationsDir
+from .cipher import derive_user_key
+from .errors import NoDatabaseError, OpenError, SettingsError, UnsafePathError
 from .pool import (
-    DEFAULT_POOL_TIMEOUT,
-    ConnectionPool,
-    KeySource,
-    PooledConnection,
-    RowFactory,
-    _Budget,
+    CLOUD_CONNECT_KWARGS,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_DATABASE,
+    MigrationsFor,
+    PoolRegistry,
+    RegistryStats,
 )
+from .settings import Settings
 
-logger = logging.getLogger("circuitforge_core.db")
-
-# -- settings: the one place environment variables are read --------------------------
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"", "0", "false", "no", "off"}
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Where a product's databases live, from the environment.
-
-    ``cloud_mode`` (``CLOUD_MODE``, default off): one database per user under
-    ``data_root`` (``CLOUD_DATA_ROOT``, an absolute path, required in cloud
-    mode). ``db_path`` (``CF_DB_PATH``): the local-mode database, None when
-    unset so the product's own default applies. ``server_secret``
-    (``CF_SERVER_SECRET``): what per-user encryption keys are derived from
-    (``user_key_resolver``), None when unset; never shown in ``repr``.
-    """
-
-    cloud_mode: bool = False
-    data_root: Path | None = None
-    db_path: Path | None = None
-    server_secret: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read ``CLOUD_MODE``, ``CLOUD_DATA_ROOT``, ``CF_DB_PATH`` and ``CF_SERVER_SECRET``."""
-        env = os.environ if environ is None else environ
-        raw_mode = env.get("CLOUD_MODE", "").strip().lower()
-        if raw_mode not in _TRUE | _FALSE:
-            raise SettingsError(
-                f"CLOUD_MODE={env['CLOUD_MODE']!r} is neither on nor off; set it to 1 or 0 "
-                f"(true/false, yes/no and on/off also work)."
-            )
-        cloud_mode = raw_mode in _TRUE
-        raw_root = env.get("CLOUD_DATA_ROOT", "")
-        data_root = Path(raw_root) if raw_root else None
-        if data_root is not None and not data_root.is_absolute():
-            raise SettingsError(
-                f"CLOUD_DATA_ROOT={raw_root!r} is a relative path; set it to the absolute path "
-                f"of the folder holding the per-user databases."
-            )
-        if cloud_mode and data_root is None:
-            raise SettingsError(
-                "CLOUD_MODE is on but CLOUD_DATA_ROOT is not set; set it to the absolute path "
-                "of the folder holding the per-user databases."
-            )
-        raw_db = env.get("CF_DB_PATH", "")
-        secret = env.get("CF_SERVER_SECRET", "") or None
-        if secret is not None and len(secret.encode("utf-8")) < MIN_SERVER_SECRET_BYTES:
-            raise SettingsError(
-                f"CF_SERVER_SECRET is shorter than {MIN_SERVER_SECRET_BYTES} bytes, too weak to "
-                f"derive database keys from; set it to 32 random bytes, e.g. the output of "
-                f'`python -c "import secrets; print(secrets.token_hex(32))"`.'
-            )
-        return cls(cloud_mode, data_root, Path(raw_db) if raw_db else None, secret)
+__all__ = [  # its own names, and the registry and Settings at their old import path
+    "CLOUD_CONNECT_KWARGS",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_PER_DATABASE",
+    "MAX_NAME_LENGTH",
+    "MigrationsFor",
+    "PoolRegistry",
+    "RegistryStats",
+    "Settings",
+    "current_db_path",
+    "request_db",
+    "use_db",
+    "user_db_path",
+    "user_key_resolver",
+]
 
 
 # -- the request context ---------------------------------------------------------------
@@ -218,6 +158,7 @@ def user_db_path(
                 root_path,
                 f"the data root {root_path} does not exist (or is not a folder); create it "
                 f"(mode 0700, owned by the service user) or fix CLOUD_DATA_ROOT.",
+                reason="not_a_file" if os.path.exists(root_path) else "missing",
             )
         _create_private(root_path, names)
     return path
@@ -350,6 +291,7 @@ def _exists_inside(root: str, levels: list[str], user_id: str) -> bool:
                 current,
                 f"{os.path.dirname(current)} is a file where a folder was expected; move it "
                 f"out of the data root.",
+                reason="not_a_file",
             ) from exc
         if stat.S_ISLNK(mode):
             real_root, real = os.path.realpath(root), os.path.realpath(current)
@@ -381,337 +323,3 @@ def _create_private(root: str, names: list[str]) -> None:
         os.fchmod(fd, 0o600)  # os.open's mode is filtered by the umask too
     finally:
         os.close(fd)
-
-
-# -- the registry of pools --------------------------------------------------------------
-
-DEFAULT_MAX_CONNECTIONS = 256
-DEFAULT_MAX_PER_DATABASE = 4
-
-#: ``get_db`` settings for many small per-user files. cache_size 2 MiB (SQLite's
-#: own default): the page cache is per connection, and 256 connections at the
-#: single-file 8 MiB would be 2 GiB. mmap_size 0: an I/O error on a mapped file
-#: is a SIGBUS that kills every request of the process, and each mapping also
-#: counts against vm.max_map_count. journal_size_limit 4 MiB: what a WAL stays
-#: near with default checkpoints; a big transaction's WAL shrinks back to it.
-CLOUD_CONNECT_KWARGS: Mapping[str, Any] = MappingProxyType(
-    {"cache_size_kib": 2048, "mmap_size": 0, "journal_size_limit": 4 * 1024 * 1024}
-)
-
-MigrationsFor = MigrationsDir | Callable[[str], MigrationsDir | None] | None
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryStats:
-    """Counts across every file of a registry.
-
-    ``databases``: files with a pool right now (one with open connections,
-    or in use). Since the registry was made: ``evictions``;
-    ``migration_runs``, the times a file's folder was run (once when first
-    opened, and again, as a cheap check, after all its connections had been
-    closed); ``migrations_applied``, the migration files those runs applied.
-    """
-
-    databases: int
-    open: int
-    idle: int
-    busy: int
-    max_connections: int
-    evictions: int
-    migration_runs: int
-    migrations_applied: int
-
-
-class PoolRegistry:
-    """One ``ConnectionPool`` per database file, under a process-wide cap.
-
-    ``with registry.connection(path) as db:`` checks out a connection to
-    ``path``. At most ``max_connections`` connections are open across all
-    files (each WAL connection holds up to 3 file descriptors) and at most
-    ``max_per_database`` to one file. Opening one more when the cap is reached
-    closes the least recently used idle connection of another file; busy
-    connections are never closed under their user; with none idle the caller
-    waits up to ``timeout`` seconds, then gets ``PoolTimeoutError``. Each file
-    has its ``migrations`` applied once per process, before first use (a
-    callable maps a path to its folder). ``key`` encrypts the files: a key,
-    or a resolver that maps a path to its key (``user_key_resolver`` derives
-    each user's from the server secret). ``connect_kwargs`` go to ``get_db``
-    (default: ``CLOUD_CONNECT_KWARGS``). ``close()`` closes every connection.
-    """
-
-    def __init__(
-        self,
-        *,
-        migrations: MigrationsFor = None,
-        key: KeySource = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        max_per_database: int = DEFAULT_MAX_PER_DATABASE,
-        timeout: float = DEFAULT_POOL_TIMEOUT,
-        connect_kwargs: Mapping[str, Any] = CLOUD_CONNECT_KWARGS,
-        row_factory: RowFactory = None,
-        migration_lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-    ) -> None:
-        if max_connections < 1 or max_per_database < 1:
-            raise ValueError("max_connections and max_per_database must be at least 1")
-        self.migrations = migrations
-        self.max_connections = max_connections
-        self.max_per_database = min(max_per_database, max_connections)
-        self.timeout = timeout
-        self.connect_kwargs = dict(connect_kwargs)
-        self.row_factory = row_factory
-        self.migration_lock_timeout = migration_lock_timeout
-        self._key_source = key
-        self._budget = _Budget(max_connections, evicts=True)
-        self._budget.on_empty = self._retire
-        # Pools exist only while their file has connections (or is in use), so
-        # memory follows the cap, not the number of users.
-        self._pools: dict[str, ConnectionPool] = {}
-        self._dropping: set[str] = set()
-        self._closed = False
-        _warn_if_too_few_file_descriptors(max_connections)
-
-    # -- connections -----------------------------------------------------------------
-
-    def connection(self, path: str | os.PathLike[str]) -> _RegistryCheckout:
-        """``with registry.connection(path) as db:``: a pooled connection to ``path``."""
-        given = os.fspath(path)
-        # A key of _pools is already absolute and normalised: skip abspath for it.
-        return _RegistryCheckout(self, given if given in self._pools else os.path.abspath(given))
-
-    @property
-    def open_connections(self) -> int:
-        """Connections open right now across all files (cheap: for a metrics gauge)."""
-        return self._budget.open
-
-    def _pin(self, key: str) -> ConnectionPool:
-        """The pool for the absolute path ``key`` (made when missing), pinned for a checkout.
-
-        A pinned pool is not retired when eviction takes its last connection:
-        the caller is about to open one. ``_unpin`` when the checkout ends.
-        """
-        with self._budget.lock:
-            pool = self._pools.get(key)
-            if pool is None:
-                self._check_open(key)
-                pool = self._new_pool(key)
-                self._pools[key] = pool
-            pool._pins += 1
-            return pool
-
-    def _unpin(self, pool: ConnectionPool) -> None:
-        with self._budget.lock:
-            pool._pins -= 1
-
-    def _retire(self, pool: ConnectionPool) -> None:
-        """Budget hook, lock held: eviction took ``pool``'s last connection; forget it."""
-        if pool._busy or pool._pins or self._pools.get(pool.path) is not pool:
-            return
-        del self._pools[pool.path]
-        pool._closed = True
-        pool._returned.notify_all()
-
-    def _new_pool(self, path: str) -> ConnectionPool:
-        migrations = self.migrations(path) if callable(self.migrations) else self.migrations
-        return ConnectionPool(
-            path,
-            migrations=migrations,
-            key=self._key_source,
-            max_size=self.max_per_database,
-            timeout=self.timeout,
-            connect_kwargs=self.connect_kwargs,
-            row_factory=self.row_factory,
-            migration_lock_timeout=self.migration_lock_timeout,
-            _budget=self._budget,
-        )
-
-    def _check_open(self, key: str) -> None:
-        if self._closed:
-            raise PoolClosedError(
-                f"{key}: the pool registry is closed (the service is shutting down); no new "
-                f"connections are handed out."
-            )
-        if key in self._dropping:
-            raise PoolClosedError(
-                f"{key} is being deleted (drop_database); no new connections to it are handed out."
-            )
-
-    # -- retiring files --------------------------------------------------------------
-
-    def evict(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> None:
-        """Close every connection to ``path``, waiting up to ``timeout`` for busy ones.
-
-        Use before replacing the file (a restore) or moving it. The next use
-        opens it afresh and checks its migrations again.
-        """
-        key = os.path.abspath(os.fspath(path))
-        with self._budget.lock:
-            pool = self._pools.pop(key, None)
-        if pool is not None:
-            pool._close_and_wait(time.monotonic() + (self.timeout if timeout is None else timeout))
-
-    def drop_database(
-        self, path: str | os.PathLike[str], *, timeout: float | None = None
-    ) -> list[str]:
-        """Delete one database for good (account deletion); returns the files removed.
-
-        Every connection of this process to it is closed first (waiting up to
-        ``timeout`` for busy ones; new checkouts are refused meanwhile), then
-        the -wal, -shm and -journal files go before the database itself (a
-        stray -wal would be replayed into a new file of the same name), then
-        ``<db>.migrate-lock``. Other processes must have closed theirs.
-        """
-        key = os.path.abspath(os.fspath(path))
-        with self._budget.lock:
-            self._check_open(key)
-            self._dropping.add(key)
-            pool = self._pools.pop(key, None)
-        try:
-            if pool is not None:
-                deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-                pool._close_and_wait(deadline)
-            return _remove_database_files(key)
-        finally:
-            with self._budget.lock:
-                self._dropping.discard(key)
-
-    def close(self) -> None:
-        """Close every connection: idle ones now, busy ones as they come back."""
-        with self._budget.lock:
-            if self._closed:
-                return
-            self._closed = True
-            pools = list(self._pools.values())
-            self._pools.clear()
-        for pool in pools:
-            pool.close()
-
-    # -- introspection ---------------------------------------------------------------
-
-    def stats(self) -> RegistryStats:
-        with self._budget.lock:
-            pools = list(self._pools.values())
-            return RegistryStats(
-                databases=len(pools),
-                open=self._budget.open,
-                idle=len(self._budget.idle),
-                busy=sum(pool._busy for pool in pools),
-                max_connections=self.max_connections,
-                evictions=self._budget.evictions,
-                migration_runs=self._budget.migration_runs,
-                migrations_applied=self._budget.migrations_applied,
-            )
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __enter__(self) -> PoolRegistry:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return (
-            f"<PoolRegistry {len(self._pools)} databases, {self._budget.open}/"
-            f"{self.max_connections} connections open{' (closed)' if self._closed else ''}>"
-        )
-
-    def __del__(self) -> None:
-        budget = getattr(self, "_budget", None)
-        if budget is not None and not self._closed and budget.open:
-            for pool in self._pools.values():  # nobody can check these out any more
-                for conn in pool._idle:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.close()
-            warnings.warn(
-                f"PoolRegistry was garbage-collected with {budget.open} open connection(s); "
-                f"call close() at shutdown (or use it as a context manager).",
-                ResourceWarning,
-                source=self,
-                stacklevel=2,
-            )
-
-
-_CHECKOUT_ATTEMPTS = 5
-
-
-class _RegistryCheckout:
-    """The context manager ``PoolRegistry.connection()`` returns."""
-
-    __slots__ = ("_conn", "_path", "_pool", "_registry")
-
-    def __init__(self, registry: PoolRegistry, path: str) -> None:
-        self._registry = registry
-        self._path = path
-        self._pool: ConnectionPool | None = None
-        self._conn: PooledConnection | None = None
-
-    def __enter__(self) -> Connection:
-        registry = self._registry
-        for attempt in range(_CHECKOUT_ATTEMPTS):
-            pool = registry._pin(self._path)
-            try:
-                conn = pool._checkout()
-                break
-            except PoolClosedError:
-                # evict() closed this pool between the lookup and the checkout:
-                # the next lookup makes its successor.
-                retired = registry._pools.get(self._path) is not pool
-                if not retired or registry.closed or attempt == _CHECKOUT_ATTEMPTS - 1:
-                    raise
-            finally:
-                registry._unpin(pool)
-        self._pool, self._conn = pool, conn
-        return conn
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        pool, conn = self._pool, self._conn
-        self._pool = self._conn = None
-        if pool is not None and conn is not None:
-            pool._checkin(conn, exc)
-
-
-def _remove_database_files(path: str) -> list[str]:
-    removed = []
-    for name in (path + "-wal", path + "-shm", path + "-journal", path, path + ".migrate-lock"):
-        try:
-            os.remove(name)
-        except FileNotFoundError:
-            continue
-        removed.append(name)
-    with contextlib.suppress(OSError):  # make the removal durable; not possible everywhere
-        fd = os.open(os.path.dirname(path), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    logger.info("dropped database %s (%d files removed)", path, len(removed))
-    return removed
-
-
-_fd_limit_checked = threading.Event()
-
-
-def _warn_if_too_few_file_descriptors(max_connections: int) -> None:
-    """Warn once when the process cannot hold the cap's file descriptors."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not POSIX
-        return
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = 3 * max_connections + 64
-    if soft != resource.RLIM_INFINITY and soft < needed and not _fd_limit_checked.is_set():
-        _fd_limit_checked.set()
-        logger.warning(
-            "the open-file limit (%d) is below what %d pooled connections may need (%d: 3 per "
-            "connection plus sockets); raise `ulimit -n` or lower max_connections",
-            soft,
-            max_connections,
-            needed,
-        )

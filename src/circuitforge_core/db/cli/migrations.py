@@ -1,0 +1,397 @@
+"""cf-db's migration commands: migrate (and its dry run), status, new, lint, verify.
+
+Owns their arguments and how their results are shown. Every verdict comes
+from the migrations package: a handler calls one library function and
+prints what it returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from .. import (
+    ChecksumCheck,
+    LintFinding,
+    MigrationPlan,
+    PlannedMigration,
+    lint_report,
+    migration_status,
+    new_migration,
+    plan_migrations,
+    run_migrations,
+    verify_migrations,
+)
+from ..migrations import NO_TRANSACTION_MARKER
+from .options import (
+    AddCommand,
+    Subcommands,
+    command,
+    json_option,
+    key,
+    key_options,
+    positive_seconds,
+)
+from .output import (
+    EXIT_ACTION,
+    EXIT_OK,
+    LiveLine,
+    duration,
+    plural,
+    print_json,
+    print_rows,
+)
+
+# -- migrate -------------------------------------------------------------------------
+
+
+def _add_migrate(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    parser = command(
+        commands,
+        common,
+        "migrate",
+        "apply pending migrations",
+        "Apply the pending NNN_name.sql files of DIR to DB, in filename order, each in one\n"
+        "transaction with its _migrations row. Prints one line per applied file with its\n"
+        "duration; on a terminal, shows the running file's elapsed time.",
+    )
+    parser.add_argument("db", metavar="DB", help="database file (created if missing)")
+    parser.add_argument("dir", metavar="DIR", help="folder of NNN_name.sql migrations")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what would run and check it against the runner's rules; change nothing "
+        "(exit 1 if the run would be refused)",
+    )
+    parser.add_argument(
+        "--lock-timeout",
+        type=positive_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait for another process's migration (default 600)",
+    )
+    json_option(parser)
+    key_options(parser)
+    parser.set_defaults(handler=_migrate)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _migrate_dry_run(args)
+    if args.json:
+        raise ValueError("--json goes with --dry-run; migrate itself prints one line per file")
+    live = LiveLine(sys.stderr) if sys.stderr.isatty() else None
+    # Between files the runner waits for SQLite's write lock (another process may
+    # be migrating); on_start comes once it holds it.
+    waiting = f"waiting for the write lock on {args.db}"
+
+    def on_start(name: str) -> None:
+        if live is not None:
+            live.start(f"applying {name}")
+
+    def on_applied(name: str, seconds: float) -> None:
+        if live is not None:
+            live.stop()
+        print(f"applied {name} ({duration(seconds)})", flush=True)
+        if live is not None:
+            live.start(waiting)
+
+    started = time.perf_counter()
+    db_key = key(args)
+    if live is not None:
+        live.start(waiting)
+    try:
+        # A path: the library reads DIR first, so a bad folder creates no database.
+        applied = run_migrations(
+            args.db,
+            args.dir,
+            key=db_key,
+            lock_timeout=args.lock_timeout,
+            on_start=on_start,
+            on_applied=on_applied,
+        )
+    finally:
+        if live is not None:
+            live.stop()
+    if applied:
+        total = duration(time.perf_counter() - started)
+        print(f"{plural(len(applied), 'migration')} applied in {total}")
+    else:
+        print("nothing to apply")
+    return EXIT_OK
+
+
+def _migrate_dry_run(args: argparse.Namespace) -> int:
+    """What ``migrate`` would do, as ``plan_migrations`` judges it; writes nothing."""
+    plan = plan_migrations(args.db, args.dir, key=key(args))
+    if args.json:
+        print_json(
+            {
+                "database": os.path.abspath(args.db),
+                "folder": os.path.abspath(args.dir),
+                "ok": plan.ok,
+                "pending": [_planned_json(entry) for entry in plan.pending],
+                "problems": [
+                    {"name": p.name, "line": p.line, "message": p.message} for p in plan.problems
+                ],
+                "notes": list(plan.notes),
+            }
+        )
+    else:
+        _print_plan(plan)
+    return EXIT_OK if plan.ok else EXIT_ACTION
+
+
+def _planned_json(entry: PlannedMigration) -> dict[str, Any]:
+    if entry.problem is not None:
+        return {"name": entry.name, "refused": entry.problem.message}
+    return {
+        "name": entry.name,
+        "refused": None,
+        "statements": entry.statements,
+        "transaction": entry.transaction,
+        "foreign_keys_checked": entry.foreign_keys_checked,
+    }
+
+
+def _print_plan(plan: MigrationPlan) -> None:
+    for problem in plan.problems:
+        print(f"refused: {problem.message}")
+    verb = "would apply" if plan.ok else "blocked    "
+    for entry in plan.pending:
+        if entry.problem is not None:
+            continue
+        how = "one transaction" if entry.transaction else "no transaction"
+        if entry.foreign_keys_checked:
+            how += ", foreign keys off then checked"
+        print(f"{verb} {entry.name} ({plural(entry.statements, 'statement')}, {how})")
+    for note in plan.notes:
+        print(f"note: {note}")
+    if not plan.ok:
+        print("nothing would be applied until the problems above are fixed; nothing was changed")
+    elif plan.pending:
+        print(f"{len(plan.pending)} to apply; nothing was changed (dry run)")
+    else:
+        print("nothing to apply")
+
+
+# -- status --------------------------------------------------------------------------
+
+
+def _add_status(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    parser = command(
+        commands,
+        common,
+        "status",
+        "list applied, pending, modified and missing migrations (never writes)",
+        "List every migration of DIR with its state in DB (applied, pending, modified,\n"
+        "missing) and when it was applied. Opens DB read-only and never creates it: a\n"
+        "missing DB shows everything pending. Exit 1 when anything is not applied.",
+    )
+    parser.add_argument("db", metavar="DB", help="database file (never created)")
+    parser.add_argument("dir", metavar="DIR", help="folder of NNN_name.sql migrations")
+    json_option(parser)
+    key_options(parser)
+    parser.set_defaults(handler=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    statuses = migration_status(args.db, args.dir, key=key(args))
+    counts = dict.fromkeys(("applied", "pending", "modified", "missing"), 0)
+    for status in statuses:
+        counts[status.state] += 1
+    if args.json:
+        print_json(
+            {
+                "database": os.path.abspath(args.db),
+                "folder": os.path.abspath(args.dir),
+                "exists": os.path.exists(args.db),
+                "migrations": [
+                    {"name": s.name, "state": s.state, "applied_at": s.applied_at} for s in statuses
+                ],
+                "counts": counts,
+            }
+        )
+    else:
+        if not os.path.lexists(args.db):
+            print(f"{args.db} does not exist yet: every migration is pending")
+        print_rows([(s.state, s.name, s.applied_at or "") for s in statuses])
+        if statuses:
+            print(", ".join(f"{n} {state}" for state, n in counts.items() if n))
+        else:
+            print("no migrations")
+    return EXIT_ACTION if any(s.state != "applied" for s in statuses) else EXIT_OK
+
+
+# -- new -----------------------------------------------------------------------------
+
+
+def _add_new(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    parser = command(
+        commands,
+        common,
+        "new",
+        "create the next numbered migration file",
+        "Create DIR/NNN_NAME.sql with the next number, zero-padded to the width the folder's\n"
+        "files use (3 digits in an empty folder), and print its path. DIR must exist.\n"
+        "NAME is lower-case letters, digits and _ only, and must not name an existing\n"
+        "migration.",
+    )
+    parser.add_argument("dir", metavar="DIR", help="folder of NNN_name.sql migrations")
+    parser.add_argument("name", metavar="NAME", help="what the migration does, e.g. add_tags")
+    parser.add_argument(
+        "--no-transaction",
+        action="store_true",
+        help=f"start the file with `{NO_TRANSACTION_MARKER}` (for VACUUM and the like)",
+    )
+    parser.set_defaults(handler=_new)
+
+
+def _new(args: argparse.Namespace) -> int:
+    created = new_migration(args.dir, args.name, no_transaction=args.no_transaction)
+    print(created.path)
+    return EXIT_OK
+
+
+# -- lint ----------------------------------------------------------------------------
+
+
+def _add_lint(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    parser = command(
+        commands,
+        common,
+        "lint",
+        "check the migration files against the conventions",
+        "Check DIR's migration files: numbering, names, statements the runner refuses,\n"
+        "conventions (no RENAME COLUMN, IF NOT EXISTS), UTF-8, and whether SQLite can parse\n"
+        "every statement (the files are replayed in order into an in-memory database).\n"
+        "Each finding says why it matters. Exit 1 if there is an error (with --strict, also\n"
+        "a warning).",
+    )
+    parser.add_argument("dir", metavar="DIR", help="folder of NNN_name.sql migrations")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 on warnings too, not only on errors"
+    )
+    parser.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="leave out findings of RULE (a code such as rename-column), or FILE:RULE for one "
+        "file; repeatable",
+    )
+    json_option(parser)
+    parser.set_defaults(handler=_lint)
+
+
+def _lint(args: argparse.Namespace) -> int:
+    report = lint_report(args.dir, ignore=args.ignore)
+    if args.json:
+        print_json(
+            {
+                "folder": os.path.abspath(args.dir),
+                "files": len(report.files),
+                "errors": report.errors,
+                "warnings": report.warnings,
+                "findings": [_finding_json(f) for f in report.findings],
+            }
+        )
+    else:
+        _print_findings(report.findings)
+        print(
+            f"{plural(len(report.files), 'file')}: {plural(report.errors, 'error')}, "
+            f"{plural(report.warnings, 'warning')}"
+        )
+    return EXIT_ACTION if report.failed(strict=args.strict) else EXIT_OK
+
+
+def _finding_json(finding: LintFinding) -> dict[str, Any]:
+    return {
+        "severity": finding.severity,
+        "file": finding.file,
+        "line": finding.line,
+        "code": finding.code,
+        "message": finding.message,
+        "why": finding.why,
+    }
+
+
+def _print_findings(findings: tuple[LintFinding, ...]) -> None:
+    explained: set[str] = set()
+    for finding in findings:
+        where = finding.file if finding.line is None else f"{finding.file}:{finding.line}"
+        print(f"{where}: {finding.severity}: {finding.message} [{finding.code}]")
+        if finding.code not in explained:  # the reason once per rule is enough
+            print(f"    why: {finding.why}")
+            explained.add(finding.code)
+
+
+# -- verify --------------------------------------------------------------------------
+
+
+def _add_verify(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    parser = command(
+        commands,
+        common,
+        "verify",
+        "compare the checksums of applied migrations with the files (never writes)",
+        "Compare the SHA-256 checksum recorded for each applied migration in DB with the\n"
+        "file in DIR. Exit 1 when an applied file was modified or is missing. Pending files\n"
+        "are listed but not compared; rows the old runner left without a checksum are\n"
+        "listed as unchecked.",
+    )
+    parser.add_argument("db", metavar="DB", help="database file (must exist; opened read-only)")
+    parser.add_argument("dir", metavar="DIR", help="folder of NNN_name.sql migrations")
+    json_option(parser)
+    key_options(parser)
+    parser.set_defaults(handler=_verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    checks = verify_migrations(args.db, args.dir, key=key(args))
+    failed = any(c.state in ("modified", "missing") for c in checks)
+    if args.json:
+        print_json(
+            {
+                "database": os.path.abspath(args.db),
+                "folder": os.path.abspath(args.dir),
+                "ok": not failed,
+                "migrations": [
+                    {
+                        "name": c.name,
+                        "state": c.state,
+                        "applied_at": c.applied_at,
+                        "recorded_checksum": c.recorded,
+                        "file_checksum": c.actual,
+                    }
+                    for c in checks
+                ],
+            }
+        )
+        return EXIT_ACTION if failed else EXIT_OK
+    print_rows([(c.state, c.name, _verify_detail(c)) for c in checks])
+    counts: dict[str, int] = {}
+    for check in checks:
+        counts[check.state] = counts.get(check.state, 0) + 1
+    print(", ".join(f"{n} {state}" for state, n in counts.items()) or "no migrations")
+    return EXIT_ACTION if failed else EXIT_OK
+
+
+def _verify_detail(check: ChecksumCheck) -> str:
+    recorded, actual = (check.recorded or "")[:12], (check.actual or "")[:12]
+    if check.state == "ok":
+        return f"sha256 {recorded}  applied {check.applied_at or '?'}"
+    if check.state == "modified":
+        return f"recorded sha256 {recorded}, the file's is now {actual}"
+    if check.state == "missing":
+        return f"applied {check.applied_at or '?'}, file gone"
+    if check.state == "unchecked":
+        return "no checksum recorded (old runner); the next migrate records the file's"
+    return "not applied yet"
+
+
+#: This group's commands, in the order ``--help`` lists them.
+COMMANDS: tuple[AddCommand, ...] = (_add_migrate, _add_status, _add_new, _add_lint, _add_verify)

@@ -1,0 +1,69 @@
+"""Forward-only SQL migrations: a folder of ``NNN_name.sql`` files, applied once each.
+
+Owns the ``_migrations`` bookkeeping table and the rules a migration file
+must follow. Does not print, parse arguments, or pool connections. One
+concern per module; each imports only modules listed above it:
+
+    folder.py        list the folder (one filter), read, normalise, checksum; the next file
+    locking.py       BEGIN IMMEDIATE past the busy timeout; the no-transaction lock file
+    records.py       _migrations in any layout: read, adopt in place, record a file
+    plan.py          the verdicts: each file's rules and run plan; folder against records
+    foreign_keys.py  enforcement off around rebuilds, then the touched tables checked
+    shortcut.py      the repeated-call memory: nothing pending until something changes
+    runner.py        run_migrations: apply each pending file atomically
+    views.py         read-only: migration_status, verify_migrations, plan_migrations
+    lint.py          lint_migrations: the conventions, with a reason for each finding
+
+``_migrations`` keeps the layout products already have,
+``(name TEXT PRIMARY KEY, applied_at TEXT DEFAULT CURRENT_TIMESTAMP)``, and
+gains ``checksum`` and ``duration_ms`` columns in place. The names below
+are the package's public surface; the modules' other names are its own.
+"""
+
+from .folder import (
+    NO_TRANSACTION_MARKER,
+    MigrationFile,
+    MigrationsDir,
+    NewMigration,
+    new_migration,
+    read_migrations,
+)
+from .lint import LintFinding, LintReport, lint_migrations, lint_report
+from .runner import DEFAULT_LOCK_TIMEOUT, run_migrations
+from .views import (
+    ChecksumCheck,
+    ChecksumState,
+    MigrationPlan,
+    MigrationProblem,
+    MigrationStatus,
+    PlannedMigration,
+    State,
+    migration_status,
+    plan_migrations,
+    verify_migrations,
+)
+
+__all__ = [
+    "DEFAULT_LOCK_TIMEOUT",
+    "NO_TRANSACTION_MARKER",
+    "ChecksumCheck",
+    "ChecksumState",
+    "LintFinding",
+    "LintReport",
+    "MigrationFile",
+    "MigrationPlan",
+    "MigrationProblem",
+    "MigrationStatus",
+    "MigrationsDir",
+    "NewMigration",
+    "PlannedMigration",
+    "State",
+    "lint_migrations",
+    "lint_report",
+    "migration_status",
+    "new_migration",
+    "plan_migrations",
+    "read_migrations",
+    "run_migrations",
+    "verify_migrations",
+]

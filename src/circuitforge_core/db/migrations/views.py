@@ -1,0 +1,267 @@
+"""The read-only views: status, checksum verification and the dry-run plan.
+
+Owns turning the comparison of the folder with ``_migrations`` (plan.py)
+into what a person asks: which migrations are applied (``migration_status``),
+whether the applied files are still what was applied
+(``verify_migrations``), and what ``run_migrations`` would do and refuse
+(``plan_migrations``). Each takes a connection, or the path of a database
+that it opens read-only and never creates. Never writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from ..cipher import Key
+from ..connect import get_db
+from ..errors import OpenError
+from .folder import MigrationsDir, read_migrations
+from .plan import Comparison, Verdict, compare, examine, named, out_of_order
+from .records import Record, read_records
+
+DatabaseOrPath = sqlite3.Connection | str | os.PathLike[str]
+
+
+# -- status --------------------------------------------------------------------------
+
+State = Literal["applied", "pending", "modified", "missing"]
+
+_STATUS: dict[Verdict, State] = {
+    "applied": "applied",
+    "unchecked": "applied",  # the old runner recorded no checksum: nothing to compare
+    "modified": "modified",
+    "pending": "pending",
+    "missing": "missing",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationStatus:
+    """The state of one migration, as ``migration_status`` reports it.
+
+    ``applied_at`` is the UTC time SQLite recorded, None while pending.
+    """
+
+    name: str
+    state: State
+    applied_at: str | None
+
+
+def migration_status(
+    db: DatabaseOrPath, migrations_dir: MigrationsDir, *, key: Key | None = None
+) -> list[MigrationStatus]:
+    """Every file and every recorded name with its state; never writes.
+
+    Files come in filename order, then recorded names whose file is missing.
+    ``db`` may be the path of a database file, opened read-only (with ``key``
+    if it is encrypted); a file that does not exist shows every migration
+    pending and is not created.
+    """
+    files = read_migrations(migrations_dir)
+    return [
+        MigrationStatus(c.name, _STATUS[c.state], c.applied_at)
+        for c in compare(files, _recorded(db, key))
+    ]
+
+
+# -- verify --------------------------------------------------------------------------
+
+ChecksumState = Literal["ok", "modified", "missing", "unchecked", "pending"]
+
+_CHECKSUM: dict[Verdict, ChecksumState] = {
+    "applied": "ok",
+    "unchecked": "unchecked",
+    "modified": "modified",
+    "pending": "pending",
+    "missing": "missing",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ChecksumCheck:
+    """One migration's recorded checksum against its file.
+
+    ``state`` is ``ok`` (they match), ``modified`` (they differ), ``missing``
+    (recorded, no file), ``unchecked`` (recorded without a checksum by the old
+    runner; the next ``run_migrations`` records the file's) or ``pending``
+    (a file not applied yet, nothing to compare).
+    """
+
+    name: str
+    state: ChecksumState
+    applied_at: str | None
+    recorded: str | None
+    actual: str | None
+
+
+def verify_migrations(
+    db: DatabaseOrPath, migrations_dir: MigrationsDir, *, key: Key | None = None
+) -> list[ChecksumCheck]:
+    """Compare the checksums ``_migrations`` recorded with the files; never writes.
+
+    Files in filename order, then recorded names without a file. Works on a
+    read-only connection. ``db`` may be the path of an existing database
+    file, opened read-only (with ``key`` if it is encrypted); a path that
+    does not exist raises ``OpenError``, since there is nothing to verify.
+    """
+    if isinstance(db, str | os.PathLike) and not os.path.lexists(db):
+        path = os.path.abspath(db)
+        raise OpenError(path, f"{path} does not exist; nothing to verify.")
+    files = read_migrations(migrations_dir)
+    return [_checksum_check(c) for c in compare(files, _recorded(db, key))]
+
+
+def _checksum_check(comparison: Comparison) -> ChecksumCheck:
+    record, file = comparison.record, comparison.file
+    return ChecksumCheck(
+        comparison.name,
+        _CHECKSUM[comparison.state],
+        comparison.applied_at,
+        None if record is None else record.checksum,
+        None if file is None else file.checksum,
+    )
+
+
+# -- the dry run ---------------------------------------------------------------------
+
+ProblemKind = Literal["modified", "refused"]
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationProblem:
+    """Something that makes ``run_migrations`` refuse to run, found by ``plan_migrations``.
+
+    ``kind`` is ``modified`` (an applied file was edited; ``line`` is None)
+    or ``refused`` (a pending file breaks a rule at ``line``); ``message`` is
+    what the run would raise or say.
+    """
+
+    kind: ProblemKind
+    name: str
+    line: int | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedMigration:
+    """One pending file as ``run_migrations`` would run it.
+
+    ``statements`` is how many statements would run, ``transaction`` whether
+    in one transaction (False for a ``-- cf-db: no-transaction`` file) and
+    ``foreign_keys_checked`` whether enforcement would be switched off and
+    the touched tables checked. ``problem`` is why the runner would refuse
+    the file, None when it would apply it.
+    """
+
+    name: str
+    statements: int
+    transaction: bool
+    foreign_keys_checked: bool
+    problem: MigrationProblem | None
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationPlan:
+    """What ``run_migrations`` would do now, and everything that would stop it.
+
+    ``pending`` in the order they would run; ``problems`` every reason the
+    run would be refused (while there is one, nothing would be applied);
+    ``notes`` what it would only warn about (a missing file, a file that
+    sorts before an applied one).
+    """
+
+    pending: tuple[PlannedMigration, ...]
+    problems: tuple[MigrationProblem, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run would go through (also when there is nothing to apply)."""
+        return not self.problems
+
+
+def plan_migrations(
+    db: DatabaseOrPath, migrations_dir: MigrationsDir, *, key: Key | None = None
+) -> MigrationPlan:
+    """What ``run_migrations`` would apply and refuse, judged by its own rules; never writes.
+
+    Reports everything at once where the run stops at the first problem:
+    every applied file edited since, every pending file the runner would
+    refuse. ``db`` may be the path of a database file, opened read-only
+    (with ``key`` if it is encrypted); one that does not exist has
+    everything pending and is not created. The files are judged, not run.
+    """
+    # Judged only: a later option may run the pending files in a transaction that is rolled
+    # back (runner.run_in_transaction), adding a problem kind for a statement that fails.
+    files = read_migrations(migrations_dir)
+    comparisons = compare(files, _recorded(db, key))
+    problems = [
+        MigrationProblem(
+            "modified",
+            name,
+            None,
+            f"applied migration {name} was edited since it was applied; migrate refuses to run "
+            f"anything until the applied text is restored (put the change in a new file).",
+        )
+        for name in named(comparisons, "modified")
+    ]
+    notes = [
+        f"{name} is recorded as applied but its file is gone; never delete an applied migration"
+        for name in named(comparisons, "missing")
+    ]
+    pending = []
+    for comparison in comparisons:
+        if comparison.state != "pending" or comparison.file is None:
+            continue
+        plan = examine(comparison.file)
+        problem = None
+        if plan.refusals:
+            error = plan.refusals[0].error(comparison.file)
+            problem = MigrationProblem("refused", comparison.name, error.line, str(error))
+            problems.append(problem)
+        pending.append(
+            PlannedMigration(
+                comparison.name,
+                len(plan.statements),
+                not comparison.file.no_transaction,
+                plan.foreign_keys_off,
+                problem,
+            )
+        )
+    notes += [
+        f"{name} sorts before the already applied {latest}; it would be applied anyway"
+        for name, latest in out_of_order(comparisons)
+    ]
+    return MigrationPlan(tuple(pending), tuple(problems), tuple(notes))
+
+
+# -- reading the records -------------------------------------------------------------
+
+
+def _recorded(db: DatabaseOrPath, key: Key | None) -> dict[str, Record]:
+    """The rows of ``_migrations``; none for a database file that does not exist."""
+    with _reading(db, key) as connection:
+        return {} if connection is None else read_records(connection)[0]
+
+
+@contextlib.contextmanager
+def _reading(db: DatabaseOrPath, key: Key | None) -> Iterator[sqlite3.Connection | None]:
+    """The connection to read; a path opened read-only and closed after, None if absent."""
+    if not isinstance(db, str | os.PathLike):
+        if key is not None:
+            raise TypeError("key= goes with a database path, not a connection")
+        yield db
+        return
+    if not os.path.lexists(db):
+        yield None
+        return
+    connection = get_db(db, readonly=True, key=key)
+    try:
+        yield connection
+    finally:
+        connection.close()

@@ -1,0 +1,440 @@
+"""PoolRegistry: one pool per database file, for the life of the app, under one cap.
+
+Owns the app lifetime of many files' pools: making a file's pool at its first
+checkout and letting it go once the file has no connection left (so memory
+follows the cap, not the number of users), the process-wide cap shared
+through one ``ConnectionBudget`` (with eviction of the least recently used
+idle connection), ``evict`` before a file is replaced, ``drop_database`` for
+account deletion, and ``close`` at shutdown. Does not own which file a
+request uses, nor per-user paths or keys (tenancy.py), nor anything done to
+one file's connections (file_pool.py).
+
+The registry talks to a pool only through its public methods
+(``connection()``, ``close()``, ``open_connections``) and hears from the pools
+through its budget's ``on_pool_unused``. Its own state (the pools, the pins,
+the files being dropped) lives under the budget's lock, the one lock of the
+group (lock order: see file_pool.py).
+
+Where things happen, one place each: ``_check_out`` (every registry checkout,
+on whichever thread enters it), ``_new_pool`` (a file gets a pool),
+``_let_go`` and ``_unpin`` (a file's pool is let go), ``_take_out`` (a file
+is retired by ``evict`` or ``drop_database``), ``_remove_database_files``
+(after the file's connections are closed, before anything is deleted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from ..connect import Connection
+from ..errors import PoolClosedError, PoolTimeoutError
+from ..files import fsync
+from ..migrations import DEFAULT_LOCK_TIMEOUT, MigrationsDir
+from .budget import ConnectionBudget
+from .connection import RowFactory
+from .file_pool import DEFAULT_POOL_TIMEOUT, ConnectionPool, KeySource
+
+logger = logging.getLogger("circuitforge_core.db")
+
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_MAX_PER_DATABASE = 4
+
+#: ``get_db`` settings for many small per-user files. cache_size 2 MiB (SQLite's
+#: own default): the page cache is per connection, and 256 connections at the
+#: single-file 8 MiB would be 2 GiB. mmap_size 0: an I/O error on a mapped file
+#: is a SIGBUS that kills every request of the process, and each mapping also
+#: counts against vm.max_map_count. journal_size_limit 4 MiB: what a WAL stays
+#: near with default checkpoints; a big transaction's WAL shrinks back to it.
+CLOUD_CONNECT_KWARGS: Mapping[str, Any] = MappingProxyType(
+    {"cache_size_kib": 2048, "mmap_size": 0, "journal_size_limit": 4 * 1024 * 1024}
+)
+
+MigrationsFor = MigrationsDir | Callable[[str], MigrationsDir | None] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryStats:
+    """Counts across every file of a registry.
+
+    ``databases``: files with a pool right now (one with open connections,
+    or in use). ``waiting``: threads blocked right now (checkouts waiting for
+    a connection, ``evict``/``drop_database`` waiting for busy ones). Since
+    the registry was made: ``evictions``; ``migration_runs``, the times a
+    file's folder was run (once when first opened, and again, as a cheap
+    check, after all its connections had been closed); ``migrations_applied``,
+    the migration files those runs applied.
+    """
+
+    databases: int
+    open: int
+    idle: int
+    busy: int
+    waiting: int
+    max_connections: int
+    evictions: int
+    migration_runs: int
+    migrations_applied: int
+
+
+class PoolRegistry:
+    """One ``ConnectionPool`` per database file, under a process-wide cap.
+
+    ``with registry.connection(path) as db:`` checks out a connection to
+    ``path``. At most ``max_connections`` connections are open across all
+    files (each WAL connection holds up to 3 file descriptors) and at most
+    ``max_per_database`` to one file. Opening one more when the cap is reached
+    closes the least recently used idle connection of another file; busy
+    connections are never closed under their user; with none idle the caller
+    waits up to ``timeout`` seconds, then gets ``PoolTimeoutError``. Each file
+    has its ``migrations`` applied once per process, before first use (a
+    callable maps a path to its folder). ``key`` encrypts the files: a key,
+    or a resolver that maps a path to its key (``user_key_resolver`` derives
+    each user's from the server secret). ``connect_kwargs`` go to ``get_db``
+    (default: ``CLOUD_CONNECT_KWARGS``). ``close()`` closes every connection.
+    """
+
+    def __init__(
+        self,
+        *,
+        migrations: MigrationsFor = None,
+        key: KeySource = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_database: int = DEFAULT_MAX_PER_DATABASE,
+        timeout: float = DEFAULT_POOL_TIMEOUT,
+        connect_kwargs: Mapping[str, Any] = CLOUD_CONNECT_KWARGS,
+        row_factory: RowFactory = None,
+        migration_lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> None:
+        if max_connections < 1 or max_per_database < 1:
+            raise ValueError("max_connections and max_per_database must be at least 1")
+        self.migrations = migrations
+        self.max_connections = max_connections
+        self.max_per_database = min(max_per_database, max_connections)
+        self.timeout = timeout
+        self.connect_kwargs = dict(connect_kwargs)
+        self.row_factory = row_factory
+        self.migration_lock_timeout = migration_lock_timeout
+        self._key_source = key
+        self._budget = ConnectionBudget(max_connections, on_pool_unused=self._let_go)
+        self._lock = self._budget.lock
+        # Pools exist only while their file has connections (or is in use), so
+        # memory follows the cap, not the number of users.
+        self._pools: dict[str, ConnectionPool] = {}
+        # Checkouts between finding a file's pool and getting its connection, per
+        # file: a pinned file's pool is not let go when eviction takes its last
+        # connection (the caller is about to open one).
+        self._pins: dict[str, int] = {}
+        self._dropping: set[str] = set()
+        self._closed = False
+        _live_registries.add(self)
+        _warn_if_too_few_file_descriptors(max_connections)
+
+    # -- connections -----------------------------------------------------------------
+
+    def connection(self, path: str | os.PathLike[str]) -> _RegistryCheckout:
+        """``with registry.connection(path) as db:``: a pooled connection to ``path``.
+
+        The object returned may be entered and exited on any thread (one
+        after the other): an async caller can run both in a worker thread.
+        """
+        given = os.fspath(path)
+        # A key of _pools is already absolute and normalised: skip abspath for it.
+        return _RegistryCheckout(self, given if given in self._pools else os.path.abspath(given))
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open right now across all files (cheap: for a metrics gauge)."""
+        return self._budget.open_connections
+
+    def _check_out(self, key: str) -> tuple[AbstractContextManager[Connection], Connection]:
+        """A connection to the absolute path ``key`` and the pool checkout it came from.
+
+        Every registry checkout happens here. A pool that ``evict`` or
+        ``drop_database`` closed between the lookup and the checkout has a
+        successor by the next lookup, so that is retried a few times.
+        """
+        for attempt in range(_CHECKOUT_ATTEMPTS):
+            pool = self._pin(key)
+            checkout = pool.connection()
+            try:
+                return checkout, checkout.__enter__()
+            except PoolClosedError:
+                retired = self._pools.get(key) is not pool
+                if not retired or self._closed or attempt == _CHECKOUT_ATTEMPTS - 1:
+                    raise
+            finally:
+                self._unpin(key, pool)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _pin(self, key: str) -> ConnectionPool:
+        """The pool for ``key`` (made when missing), pinned until ``_unpin``."""
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                self._check_open(key)
+                pool = self._pools[key] = self._new_pool(key)
+            pins = self._pins
+            pins[key] = pins.get(key, 0) + 1
+            return pool
+
+    def _unpin(self, key: str, pool: ConnectionPool) -> None:
+        """The checkout that pinned ``pool`` is over; let the pool go if it ended up empty."""
+        with self._lock:
+            pins = self._pins
+            left = pins[key] - 1
+            if left:
+                pins[key] = left
+                return
+            del pins[key]
+            if pool.open_connections:
+                return
+            # The checkout failed (a migration, a timeout) and left no connection.
+            unused = self._pools.get(key) is pool
+            if unused:
+                del self._pools[key]
+        if unused:
+            pool.close()
+
+    def _let_go(self, pool: ConnectionPool) -> bool:
+        """Budget callback, lock held: ``pool`` has no connection left; forget it unless pinned."""
+        key = pool.path
+        if key in self._pins or self._pools.get(key) is not pool:
+            return False
+        del self._pools[key]
+        return True
+
+    def _new_pool(self, path: str) -> ConnectionPool:
+        """Lock held: the pool for a file that has none; cheap, it opens nothing yet."""
+        migrations = self.migrations(path) if callable(self.migrations) else self.migrations
+        return ConnectionPool(
+            path,
+            migrations=migrations,
+            key=self._key_source,
+            max_size=self.max_per_database,
+            timeout=self.timeout,
+            connect_kwargs=self.connect_kwargs,
+            row_factory=self.row_factory,
+            migration_lock_timeout=self.migration_lock_timeout,
+            budget=self._budget,
+        )
+
+    def _check_open(self, key: str) -> None:
+        if self._closed:
+            raise PoolClosedError(
+                f"{key}: the pool registry is closed (the service is shutting down); no new "
+                f"connections are handed out."
+            )
+        if key in self._dropping:
+            raise PoolClosedError(
+                f"{key} is being deleted (drop_database); no new connections to it are handed out."
+            )
+
+    # -- retiring files --------------------------------------------------------------
+
+    def evict(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> None:
+        """Close every connection to ``path``, waiting up to ``timeout`` for busy ones.
+
+        Use before replacing the file (a restore) or moving it. The next use
+        opens it afresh and checks its migrations again.
+        """
+        key = os.path.abspath(os.fspath(path))
+        with self._lock:
+            pool = self._pools.pop(key, None)
+        self._take_out(pool, timeout)
+
+    def drop_database(
+        self, path: str | os.PathLike[str], *, timeout: float | None = None
+    ) -> list[str]:
+        """Delete one database for good (account deletion); returns the files removed.
+
+        Every connection of this process to it is closed first (waiting up to
+        ``timeout`` for busy ones; new checkouts are refused meanwhile), then
+        the -wal, -shm and -journal files go before the database itself (a
+        stray -wal would be replayed into a new file of the same name), then
+        ``<db>.migrate-lock``. Other processes must have closed theirs.
+        """
+        key = os.path.abspath(os.fspath(path))
+        with self._lock:
+            self._check_open(key)
+            self._dropping.add(key)
+            pool = self._pools.pop(key, None)
+        try:
+            self._take_out(pool, timeout)
+            return _remove_database_files(key)
+        finally:
+            with self._lock:
+                self._dropping.discard(key)
+
+    def _take_out(self, pool: ConnectionPool | None, timeout: float | None) -> None:
+        """Close a pool already removed from the registry, and wait for its busy connections."""
+        if pool is None:
+            return
+        wait = self.timeout if timeout is None else timeout
+        try:
+            pool.close(timeout=wait)
+        except PoolTimeoutError as exc:
+            raise PoolTimeoutError(
+                f"{pool.path}: {pool.stats().busy} connection(s) to it were still in use after "
+                f"{wait:g} s, so it was left in place. Retry once the requests using it have "
+                f"finished.",
+                path=pool.path,
+                limit=pool.max_size,
+                timeout=wait,
+            ) from exc
+
+    def close(self) -> None:
+        """Close every connection: idle ones now, busy ones as they come back."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pools = list(self._pools.values())
+            self._pools.clear()
+        for pool in pools:
+            pool.close()
+
+    # -- introspection ---------------------------------------------------------------
+
+    def stats(self) -> RegistryStats:
+        budget = self._budget
+        with self._lock:
+            return RegistryStats(
+                databases=len(self._pools),
+                open=budget.open_connections,
+                idle=budget.idle_connections,
+                busy=budget.busy_connections,
+                waiting=budget.waiting,
+                max_connections=self.max_connections,
+                evictions=budget.evictions,
+                migration_runs=budget.migration_runs,
+                migrations_applied=budget.migrations_applied,
+            )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> PoolRegistry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<PoolRegistry {len(self._pools)} databases, {self._budget.open_connections}/"
+            f"{self.max_connections} connections open{' (closed)' if self._closed else ''}>"
+        )
+
+    def __del__(self) -> None:
+        # Its pools close their idle connections as they are collected with it.
+        budget = getattr(self, "_budget", None)
+        if budget is not None and not self._closed and budget.open_connections:
+            warnings.warn(
+                f"PoolRegistry was garbage-collected with {budget.open_connections} open "
+                f"connection(s); call close() at shutdown (or use it as a context manager).",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
+            )
+
+    # -- fork ------------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """The threads that pinned pools or dropped files did not survive the fork."""
+        self._lock = self._budget.lock  # new: the budget started empty first
+        self._pins.clear()
+        self._dropping.clear()
+
+
+_CHECKOUT_ATTEMPTS = 5
+
+
+class _RegistryCheckout:
+    """The context manager ``PoolRegistry.connection()`` returns."""
+
+    __slots__ = ("_checkout", "_path", "_registry")
+
+    def __init__(self, registry: PoolRegistry, path: str) -> None:
+        self._registry = registry
+        self._path = path
+        self._checkout: AbstractContextManager[Connection] | None = None
+
+    def __enter__(self) -> Connection:
+        self._checkout, conn = self._registry._check_out(self._path)
+        return conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        checkout, self._checkout = self._checkout, None
+        if checkout is not None:
+            checkout.__exit__(exc_type, exc, traceback)
+
+
+def _remove_database_files(path: str) -> list[str]:
+    """Remove the database and what SQLite and the runner keep beside it, -wal first; durably.
+
+    The place to hang "before a drop": every connection of this process to
+    the file is closed by now, and nothing is deleted yet.
+    """
+    removed = []
+    for name in (path + "-wal", path + "-shm", path + "-journal", path, path + ".migrate-lock"):
+        try:
+            os.remove(name)
+        except FileNotFoundError:
+            continue
+        removed.append(name)
+    with contextlib.suppress(OSError):  # make the removal durable; not possible everywhere
+        fsync(os.path.dirname(path))
+    logger.info("dropped database %s (%d files removed)", path, len(removed))
+    return removed
+
+
+_fd_limit_checked = threading.Event()
+
+
+def _warn_if_too_few_file_descriptors(max_connections: int) -> None:
+    """Warn once when the process cannot hold the cap's file descriptors."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 3 * max_connections + 64
+    if soft != resource.RLIM_INFINITY and soft < needed and not _fd_limit_checked.is_set():
+        _fd_limit_checked.set()
+        logger.warning(
+            "the open-file limit (%d) is below what %d pooled connections may need (%d: 3 per "
+            "connection plus sockets); raise `ulimit -n` or lower max_connections",
+            soft,
+            max_connections,
+            needed,
+        )
+
+
+# -- fork safety (see connection.py) ----------------------------------------------------
+
+_live_registries: weakref.WeakSet[PoolRegistry] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for registry in list(_live_registries):
+        registry._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
