@@ -29,7 +29,7 @@ from typing import Any
 import aiosqlite
 
 from circuitforge_core.db import PoolRegistry, transaction
-from circuitforge_core.db.aio import AsyncCheckout, AsyncWorkers, run_checked_out
+from circuitforge_core.db.aio import AsyncCheckout
 
 from . import writers
 from .bare import PRAGMAS
@@ -122,26 +122,16 @@ def holding_lock(path: str, seconds: float) -> subprocess.Popen[str]:
 
 
 class Ours:
-    """The async API over one registry (what ``registry.aconnection(path)`` builds)."""
+    """The async API over one registry, as products call it."""
 
     def __init__(self, registry: PoolRegistry) -> None:
         self.registry = registry
-        self.workers = AsyncWorkers(
-            registry.max_connections,
-            timeout=registry.timeout,
-            describe="bench registry",
-            per_key_limit=registry.max_per_database,
-        )
 
     def connection(self, path: str) -> AsyncCheckout:
-        registry = self.registry
-        return AsyncCheckout(lambda: registry.connection(path), self.workers, path=path, key=path)
+        return self.registry.aconnection(path)
 
     async def run(self, path: str, function: Callable[..., Any], *args: Any) -> Any:
-        registry = self.registry
-        return await run_checked_out(
-            lambda: registry.connection(path), self.workers, function, args, {}, key=path
-        )
+        return await self.registry.arun(path, function, *args)
 
 
 def unit_of_work(db: sqlite3.Connection, number: int) -> None:
@@ -325,7 +315,7 @@ def bench_throughput(folder: Path) -> None:
                 "aiosqlite": with_aiosqlite,
                 "ours, statement by statement": per_statement,
                 "ours, async with + db.run(fn)": session_run,
-                "ours, one trip (run_checked_out)": one_trip,
+                "ours, one trip (registry.arun)": one_trip,
                 "asyncio.to_thread per request": to_thread,
             }
             results: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}

@@ -17,9 +17,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from circuitforge_core.db import PoolRegistry, transaction
-from circuitforge_core.db.aio import AsyncCheckout, AsyncWorkers
-from circuitforge_core.db.asgi import CancelOnDisconnect
+from circuitforge_core.db import CancelOnDisconnect, PoolRegistry, transaction
+from circuitforge_core.db.aio import AsyncCheckout
 
 SLOW_QUERY = (
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000000) "
@@ -31,7 +30,6 @@ def create_app() -> FastAPI:
     root = Path(os.environ["CF_TEST_ROOT"])
     blocking = os.environ.get("CF_TEST_BLOCKING") == "1"
     registry = PoolRegistry(max_connections=8, max_per_database=2, timeout=20)
-    workers = AsyncWorkers(8, timeout=20, describe="test registry", per_key_limit=2)
     lateness: list[float] = []
 
     async def heartbeat() -> None:
@@ -54,8 +52,7 @@ def create_app() -> FastAPI:
         return str(root / f"{user}.db")
 
     def aconnection(user: str) -> AsyncCheckout:
-        path = path_of(user)
-        return AsyncCheckout(lambda: registry.connection(path), workers, path=path, key=path)
+        return registry.aconnection(path_of(user))
 
     @app.get("/heartbeat")
     async def beats() -> dict[str, Any]:
@@ -99,7 +96,7 @@ def create_app() -> FastAPI:
 
     @app.get("/busy")
     async def busy() -> dict[str, int]:
-        return {"busy": registry.stats().busy, "in_use": workers.in_use}
+        return {"busy": registry.stats().busy, "in_use": registry.async_workers.in_use}
 
     @app.get("/endless/{user}")
     async def endless(user: str) -> dict[str, int]:

@@ -24,16 +24,11 @@ from circuitforge_core.db import (
     PoolTimeoutError,
     TransactionError,
     current_db_path,
+    request_aconnection,
     transaction,
     use_db,
 )
-from circuitforge_core.db.aio import (
-    AsyncCheckout,
-    AsyncConnection,
-    AsyncWorkers,
-    FetchedCursor,
-    run_checked_out,
-)
+from circuitforge_core.db.aio import AsyncConnection, FetchedCursor
 
 # Counts to a billion: minutes of work unless interrupted.
 SLOW_QUERY = (
@@ -43,42 +38,6 @@ SLOW_QUERY = (
 WAIT = 30.0  # bound for every wait on an event; never reached when things work
 
 
-class Async:
-    """Phase-1 stand-in for ``pool.aconnection()`` / ``registry.aconnection(path)``."""
-
-    def __init__(self, source: ConnectionPool | PoolRegistry) -> None:
-        self.source = source
-        if isinstance(source, ConnectionPool):
-            self.workers = AsyncWorkers(
-                source.max_size, timeout=source.timeout, describe=repr(source), path=source.path
-            )
-        else:
-            self.workers = AsyncWorkers(
-                source.max_connections,
-                timeout=source.timeout,
-                describe=repr(source),
-                per_key_limit=source.max_per_database,
-            )
-
-    def connection(self, path: str | Path | None = None) -> AsyncCheckout:
-        source = self.source
-        if isinstance(source, ConnectionPool):
-            return AsyncCheckout(source.connection, self.workers, path=source.path)
-        resolved = str(path) if path is not None else current_db_path()
-        return AsyncCheckout(
-            lambda: source.connection(resolved), self.workers, path=resolved, key=resolved
-        )
-
-    async def run(self, path: str | Path | None, function: Any, *args: Any, **kwargs: Any) -> Any:
-        source = self.source
-        if isinstance(source, ConnectionPool):
-            return await run_checked_out(source.connection, self.workers, function, args, kwargs)
-        resolved = str(path)
-        return await run_checked_out(
-            lambda: source.connection(resolved), self.workers, function, args, kwargs, key=resolved
-        )
-
-
 @pytest.fixture
 def pool(db_path: Path) -> Iterator[ConnectionPool]:
     with ConnectionPool(db_path, max_size=2, timeout=10) as pool:
@@ -86,11 +45,6 @@ def pool(db_path: Path) -> Iterator[ConnectionPool]:
             db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
             db.commit()
         yield pool
-
-
-@pytest.fixture
-def apool(pool: ConnectionPool) -> Async:
-    return Async(pool)
 
 
 def count(pool: ConnectionPool) -> int:
@@ -116,11 +70,11 @@ def signal_when_running(db: sqlite3.Connection, event: threading.Event) -> None:
 # -- the API ------------------------------------------------------------------------------
 
 
-def test_statements_run_and_return_fetched_rows(apool: Async, pool: ConnectionPool) -> None:
+def test_statements_run_and_return_fetched_rows(pool: ConnectionPool) -> None:
     """execute, executemany, fetchone, fetchall: rows arrive fetched, cursors are not left open."""
 
     async def main() -> None:
-        async with apool.connection() as db:
+        async with pool.aconnection() as db:
             assert isinstance(db, AsyncConnection)
             async with db.transaction():
                 inserted = await db.executemany(
@@ -156,11 +110,11 @@ async def _aiter(cursor: FetchedCursor) -> AsyncIterator[Any]:
         yield row
 
 
-def test_returning_rows_are_complete_before_the_commit(apool: Async, pool: ConnectionPool) -> None:
+def test_returning_rows_are_complete_before_the_commit(pool: ConnectionPool) -> None:
     """INSERT ... RETURNING inside a transaction: every returned row, and every row committed."""
 
     async def main() -> list[Any]:
-        async with apool.connection() as db, db.transaction():
+        async with pool.aconnection() as db, db.transaction():
             cursor = await db.execute(
                 "INSERT INTO notes (body) VALUES ('x'), ('y'), ('z') RETURNING id"
             )
@@ -170,13 +124,11 @@ def test_returning_rows_are_complete_before_the_commit(apool: Async, pool: Conne
     assert count(pool) == 3
 
 
-def test_transactions_commit_roll_back_and_nest_as_savepoints(
-    apool: Async, pool: ConnectionPool
-) -> None:
+def test_transactions_commit_roll_back_and_nest_as_savepoints(pool: ConnectionPool) -> None:
     """A failing inner block undoes only its own work; a failing outer block undoes all."""
 
     async def main() -> None:
-        async with apool.connection() as db:
+        async with pool.aconnection() as db:
             async with db.transaction():
                 await db.execute("INSERT INTO notes (body) VALUES ('kept')")
                 assert db.in_transaction
@@ -197,9 +149,7 @@ def test_transactions_commit_roll_back_and_nest_as_savepoints(
     asyncio.run(main())
 
 
-def test_run_calls_a_function_with_the_sync_connection_in_one_trip(
-    apool: Async, pool: ConnectionPool
-) -> None:
+def test_run_calls_a_function_with_the_sync_connection_in_one_trip(pool: ConnectionPool) -> None:
     """run(fn, *args, **kwargs): the function gets the connection; its result comes back."""
 
     def add_notes(db: sqlite3.Connection, bodies: list[str], *, suffix: str) -> int:
@@ -208,9 +158,9 @@ def test_run_calls_a_function_with_the_sync_connection_in_one_trip(
         return int(db.execute("SELECT count(*) FROM notes").fetchone()[0])
 
     async def main() -> tuple[int, int]:
-        async with apool.connection() as db:
+        async with pool.aconnection() as db:
             first = await db.run(add_notes, ["a", "b"], suffix="!")
-        second = await apool.run(None, add_notes, ["c"], suffix="?")
+        second = await pool.arun(add_notes, ["c"], suffix="?")
         return first, second
 
     assert asyncio.run(main()) == (2, 3)
@@ -218,12 +168,12 @@ def test_run_calls_a_function_with_the_sync_connection_in_one_trip(
 
 
 def test_sql_errors_stay_sqlite3_errors_and_the_connection_stays_usable(
-    apool: Async, pool: ConnectionPool
+    pool: ConnectionPool,
 ) -> None:
     """A failing statement raises sqlite3's own error, from the worker, with its message."""
 
     async def main() -> None:
-        async with apool.connection() as db:
+        async with pool.aconnection() as db:
             with pytest.raises(sqlite3.OperationalError, match="no such table: missing"):
                 await db.execute("SELECT * FROM missing")
             with pytest.raises(sqlite3.IntegrityError):
@@ -234,11 +184,11 @@ def test_sql_errors_stay_sqlite3_errors_and_the_connection_stays_usable(
     assert pool.stats().busy == 0
 
 
-def test_the_connection_refuses_use_after_its_block(apool: Async) -> None:
+def test_the_connection_refuses_use_after_its_block(pool: ConnectionPool) -> None:
     """A connection kept past its async with raises instead of touching a pooled connection."""
 
     async def main() -> AsyncConnection:
-        async with apool.connection() as db:
+        async with pool.aconnection() as db:
             pass
         with pytest.raises(sqlite3.ProgrammingError, match="went back to its pool"):
             await db.execute("SELECT 1")
@@ -247,13 +197,11 @@ def test_the_connection_refuses_use_after_its_block(apool: Async) -> None:
     asyncio.run(main())
 
 
-def test_a_block_left_with_an_open_transaction_is_rolled_back(
-    apool: Async, pool: ConnectionPool
-) -> None:
+def test_a_block_left_with_an_open_transaction_is_rolled_back(pool: ConnectionPool) -> None:
     """An implicit transaction the block never committed is rolled back at check-in."""
 
     async def main() -> None:
-        async with apool.connection() as db:
+        async with pool.aconnection() as db:
             await db.execute("INSERT INTO notes (body) VALUES ('never committed')")
             assert db.in_transaction
 
@@ -262,9 +210,9 @@ def test_a_block_left_with_an_open_transaction_is_rolled_back(
     assert pool.stats().rollbacks_on_return == 1
 
 
-def test_no_loop_no_async_connection(apool: Async) -> None:
+def test_no_loop_no_async_connection(pool: ConnectionPool) -> None:
     """Outside a running loop the checkout says which loops work."""
-    checkout = apool.connection()
+    checkout = pool.aconnection()
     with pytest.raises(RuntimeError, match="asyncio or trio"):
         checkout.__aenter__().send(None)
 
@@ -273,14 +221,14 @@ def test_no_loop_no_async_connection(apool: Async) -> None:
 
 
 def test_a_cancelled_statement_is_interrupted_rolled_back_and_the_connection_returned(
-    apool: Async, pool: ConnectionPool
+    pool: ConnectionPool,
 ) -> None:
     """Cancel mid-statement: the query stops, the transaction rolls back, the connection is
     back and answers the next query on the same connection at once."""
     running = threading.Event()
 
     async def slow_request() -> None:
-        async with apool.connection() as db, db.transaction():
+        async with pool.aconnection() as db, db.transaction():
             await db.execute("INSERT INTO notes (body) VALUES ('rolled back')")
             await db.run(signal_when_running, running)
             await db.execute(SLOW_QUERY)
@@ -293,7 +241,7 @@ def test_a_cancelled_statement_is_interrupted_rolled_back_and_the_connection_ret
         with pytest.raises(asyncio.CancelledError):
             await task
         assert pool.stats().busy == 0
-        async with apool.connection() as db:
+        async with pool.aconnection() as db:
             await db.run(lambda c: c.set_progress_handler(None, 0))
             assert not db.in_transaction
             assert await db.fetchone("SELECT count(*) FROM notes") == (0,)
@@ -305,9 +253,7 @@ def test_a_cancelled_statement_is_interrupted_rolled_back_and_the_connection_ret
     assert (stats.opened, stats.busy, stats.closed) == (1, 0, 0)  # the same, healthy connection
 
 
-def test_a_cancelled_one_trip_unit_is_interrupted_and_checked_in(
-    apool: Async, pool: ConnectionPool
-) -> None:
+def test_a_cancelled_one_trip_unit_is_interrupted_and_checked_in(pool: ConnectionPool) -> None:
     """run_checked_out cancelled inside its function: interrupted, checked in, nothing kept."""
     running = threading.Event()
 
@@ -318,13 +264,13 @@ def test_a_cancelled_one_trip_unit_is_interrupted_and_checked_in(
             db.execute(SLOW_QUERY)
 
     async def main() -> None:
-        task = asyncio.create_task(apool.run(None, unit))
+        task = asyncio.create_task(pool.arun(unit))
         await wait_for(running)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert pool.stats().busy == 0
-        assert apool.workers.in_use == 0
+        assert pool.async_workers.in_use == 0
 
     asyncio.run(main())
     with pool.connection() as db:
@@ -332,11 +278,11 @@ def test_a_cancelled_one_trip_unit_is_interrupted_and_checked_in(
     assert count(pool) == 0
 
 
-def test_a_timeout_around_a_slow_query_interrupts_it(apool: Async, pool: ConnectionPool) -> None:
+def test_a_timeout_around_a_slow_query_interrupts_it(pool: ConnectionPool) -> None:
     """asyncio.timeout() cancels the statement like any cancellation; the error is TimeoutError."""
 
     async def main() -> None:
-        async with apool.connection() as db:
+        async with pool.aconnection() as db:
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.2):
                     await db.execute(SLOW_QUERY)
@@ -347,7 +293,7 @@ def test_a_timeout_around_a_slow_query_interrupts_it(apool: Async, pool: Connect
 
 
 def test_cancelled_while_waiting_for_a_connection_leaves_nothing_checked_out(
-    apool: Async, pool: ConnectionPool
+    pool: ConnectionPool,
 ) -> None:
     """A coroutine cancelled in the queue for an exhausted pool leaves; nothing leaks."""
 
@@ -358,7 +304,7 @@ def test_cancelled_while_waiting_for_a_connection_leaves_nothing_checked_out(
 
         async def holder() -> None:
             nonlocal inside
-            async with apool.connection() as db:
+            async with pool.aconnection() as db:
                 await db.fetchone("SELECT 1")
                 inside += 1
                 if inside == 2:
@@ -367,37 +313,36 @@ def test_cancelled_while_waiting_for_a_connection_leaves_nothing_checked_out(
 
         holders = [asyncio.create_task(holder()) for _ in range(2)]
         await holders_in.wait()
-        waiters = [asyncio.create_task(_checkout_once(apool)) for _ in range(5)]
-        while apool.workers.waiting < 5:
+        waiters = [asyncio.create_task(_checkout_once(pool)) for _ in range(5)]
+        while pool.async_workers.waiting < 5:
             await asyncio.sleep(0.001)
         for task in waiters:
             task.cancel()
         results = await asyncio.gather(*waiters, return_exceptions=True)
         assert all(isinstance(r, asyncio.CancelledError) for r in results)
-        assert apool.workers.waiting == 0
+        assert pool.async_workers.waiting == 0
         held.set()
         await asyncio.gather(*holders)
-        assert apool.workers.in_use == 0
-        assert await _checkout_once(apool) == (1,)
+        assert pool.async_workers.in_use == 0
+        assert await _checkout_once(pool) == (1,)
 
     asyncio.run(main())
     assert pool.stats().busy == 0
 
 
-async def _checkout_once(apool: Async) -> Any:
-    async with apool.connection() as db:
+async def _checkout_once(pool: ConnectionPool) -> Any:
+    async with pool.aconnection() as db:
         return await db.fetchone("SELECT 1")
 
 
 def test_an_exhausted_pool_times_out_with_pool_timeout_error(db_path: Path) -> None:
     """Past the pool's timeout the waiter gets PoolTimeoutError (also a TimeoutError)."""
     with ConnectionPool(db_path, max_size=1, timeout=0.2) as pool:
-        apool = Async(pool)
 
         async def main() -> None:
-            async with apool.connection():
+            async with pool.aconnection():
                 with pytest.raises(PoolTimeoutError) as caught:
-                    await _checkout_once(apool)
+                    await _checkout_once(pool)
             assert isinstance(caught.value, TimeoutError)
             assert caught.value.limit == 1
             assert "connections" in str(caught.value)
@@ -412,12 +357,11 @@ def test_each_task_keeps_its_own_request_database(tmp_path: Path) -> None:
     """Tasks in different use_db contexts check out their own file, and code run in the
     worker sees the task's current_db_path."""
     with PoolRegistry(max_connections=8) as registry:
-        aregistry = Async(registry)
 
         async def request(user: str) -> tuple[str, str, str]:
             with use_db(tmp_path / f"{user}.db"):
                 await asyncio.sleep(0)
-                async with aregistry.connection() as db:
+                async with request_aconnection(registry) as db:
                     seen_in_worker = await db.run(lambda _db: current_db_path())
                     await asyncio.sleep(0)
                     return user, db.path, seen_in_worker
@@ -430,7 +374,7 @@ def test_each_task_keeps_its_own_request_database(tmp_path: Path) -> None:
 
         async def outside() -> None:
             with pytest.raises(NoDatabaseError):
-                aregistry.connection()
+                request_aconnection(registry)
 
         asyncio.run(outside())
 
@@ -439,10 +383,9 @@ def test_many_users_at_once_each_write_only_their_own_file(tmp_path: Path) -> No
     """40 users x 15 requests, all at once through one registry with a small cap."""
     users = [f"user{n}" for n in range(40)]
     with PoolRegistry(max_connections=16, max_per_database=2, timeout=30) as registry:
-        aregistry = Async(registry)
 
         async def request(user: str, number: int) -> None:
-            async with aregistry.connection(tmp_path / f"{user}.db") as db:
+            async with registry.aconnection(tmp_path / f"{user}.db") as db:
                 async with db.transaction():
                     await db.execute("CREATE TABLE IF NOT EXISTS hits (user TEXT, n INTEGER)")
                     await db.execute("INSERT INTO hits VALUES (?, ?)", (user, number))
@@ -457,15 +400,15 @@ def test_many_users_at_once_each_write_only_their_own_file(tmp_path: Path) -> No
                 rows = db.execute("SELECT user, n FROM hits ORDER BY n").fetchall()
             assert rows == [(user, n) for n in range(15)]
         assert registry.stats().busy == 0
-        assert aregistry.workers.in_use == 0
-        assert aregistry.workers.threads <= 16
+        assert registry.async_workers.in_use == 0
+        assert registry.async_workers.threads <= 16
 
 
-def test_two_tasks_sharing_one_connection_take_turns(apool: Async, pool: ConnectionPool) -> None:
+def test_two_tasks_sharing_one_connection_take_turns(pool: ConnectionPool) -> None:
     """Statements of tasks sharing an AsyncConnection never run at once on it."""
 
     async def main() -> None:
-        async with apool.connection() as db:
+        async with pool.aconnection() as db:
 
             async def insert(n: int) -> None:
                 await db.execute("INSERT INTO notes (body) VALUES (?)", (str(n),))
@@ -477,14 +420,14 @@ def test_two_tasks_sharing_one_connection_take_turns(apool: Async, pool: Connect
     assert count(pool) == 50
 
 
-def test_several_event_loops_share_one_pool(apool: Async, pool: ConnectionPool) -> None:
+def test_several_event_loops_share_one_pool(pool: ConnectionPool) -> None:
     """Loops in different threads use the same pool and workers; every checkout comes back."""
     errors: list[BaseException] = []
 
     def loop_thread(n: int) -> None:
         async def main() -> None:
             for i in range(20):
-                async with apool.connection() as db, db.transaction():
+                async with pool.aconnection() as db, db.transaction():
                     await db.execute("INSERT INTO notes (body) VALUES (?)", (f"{n}-{i}",))
 
         try:
@@ -502,19 +445,19 @@ def test_several_event_loops_share_one_pool(apool: Async, pool: ConnectionPool) 
     assert count(pool) == 80
 
 
-def test_it_runs_under_trio(apool: Async, pool: ConnectionPool) -> None:
+def test_it_runs_under_trio(pool: ConnectionPool) -> None:
     """The same API on trio: statements, a transaction, and a cancel scope that interrupts."""
     trio = pytest.importorskip("trio")
 
     async def main() -> None:
-        async with apool.connection() as db:
+        async with pool.aconnection() as db:
             async with db.transaction():
                 await db.execute("INSERT INTO notes (body) VALUES ('from trio')")
             with trio.move_on_after(0.2) as scope:
                 await db.execute(SLOW_QUERY)
             assert scope.cancelled_caught
             assert await db.fetchone("SELECT body FROM notes") == ("from trio",)
-        assert await apool.run(None, lambda c: c.execute("SELECT 2").fetchone()) == (2,)
+        assert await pool.arun(lambda c: c.execute("SELECT 2").fetchone()) == (2,)
 
     trio.run(main)
     assert pool.stats().busy == 0
@@ -592,13 +535,13 @@ def lock_holder(pool: ConnectionPool) -> Iterator[subprocess.Popen[str]]:
 
 
 def test_waiting_for_another_processes_write_lock_never_blocks_the_loop(
-    apool: Async, pool: ConnectionPool, lock_holder: subprocess.Popen[str]
+    pool: ConnectionPool, lock_holder: subprocess.Popen[str]
 ) -> None:
     """Writers waiting on a lock held by another process: the heartbeat keeps beating, and
     the writes land once the lock is released."""
 
     async def write(n: int) -> None:
-        async with apool.connection() as db, db.transaction():
+        async with pool.aconnection() as db, db.transaction():
             await db.execute("INSERT INTO notes (body) VALUES (?)", (str(n),))
 
     async def main() -> Heartbeat:
@@ -619,13 +562,13 @@ def test_waiting_for_another_processes_write_lock_never_blocks_the_loop(
     assert count(pool) == 2
 
 
-def test_work_in_the_worker_sees_a_copy_of_the_task_context(apool: Async) -> None:
+def test_work_in_the_worker_sees_a_copy_of_the_task_context(pool: ConnectionPool) -> None:
     """Work in the worker runs in a copy of the task's context, as Starlette's threadpool does."""
     marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")
 
     async def main() -> tuple[str, str]:
         marker.set("task")
-        async with apool.connection() as db:
+        async with pool.aconnection() as db:
             seen = await db.run(lambda _db: marker.get())
             await db.run(lambda _db: marker.set("worker"))
         return seen, marker.get()
@@ -640,31 +583,28 @@ def test_a_failed_checkout_is_raised_by_the_first_statement(db_path: Path) -> No
     """The checkout runs ahead of the first statement: its PoolTimeoutError comes from there,
     every later call raises it too, and the block still ends cleanly."""
     with ConnectionPool(db_path, max_size=1, timeout=0.2) as pool:
-        apool = Async(pool)
 
         async def starved() -> None:
-            async with apool.connection() as db:
+            async with pool.aconnection() as db:
                 with pytest.raises(PoolTimeoutError):
                     await db.fetchone("SELECT 1")
                 with pytest.raises(PoolTimeoutError):
                     await db.execute("SELECT 1")
-            assert apool.workers.in_use == 0
+            assert pool.async_workers.in_use == 0
 
         with pool.connection():  # a sync thread holds the only connection
             asyncio.run(starved())
-        assert asyncio.run(_checkout_once(apool)) == (1,)
+        assert asyncio.run(_checkout_once(pool)) == (1,)
 
 
-def test_a_block_that_runs_nothing_returns_its_connection(
-    apool: Async, pool: ConnectionPool
-) -> None:
+def test_a_block_that_runs_nothing_returns_its_connection(pool: ConnectionPool) -> None:
     """async with and nothing inside: no error, and the connection is back right after."""
 
     async def main() -> None:
         for _ in range(20):
-            async with apool.connection():
+            async with pool.aconnection():
                 pass
-        assert apool.workers.in_use == 0
+        assert pool.async_workers.in_use == 0
 
     asyncio.run(main())
     assert pool.stats().busy == 0
@@ -680,10 +620,9 @@ def test_a_begin_that_cannot_get_the_lock_is_raised_by_the_next_statement(
         with pool.connection() as db:
             db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
             db.commit()
-        apool = Async(pool)
 
         async def main() -> None:
-            async with apool.connection() as db:
+            async with pool.aconnection() as db:
                 with pytest.raises(sqlite3.OperationalError, match="locked"):
                     async with db.transaction():
                         await db.execute("INSERT INTO notes (body) VALUES ('x')")
@@ -698,16 +637,14 @@ def test_a_begin_that_cannot_get_the_lock_is_raised_by_the_next_statement(
             asyncio.run(main())
 
         async def after() -> None:
-            async with apool.connection() as db, db.transaction():
+            async with pool.aconnection() as db, db.transaction():
                 await db.execute("INSERT INTO notes (body) VALUES ('now')")
 
         asyncio.run(after())
         assert count(pool) == 1
 
 
-def test_async_writers_queue_for_the_writer_lock_in_the_loop(
-    apool: Async, pool: ConnectionPool
-) -> None:
+def test_async_writers_queue_for_the_writer_lock_in_the_loop(pool: ConnectionPool) -> None:
     """While a thread of this process writes, an async writer waits in the lock's queue
     without a worker thread, leaves it at once when cancelled, and times out like a thread."""
     holding = threading.Event()
@@ -726,7 +663,7 @@ def test_async_writers_queue_for_the_writer_lock_in_the_loop(
         lock = _writer_lock_of(pool)
 
         async def write() -> None:
-            async with apool.connection() as db, db.transaction():
+            async with pool.aconnection() as db, db.transaction():
                 await db.execute("INSERT INTO notes (body) VALUES ('async')")
 
         async def main() -> None:
@@ -751,11 +688,10 @@ def test_async_writers_queue_for_the_writer_lock_in_the_loop(
 def test_an_async_writer_times_out_on_the_writer_lock_like_a_thread(db_path: Path) -> None:
     """Past the busy timeout, the in-process lock wait fails with 'database is locked'."""
     with ConnectionPool(db_path, max_size=2, connect_kwargs={"busy_timeout": 0.2}) as pool:
-        apool = Async(pool)
         with pool.connection() as holder, transaction(holder):
 
             async def main() -> None:
-                async with apool.connection() as db:
+                async with pool.aconnection() as db:
                     with pytest.raises(sqlite3.OperationalError, match="other threads"):
                         async with db.transaction():
                             pass
@@ -781,25 +717,24 @@ def test_a_crowd_for_one_full_file_waits_in_the_loop_and_others_go_first(
     for a slot in the loop (not in threads), and another user's request is not held up."""
     crowded, other = str(tmp_path / "crowded.db"), str(tmp_path / "other.db")
     with PoolRegistry(max_connections=16, max_per_database=2, timeout=30) as registry:
-        aregistry = Async(registry)
 
         async def main() -> None:
             let_go = asyncio.Event()
 
             async def hold() -> None:
-                async with aregistry.connection(crowded) as db:
+                async with registry.aconnection(crowded) as db:
                     await db.fetchone("SELECT 1")
                     await let_go.wait()
 
             holders = [asyncio.create_task(hold()) for _ in range(30)]
-            while aregistry.workers.waiting < 28:
+            while registry.async_workers.waiting < 28:
                 await asyncio.sleep(0.001)
-            assert aregistry.workers.in_use == 2
-            async with aregistry.connection(other) as db:  # not queued behind the crowd
+            assert registry.async_workers.in_use == 2
+            async with registry.aconnection(other) as db:  # not queued behind the crowd
                 assert await db.fetchone("SELECT 1") == (1,)
             let_go.set()
             await asyncio.gather(*holders)
-            assert aregistry.workers.in_use == 0
+            assert registry.async_workers.in_use == 0
 
         asyncio.run(main())
         assert registry.stats().busy == 0

@@ -8,7 +8,14 @@
 Depends on the standard library only.
 """
 
-from .asgi import DatabaseMiddleware, database_dependency
+from .aio import AsyncConnection, AsyncTransaction, FetchedCursor
+from .asgi import (
+    CancelOnDisconnect,
+    DatabaseMiddleware,
+    async_database_dependency,
+    database_dependency,
+    database_lifespan,
+)
 from .base import get_connection
 from .cipher import derive_user_key
 from .connect import Connection, get_db
@@ -29,6 +36,7 @@ from .errors import (
     PoolClosedError,
     PoolTimeoutError,
     SettingsError,
+    StartupError,
     TransactionError,
     UnsafePathError,
 )
@@ -58,12 +66,23 @@ from .migrations import (
 )
 from .pool import ConnectionPool, PoolRegistry
 from .settings import Settings
-from .tenancy import current_db_path, request_db, use_db, user_db_path, user_key_resolver
+from .startup import check_startup
+from .tenancy import (
+    current_db_path,
+    request_aconnection,
+    request_db,
+    use_db,
+    user_db_path,
+    user_key_resolver,
+)
 from .transaction import transaction
 
 __all__ = [
+    "AsyncConnection",
+    "AsyncTransaction",
     "BackupError",
     "BackupResult",
+    "CancelOnDisconnect",
     "CheckResult",
     "ChecksumCheck",
     "Connection",
@@ -71,6 +90,7 @@ __all__ = [
     "DBError",
     "DatabaseMiddleware",
     "EncryptionUnavailableError",
+    "FetchedCursor",
     "ForeignKeyProblem",
     "ForeignKeyViolationError",
     "LintFinding",
@@ -93,12 +113,16 @@ __all__ = [
     "PoolTimeoutError",
     "Settings",
     "SettingsError",
+    "StartupError",
     "TransactionError",
     "UnsafePathError",
+    "async_database_dependency",
     "backup_database",
     "check_database",
+    "check_startup",
     "current_db_path",
     "database_dependency",
+    "database_lifespan",
     "decrypt_database",
     "derive_user_key",
     "encrypt_database",
@@ -110,6 +134,7 @@ __all__ = [
     "new_migration",
     "plan_migrations",
     "rekey_database",
+    "request_aconnection",
     "request_db",
     "run_migrations",
     "transaction",

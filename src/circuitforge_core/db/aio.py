@@ -54,7 +54,15 @@ from .errors import PoolTimeoutError
 from .transaction import busy_timeout_of, locked_by_this_process, transaction, writer_lock_for
 from .writer_lock import WriterLock
 
-__all__ = ["AsyncCheckout", "AsyncConnection", "AsyncTransaction", "AsyncWorkers", "FetchedCursor"]
+__all__ = [
+    "AsyncCheckout",
+    "AsyncConnection",
+    "AsyncTransaction",
+    "AsyncWorkers",
+    "FetchedCursor",
+    "run_checked_out",
+    "to_worker",
+]
 
 T = TypeVar("T")
 
@@ -1247,3 +1255,33 @@ class _UnitOfWork:
         db = self._db
         if db is not None:
             db.interrupt()
+
+
+# -- other sync work, off the loop ----------------------------------------------------------
+
+_spare_workers: AsyncWorkers | None = None
+_spare_workers_guard = threading.Lock()
+
+
+async def to_worker(function: Callable[..., T], /, *args: Any) -> T:
+    """``function(*args)`` on a worker thread, not holding a connection; the loop waits for it.
+
+    For the sync work around the database that must not block the loop
+    either (the start-up check, a migration run at start). Uses a few
+    threads of its own, on asyncio or trio; a cancellation waits for the
+    function to return (it cannot be interrupted).
+    """
+    global _spare_workers
+    with _spare_workers_guard:
+        if _spare_workers is None:
+            _spare_workers = AsyncWorkers(4, timeout=float("inf"), describe="spare workers")
+        workers = _spare_workers
+    loop = _running_loop()
+    waiter = _Waiter(loop)
+    job = _Job(function, args, contextvars.copy_context(), waiter)
+    workers._submit(job)
+    cancelled = await loop.wait_shielded(waiter)
+    result: T = job.outcome()
+    if cancelled:
+        raise loop.cancelled()
+    return result

@@ -2,8 +2,10 @@
 
 The only module that knows ASGI, and it imports no web framework:
 ``DatabaseMiddleware`` is a plain ASGI middleware, and
-``database_dependency()`` returns a plain generator function that FastAPI
-(or anything that understands generator dependencies) can call.
+``database_dependency()`` and ``async_database_dependency()`` return plain
+generator functions that FastAPI (or anything that understands generator
+dependencies) can call, and ``database_lifespan()`` a plain async context
+manager factory for ``FastAPI(lifespan=...)``.
 ``CancelOnDisconnect`` turns a client that goes away into a cancellation of
 its request, which the async connections clean up after (uvicorn and
 Starlette let the endpoint run on). Does not know who the user is: the
@@ -13,16 +15,22 @@ product's resolver decides that from the request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+from .aio import AsyncConnection, to_worker
 from .connect import Connection
 from .errors import UnsafePathError
+from .migrations import MigrationsDir, run_migrations
 from .pool import PoolRegistry
-from .tenancy import current_db_path, use_db
+from .settings import Settings
+from .startup import check_startup
+from .tenancy import current_db_path, request_aconnection, use_db
 
 logger = logging.getLogger("circuitforge_core.db")
 
@@ -104,6 +112,76 @@ def database_dependency(
             yield db
 
     return database
+
+
+def async_database_dependency(
+    registry: PoolRegistry, *, default: str | os.PathLike[str] | None = None
+) -> Callable[[], AsyncIterator[AsyncConnection]]:
+    """A FastAPI dependency yielding an async connection to this request's database.
+
+    ``db: AsyncConnection = Depends(async_database_dependency(registry, default=DB_PATH))``
+    in an ``async def`` endpoint. The database is chosen as for
+    ``database_dependency``; the connection's checkout, statements and
+    check-in run on worker threads, so the endpoint never blocks the loop.
+    An exception from the endpoint (a cancellation too) rolls back what it
+    left uncommitted. See docs/async.md.
+    """
+
+    async def database() -> AsyncIterator[AsyncConnection]:
+        async with request_aconnection(registry, default=default) as db:
+            yield db
+
+    return database
+
+
+def database_lifespan(
+    registry: PoolRegistry,
+    *,
+    settings: Settings | None = None,
+    migrations: MigrationsDir | None = None,
+    local_db: str | os.PathLike[str] | None = None,
+) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """``FastAPI(lifespan=database_lifespan(registry, ...))``: check, migrate, serve, close.
+
+    Before the app serves, off the event loop: ``check_startup`` (settings,
+    data root or local database, the migrations folder, SQLite), so a bad
+    setup fails the start with one ``StartupError`` listing every problem
+    instead of a 500 per request; then, in local mode, the database
+    (``settings.db_path``, else ``local_db``) is migrated, by the registry's
+    own ``migrations`` at its first checkout, or with ``migrations`` if the
+    registry has none. Per-user files in cloud mode are migrated by the
+    registry at their first checkout, as ever. At shutdown the registry is
+    closed. ``migrations`` defaults to the registry's folder (when it is one
+    folder for all files). An app with a lifespan of its own enters this one
+    inside it: ``async with database_lifespan(...)(app):``.
+    """
+    folder = migrations
+    if folder is None and not callable(registry.migrations):
+        folder = registry.migrations
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        checked = await to_worker(
+            functools.partial(check_startup, settings, migrations=folder, local_db=local_db)
+        )
+        database = checked.db_path if checked.db_path is not None else local_db
+        if not checked.cloud_mode and database is not None:
+            own = registry.migrations is None and folder is not None
+            await registry.arun(database, _migrate_at_start, folder if own else None)
+        try:
+            yield
+        finally:
+            registry.close()
+
+    return lifespan
+
+
+def _migrate_at_start(db: Connection, folder: MigrationsDir | None) -> None:
+    """On a worker, at start: the checkout has applied the registry's folder; apply ours."""
+    if folder is not None:
+        applied = run_migrations(db, folder)
+        if applied:
+            logger.info("%s: applied %d migration(s) at start", db.path, len(applied))
 
 
 class CancelOnDisconnect:

@@ -14,6 +14,7 @@ migration), always chaining the original with ``raise ... from exc``.
     ├── NoDatabaseError            (also LookupError) no request database and no default
     ├── UnsafePathError            (also ValueError) a user id or sub-path could leave the root
     ├── SettingsError              (also ValueError) an environment variable cannot be used
+    ├── StartupError               check_startup found problems; .problems lists each
     ├── BackupError                a backup could not be written (DEST left as it was)
     └── MigrationError             a migration cannot be planned or applied
         ├── MigrationSourceError       the folder or a file cannot be read
@@ -110,6 +111,22 @@ class UnsafePathError(DBError, ValueError):
 
 class SettingsError(DBError, ValueError):
     """An environment variable the package reads holds a value it cannot use."""
+
+
+class StartupError(DBError):
+    """``check_startup`` found the database setup unusable; ``problems`` says each thing wrong.
+
+    The message lists them all, so one failed start shows everything to fix.
+    """
+
+    def __init__(self, problems: list[str] | tuple[str, ...]) -> None:
+        self.problems = tuple(problems)
+        count = len(self.problems)
+        listed = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(
+            f"the app cannot use its database setup ({count} problem{'s' if count != 1 else ''}); "
+            f"fix {'these' if count != 1 else 'this'} and start it again:\n{listed}"
+        )
 
 
 class BackupError(DBError):
