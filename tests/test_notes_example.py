@@ -214,3 +214,28 @@ def test_create_app_reads_the_environment(
         assert client.get("/notes").status_code == 401
         assert client.get("/notes", headers={"X-User": "ivy"}).json() == []
     assert (root / "ivy" / "notes.db").exists()
+
+
+def test_make_demo_runs_both_modes_and_stops_by_itself(tmp_path: Path) -> None:
+    """examples/demo.py (a copy, so the repository's data folder is untouched): the local
+    part, then the notes app on loopback in cloud mode; each user sees only their notes."""
+    import shutil
+    import subprocess
+
+    examples = tmp_path / "examples"
+    shutil.copytree(APP_FILE.parent.parent, examples, ignore=shutil.ignore_patterns("data"))
+    done = subprocess.run(
+        [sys.executable, str(examples / "demo.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k not in ("CLOUD_MODE", "CLOUD_DATA_ROOT")},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "applied now: 001_initial.sql, 002_add_tags.sql, 003_add_search.sql" in out
+    for user in ("alice", "bob", "carol"):
+        assert f"{user:<6} sees 2 notes, only their own:" in out
+    assert "no user: 401" in out
+    assert "the pool: 3 databases" in out
+    assert "server stopped" in out
