@@ -176,9 +176,7 @@ class PoolRegistry:
         """``function(connection, *args, **kwargs)`` on a connection to ``path``, in one trip."""
         key = self._key_of(path)
         checkout = functools.partial(self.connection, key)
-        return await run_checked_out(
-            checkout, self.async_workers, function, args, kwargs, key=key
-        )
+        return await run_checked_out(checkout, self.async_workers, function, args, kwargs, key=key)
 
     def _key_of(self, path: str | os.PathLike[str]) -> str:
         given = os.fspath(path)
