@@ -4,6 +4,7 @@ an exhausted pool and for a slow query, the event loop's heartbeat keeps beating
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import sqlite3
@@ -136,8 +137,8 @@ def test_the_loop_keeps_beating_while_requests_wait(root: Path) -> None:
     assert took > 1.0  # the locked writes really waited for the other process
     assert beats["beats"] > 200
     assert beats["worst"] < STALL_LIMIT, beats
-    hits = sqlite3.connect(root / "locked.db").execute("SELECT count(*) FROM hits").fetchone()
-    assert hits == (3,)
+    with contextlib.closing(sqlite3.connect(root / "locked.db")) as db:
+        assert db.execute("SELECT count(*) FROM hits").fetchone() == (3,)
 
 
 @pytest.mark.slow
