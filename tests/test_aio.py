@@ -52,6 +52,14 @@ def count(pool: ConnectionPool) -> int:
         return int(db.execute("SELECT count(*) FROM notes").fetchone()[0])
 
 
+async def until(condition: Any) -> None:
+    """Await ``condition()`` becoming true, checking every millisecond; fail after WAIT."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        await asyncio.sleep(0.001)
+
+
 async def wait_for(event: threading.Event) -> None:
     """Await a threading.Event set by a worker thread, without blocking the loop."""
     assert await asyncio.to_thread(event.wait, WAIT), "the event never came"
@@ -314,8 +322,7 @@ def test_cancelled_while_waiting_for_a_connection_leaves_nothing_checked_out(
         holders = [asyncio.create_task(holder()) for _ in range(2)]
         await holders_in.wait()
         waiters = [asyncio.create_task(_checkout_once(pool)) for _ in range(5)]
-        while pool.async_workers.waiting < 5:
-            await asyncio.sleep(0.001)
+        await until(lambda: pool.async_workers.waiting >= 5)
         for task in waiters:
             task.cancel()
         results = await asyncio.gather(*waiters, return_exceptions=True)
@@ -668,8 +675,7 @@ def test_async_writers_queue_for_the_writer_lock_in_the_loop(pool: ConnectionPoo
 
         async def main() -> None:
             task = asyncio.create_task(write())
-            while lock.waiting == 0:
-                await asyncio.sleep(0.001)
+            await until(lambda: lock.waiting > 0)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -727,8 +733,7 @@ def test_a_crowd_for_one_full_file_waits_in_the_loop_and_others_go_first(
                     await let_go.wait()
 
             holders = [asyncio.create_task(hold()) for _ in range(30)]
-            while registry.async_workers.waiting < 28:
-                await asyncio.sleep(0.001)
+            await until(lambda: registry.async_workers.waiting >= 28)
             assert registry.async_workers.in_use == 2
             async with registry.aconnection(other) as db:  # not queued behind the crowd
                 assert await db.fetchone("SELECT 1") == (1,)
@@ -738,3 +743,82 @@ def test_a_crowd_for_one_full_file_waits_in_the_loop_and_others_go_first(
 
         asyncio.run(main())
         assert registry.stats().busy == 0
+
+
+def test_threads_and_coroutines_queue_for_the_writer_lock_in_arrival_order(
+    db_path: Path,
+) -> None:
+    """A thread holds the lock; a coroutine queues, then another thread: the coroutine
+    writes first, the thread after it (one queue for both)."""
+    pool = ConnectionPool(db_path, max_size=4, timeout=WAIT)
+    with pool.connection() as db:
+        db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+        db.commit()
+    holding, release = threading.Event(), threading.Event()
+    lock = _writer_lock_of(pool)
+
+    def write(body: str, *, hold: bool = False) -> None:
+        with pool.connection() as db, transaction(db):
+            db.execute("INSERT INTO notes (body) VALUES (?)", (body,))
+            if hold:
+                holding.set()
+                release.wait(WAIT)
+
+    holder = threading.Thread(target=write, args=("holder",), kwargs={"hold": True})
+    holder.start()
+    later = threading.Thread(target=write, args=("thread",))
+    try:
+        assert holding.wait(WAIT)
+
+        async def main() -> None:
+            async def write_async() -> None:
+                async with pool.aconnection() as db, db.transaction():
+                    await db.execute("INSERT INTO notes (body) VALUES ('coroutine')")
+
+            task = asyncio.create_task(write_async())
+            await until(lambda: lock.waiting >= 1)
+            later.start()
+            await until(lambda: lock.waiting >= 2)
+            await asyncio.sleep(0.01)  # both have waited past the hand-off threshold
+            release.set()
+            await task
+
+        asyncio.run(main())
+    finally:
+        release.set()
+        holder.join(WAIT)
+        if later.ident is not None:
+            later.join(WAIT)
+    assert not holder.is_alive()
+    assert not later.is_alive()
+    with pool:
+        with pool.connection() as db:
+            bodies = [row[0] for row in db.execute("SELECT body FROM notes ORDER BY id")]
+    assert bodies == ["holder", "coroutine", "thread"]
+
+
+def test_trio_tasks_take_turns_on_the_writer_lock(pool: ConnectionPool) -> None:
+    """Under trio: 10 tasks each read-modify-write one counter in a transaction, holding it
+    across a checkpoint; no update is lost and nothing stays checked out."""
+    trio = pytest.importorskip("trio")
+    with pool.connection() as db:
+        db.execute("CREATE TABLE counter (n INTEGER)")
+        db.execute("INSERT INTO counter VALUES (0)")
+        db.commit()
+
+    async def bump() -> None:
+        async with pool.aconnection() as db, db.transaction():
+            (n,) = await db.fetchone("SELECT n FROM counter")
+            await trio.sleep(0.001)
+            await db.execute("UPDATE counter SET n = ?", (n + 1,))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(bump)
+
+    trio.run(main)
+    with pool.connection() as db:
+        assert db.execute("SELECT n FROM counter").fetchone() == (10,)
+    assert pool.stats().busy == 0
+    assert pool.async_workers.in_use == 0
