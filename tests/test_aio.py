@@ -791,9 +791,8 @@ def test_threads_and_coroutines_queue_for_the_writer_lock_in_arrival_order(
             later.join(WAIT)
     assert not holder.is_alive()
     assert not later.is_alive()
-    with pool:
-        with pool.connection() as db:
-            bodies = [row[0] for row in db.execute("SELECT body FROM notes ORDER BY id")]
+    with pool, pool.connection() as db:
+        bodies = [row[0] for row in db.execute("SELECT body FROM notes ORDER BY id")]
     assert bodies == ["holder", "coroutine", "thread"]
 
 
