@@ -38,7 +38,7 @@ from .measure import heading, median, note, percentile
 USERS = 50
 REQUESTS = 3_000
 CONCURRENCY = 32
-ROUNDS = 3
+ROUNDS = 5
 SELECT = "SELECT body FROM notes WHERE id = ?"
 INSERT = "INSERT INTO notes (body) VALUES (?)"
 SLOW_QUERY = (

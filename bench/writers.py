@@ -244,7 +244,7 @@ def _waits(outcomes: list[Outcome]) -> str:
 
 # -- which writer-lock policy: the comparison behind writer_lock.py ---------------------
 
-POLICY_ROUNDS = 3
+POLICY_ROUNDS = 5
 
 
 def _contenders(
