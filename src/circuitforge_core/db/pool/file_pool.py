@@ -186,7 +186,7 @@ class ConnectionPool:
         """``async with pool.aconnection() as db:``: the async twin of ``connection()``.
 
         ``db`` is an ``AsyncConnection``: its checkout, statements and check-in
-        run on worker threads (aio.py), so waiting for a connection, a lock or
+        run on worker threads (aio/), so waiting for a connection, a lock or
         a statement never blocks the event loop. See docs/async.md.
         """
         return AsyncCheckout(self.connection, self.async_workers, path=self.path)

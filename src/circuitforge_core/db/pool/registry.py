@@ -156,7 +156,7 @@ class PoolRegistry:
         """``async with registry.aconnection(path) as db:``: the async twin of ``connection()``.
 
         ``db`` is an ``AsyncConnection``: its checkout, statements and check-in
-        run on worker threads (aio.py), so waiting for a connection, a lock or
+        run on worker threads (aio/), so waiting for a connection, a lock or
         a statement never blocks the event loop. Async checkouts wait for
         room under the same caps, in the event loop. See docs/async.md.
         """
