@@ -12,7 +12,13 @@ import sys
 import time
 
 # section name -> bench/<module>.py, in this order ("async" is a keyword: aio.py)
-SECTIONS = {"core": "core", "pool": "pool", "cipher": "cipher", "async": "aio"}
+SECTIONS = {
+    "core": "core",
+    "pool": "pool",
+    "cipher": "cipher",
+    "replication": "replication",
+    "async": "aio",
+}
 
 
 def main(argv: list[str]) -> int:

@@ -10,7 +10,15 @@ import pytest
 
 # Environment variables the library (or its later parts) may read; tests never
 # inherit them from the machine they run on.
-LIBRARY_ENV_VARS = ("CLOUD_DATA_ROOT", "CLOUD_MODE", "CF_SERVER_SECRET", "CF_DB_PATH")
+LIBRARY_ENV_VARS = (
+    "CLOUD_DATA_ROOT",
+    "CLOUD_MODE",
+    "CF_SERVER_SECRET",
+    "CF_DB_PATH",
+    "CF_REPLICA_URL",
+    "CF_LITESTREAM_SOCKET",
+    "CF_LITESTREAM",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -56,3 +64,16 @@ def chdir_tmp(tmp_path: Path) -> Iterator[Path]:
         yield tmp_path
     finally:
         os.chdir(old)
+
+
+# The replication tests' real parts (a moto S3 server shared by the session, Litestream
+# sidecars); imported here so that every test module shares one server.
+from replication_support import (  # noqa: E402
+    moto_server,
+    s3_base,
+    s3_env,
+    short_dir,
+    start_sidecar,
+)
+
+__all__ = ["moto_server", "s3_base", "s3_env", "short_dir", "start_sidecar"]

@@ -22,9 +22,11 @@ from .connect import Connection, get_db
 from .conversions import decrypt_database, encrypt_database, rekey_database
 from .errors import (
     BackupError,
+    ControlSocketError,
     DBError,
     EncryptionUnavailableError,
     ForeignKeyViolationError,
+    LitestreamNotFoundError,
     MigrationError,
     MigrationFailedError,
     MigrationModifiedError,
@@ -33,8 +35,13 @@ from .errors import (
     MigrationSourceError,
     NoDatabaseError,
     OpenError,
+    PlacedElsewhereError,
     PoolClosedError,
     PoolTimeoutError,
+    QuiescedError,
+    ReplicaNotFoundError,
+    ReplicationError,
+    RestoreError,
     SettingsError,
     StartupError,
     TransactionError,
@@ -64,7 +71,9 @@ from .migrations import (
     run_migrations,
     verify_migrations,
 )
+from .placement import Placement
 from .pool import ConnectionPool, PoolRegistry
+from .replication import Replicator
 from .settings import Settings
 from .startup import check_startup
 from .tenancy import (
@@ -87,6 +96,7 @@ __all__ = [
     "ChecksumCheck",
     "Connection",
     "ConnectionPool",
+    "ControlSocketError",
     "DBError",
     "DatabaseMiddleware",
     "EncryptionUnavailableError",
@@ -95,6 +105,7 @@ __all__ = [
     "ForeignKeyViolationError",
     "LintFinding",
     "LintReport",
+    "LitestreamNotFoundError",
     "MigrationError",
     "MigrationFailedError",
     "MigrationModifiedError",
@@ -107,10 +118,17 @@ __all__ = [
     "NewMigration",
     "NoDatabaseError",
     "OpenError",
+    "PlacedElsewhereError",
+    "Placement",
     "PlannedMigration",
     "PoolClosedError",
     "PoolRegistry",
     "PoolTimeoutError",
+    "QuiescedError",
+    "ReplicaNotFoundError",
+    "ReplicationError",
+    "Replicator",
+    "RestoreError",
     "Settings",
     "SettingsError",
     "StartupError",
