@@ -17,6 +17,7 @@ SECTIONS = {
     "pool": "pool",
     "cipher": "cipher",
     "replication": "replication",
+    "tenants": "tenants",
     "async": "aio",
 }
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pytester"]  # the cf_db plugin's own tests run inner pytest sessions
+
 # Environment variables the library (or its later parts) may read; tests never
 # inherit them from the machine they run on.
 LIBRARY_ENV_VARS = (
@@ -15,6 +17,8 @@ LIBRARY_ENV_VARS = (
     "CLOUD_MODE",
     "CF_SERVER_SECRET",
     "CF_DB_PATH",
+    "CF_DB_MIGRATIONS",
+    "CF_DB_PRODUCT_PATH",
     "CF_REPLICA_URL",
     "CF_LITESTREAM_SOCKET",
     "CF_LITESTREAM",

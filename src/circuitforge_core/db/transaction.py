@@ -14,28 +14,36 @@ first queue on an in-process ``WriterLock`` (writer_lock.py), one per file,
 served close to arrival order, with the connection's busy timeout as the
 deadline; the busy handler is then left to waits across processes only.
 Lock order: this per-file lock, then SQLite's write lock.
+
+What it counts (metrics.py, while recording is on): the wait for that lock
+(an async caller's wait in the event loop too), the time in ``BEGIN
+IMMEDIATE`` (SQLite's own busy wait for other processes), the block's
+duration and its failures.
 """
 
 from __future__ import annotations
 
 import itertools
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+from . import metrics
 from .errors import TransactionError
 from .sqlite_facts import DEFAULT_BUSY_TIMEOUT
 from .writer_lock import WriterLock, WriterLocks
 
 ConnectionT = TypeVar("ConnectionT", bound=sqlite3.Connection)
 
+_clock = time.perf_counter  # bound once: it is read three times per block while counting
 _savepoint_numbers = itertools.count(1)
 _writer_locks = WriterLocks()
 
 
 @contextmanager
-def transaction(db: ConnectionT, *, writer_lock_held: bool = False) -> Iterator[ConnectionT]:
+def transaction(db: ConnectionT, *, writer_lock_wait: float | None = None) -> Iterator[ConnectionT]:
     """Run the block in one ``BEGIN IMMEDIATE`` transaction.
 
     Commits when the block ends, rolls back if it raises. Inside an open
@@ -43,38 +51,62 @@ def transaction(db: ConnectionT, *, writer_lock_held: bool = False) -> Iterator[
     own work and the exception still propagates. Do not call ``commit()`` or
     ``rollback()`` inside the block; that raises ``TransactionError``.
 
-    ``writer_lock_held``: the caller already took ``writer_lock_for(db)``
-    (the async API waits for it without holding a thread); the block
-    releases it when it ends, or at once if it becomes a savepoint.
+    ``writer_lock_wait``: set when the caller already holds
+    ``writer_lock_for(db)`` (the async API waits for it without holding a
+    thread), to the seconds it waited for it (0 when it was free, None for
+    not measured); the block counts that wait and releases the lock when it
+    ends, or at once if it becomes a savepoint.
     """
     lock = _writer_lock(db)
+    held = writer_lock_wait is not None
     if db.in_transaction:
-        if writer_lock_held and lock is not None:
+        if held and lock is not None:
             lock.release()
         with _savepoint(db):
             yield db
         return
-    if lock is not None and not writer_lock_held and not lock.acquire(timeout=_busy_timeout(db)):
-        raise locked_by_this_process(db)
+    counting = metrics.enabled
+    lock_wait: float | None = writer_lock_wait or None  # granted at once, or not counting
+    if lock is not None and not held and not lock.acquire(blocking=False):
+        asked = _clock()
+        if not lock.acquire(timeout=_busy_timeout(db)):
+            raise locked_by_this_process(db)
+        lock_wait = _clock() - asked
     try:
-        db.execute("BEGIN IMMEDIATE")
+        granted = _clock() if counting else 0.0
         try:
-            yield db
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+        except BaseException:  # busy past the timeout: a failed block, counted as such
+            if counting:
+                metrics.observe_transaction(lock_wait, _clock() - granted, 0.0, True)
             raise
-        if not db.in_transaction:
-            raise TransactionError(
-                "the transaction() block ended the transaction itself (commit() or rollback() "
-                "inside it); its work is no longer atomic. Let the block commit by ending."
-            )
+        begun = _clock() if counting else 0.0
+        committed = False
         try:
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if not db.in_transaction:
+                raise TransactionError(
+                    "the transaction() block ended the transaction itself (commit() or "
+                    "rollback() inside it); its work is no longer atomic. Let the block commit "
+                    "by ending."
+                )
+            try:
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            committed = True
+        finally:
+            if counting:
+                metrics.observe_transaction(
+                    lock_wait, begun - granted, _clock() - begun, not committed
+                )
     finally:
         if lock is not None:
             lock.release()

@@ -294,11 +294,12 @@ def _rollback(db: Connection) -> None:
 class _OpenTransaction:
     """What one ``AsyncTransaction`` opened: the writer lock it waited for, the block."""
 
-    __slots__ = ("block", "lane", "lock", "lock_given")
+    __slots__ = ("block", "lane", "lock", "lock_given", "lock_wait")
 
     def __init__(self, lane: _Lane) -> None:
         self.lane = lane
         self.lock: WriterLock | None = None  # taken by the coroutine, without a thread
+        self.lock_wait = 0.0  # how long that took, for transaction()'s metrics
         self.lock_given = False  # handed to transaction(), which releases it
         self.block: AbstractContextManager[Connection] | None = None
 
@@ -334,7 +335,7 @@ class AsyncTransaction:
             if db is not None and not db.in_transaction:
                 lock = writer_lock_for(db)
                 if lock is not None:
-                    await _take_writer_lock(lock, connection._loop, db)
+                    opened.lock_wait = await _take_writer_lock(lock, connection._loop, db)
                     opened.lock = lock
         connection._depth += 1
         self._open = opened
@@ -358,18 +359,21 @@ def _noop(db: Connection) -> None:
     return None
 
 
-async def _take_writer_lock(lock: WriterLock, loop: _Loop, db: Connection) -> None:
-    """Wait for ``lock`` in the loop, up to ``db``'s busy timeout, as transaction() would."""
+async def _take_writer_lock(lock: WriterLock, loop: _Loop, db: Connection) -> float:
+    """Wait for ``lock`` in the loop, up to ``db``'s busy timeout, as transaction() would.
+
+    Returns the seconds waited (0 for a free lock, which reads no clock).
+    """
     waiter = _Waiter(loop)
     ticket = lock.enqueue(functools.partial(_wake_quietly, waiter))
     if ticket is None:
-        return
+        return 0.0
     deadline = ticket.arrived + busy_timeout_of(db)
     try:
         while (remaining := deadline - time.monotonic()) > 0:
             await loop.wait(waiter, remaining)
             if lock.claim(ticket):
-                return
+                return time.monotonic() - ticket.arrived
             loop.rearm(waiter)
     except BaseException:
         if lock.withdraw(ticket):  # it came to us as we left: pass it on
@@ -377,12 +381,13 @@ async def _take_writer_lock(lock: WriterLock, loop: _Loop, db: Connection) -> No
         raise
     if not lock.withdraw(ticket):
         raise locked_by_this_process(db)
+    return time.monotonic() - ticket.arrived
 
 
 def _enter_transaction(pending: _PendingCheckout, opened: _OpenTransaction) -> None:
     db = pending.connection()
     opened.lock_given = True  # from here on transaction() releases it, whatever happens
-    block = transaction(db, writer_lock_held=opened.lock is not None)
+    block = transaction(db, writer_lock_wait=opened.lock_wait if opened.lock else None)
     block.__enter__()
     opened.block = block
 
