@@ -514,7 +514,7 @@ def test_any_mix_of_changes_leaves_the_next_checkout_as_get_db_made_it(
 def test_a_migration_that_leaves_what_cannot_be_undone_still_hands_out_a_connection(
     tmp_path: Path,
 ) -> None:
-    """The pool's first checkout migrates; if that connection cannot be reused, another is opened."""
+    """The first checkout migrates; if that connection cannot be reused, another is opened."""
     folder = tmp_path / "migrations"
     folder.mkdir()
     (folder / "001_notes.sql").write_text(

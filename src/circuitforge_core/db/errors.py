@@ -37,6 +37,9 @@ OpenReason = Literal[
     "missing",  # the file, or the folder it should be in, does not exist
     "not_a_file",  # a folder (or no file name at all) where a database file was expected
     "permission",  # the service user may not read or write the file, or its folder
+    "read_only",  # the file system holding it is mounted read-only
+    "disk_full",  # no room left (or no inodes) on the file system holding it
+    "path_too_long",  # its full path is longer than SQLite (or the file system) takes
     "not_a_database",  # not an SQLite database; or encrypted, and no key was given
     "wrong_key",  # a key was given, and it does not decrypt the file
     "not_encrypted",  # a key was given for a plain (unencrypted) database
