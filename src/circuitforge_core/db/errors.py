@@ -12,7 +12,8 @@ migration), always chaining the original with ``raise ... from exc``.
     ├── PoolTimeoutError           (also TimeoutError) no connection free in time
     ├── PoolClosedError            the pool or registry was closed, or the file is being dropped
     ├── NoDatabaseError            (also LookupError) no request database and no default
-    ├── UnsafePathError            (also ValueError) a user id or sub-path could leave the root
+    ├── UnsafePathError            (also ValueError) a user id or sub-path could leave the root,
+    │                              or the whole path is too long for SQLite
     ├── SettingsError              (also ValueError) an environment variable cannot be used
     ├── BackupError                a backup could not be written (DEST left as it was)
     └── MigrationError             a migration cannot be planned or applied
@@ -102,6 +103,8 @@ class NoDatabaseError(DBError, LookupError):
 
 class UnsafePathError(DBError, ValueError):
     """A user id or product sub-path was refused: it could leave or confuse the data root.
+
+    Also a per-user path that SQLite could never open (longer than it takes).
 
     ``value`` is the refused text.
     """
