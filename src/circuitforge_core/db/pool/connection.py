@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 from ..cipher import Key
 from ..connect import Connection, get_db
 from ..sqlite_facts import is_broken as is_broken_error
-from .connection_state import WatchesState, restore, watch
+from .connection_state import WatchesState, put_back_callbacks, restore, watch
 
 logger = logging.getLogger("circuitforge_core.db")
 
@@ -168,15 +168,18 @@ def reset(conn: PooledConnection, row_factory: RowFactory, *, block_failed: bool
     The check-in rules, in order: every cursor and blob it handed out is
     closed (an unfinished SELECT holds a read snapshot even outside a
     transaction, and a held snapshot stops checkpoints, so the WAL would grow
-    without bound); on Python 3.12+ ``autocommit`` goes back to the legacy
-    transaction control ``get_db`` pins; a transaction left open is rolled
-    back, with a warning when the block ended normally (a code path forgot to
-    commit); ``row_factory``, ``text_factory`` and ``isolation_level`` go back
-    to what the pool set; then every setting the block changed is put back
+    without bound); an authorizer, progress handler, trace callback or limit
+    the block installed is removed (it could refuse the rollback); on Python
+    3.12+ ``autocommit`` goes back to the legacy transaction control
+    ``get_db`` pins; a transaction left open is rolled back, with a warning
+    when the block ended normally (a code path forgot to commit);
+    ``row_factory``, ``text_factory`` and ``isolation_level`` go back to what
+    the pool set; then every setting the block changed is put back
     (connection_state.py). Raises ``NotReusable`` when that cannot be done:
     the pool closes the connection instead.
     """
     conn._close_handles()
+    put_back_callbacks(conn)
     autocommit_was_off = _restore_transaction_control(conn)
     rolled_back = False
     if conn.in_transaction:

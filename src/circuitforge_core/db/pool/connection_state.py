@@ -7,9 +7,11 @@ connection methods install (an authorizer, a progress handler, a trace
 callback, limits, ``setconfig`` switches, functions, collations, extensions,
 ``deserialize``). ``watch`` is called once when a pooled connection is
 opened: it records the connection's settings as ``get_db`` left them (its
-``Baseline``) and installs the pool's authorizer. ``restore`` runs at every
-check-in; it raises ``NotReusable`` when the connection cannot be made as good
-as new, and the pool closes it instead. Does not own the transaction, the
+``Baseline``) and installs the pool's authorizer. At every check-in
+``put_back_callbacks`` runs first (before the rollback, which a block's
+authorizer or progress handler could refuse) and ``restore`` last; it raises
+``NotReusable`` when the connection cannot be made as good as new, and the
+pool closes it instead. Does not own the transaction, the
 cursors or the factories (connection.py), nor which connections exist.
 
 Noticing costs nothing per checkout. SQLite asks an authorizer about every
@@ -331,26 +333,20 @@ def watch(conn: Any, connect_kwargs: Mapping[str, Any]) -> None:
     _driver(conn).set_authorizer(conn._watch)
 
 
-def restore(conn: Any) -> None:
-    """At check-in, after the rollback: undo what the block changed, or raise ``NotReusable``.
+def put_back_callbacks(conn: Any) -> None:
+    """First at check-in: remove what the block installed through Python's methods.
 
-    Costs one attribute read when the block changed nothing this module watches.
+    Before anything runs SQL on the connection (the rollback included): a
+    block's authorizer, progress handler or limits could refuse it. Setting
+    the pool's authorizer again also makes SQLite re-prepare every cached
+    statement on its next use, so that one the block ran to change a setting
+    is seen again if a later block runs it.
     """
-    baseline: Baseline | None = conn._baseline
-    if baseline is None:  # not opened by the pool
-        return
     changes: Changes = conn._changes
-    if changes.any:
-        _undo(conn, changes, baseline)  # NotReusable leaves them: asked again, it says so again
-        changes.clear()
-    if conn.busy_timeout != baseline.busy_timeout:
-        conn.busy_timeout = baseline.busy_timeout
-
-
-def _undo(conn: Any, changes: Changes, baseline: Baseline) -> None:
-    if changes.cannot_undo is not None:
-        raise NotReusable(changes.cannot_undo)
+    if not changes.any or conn._baseline is None:
+        return
     driver = _driver(conn)
+    driver.set_authorizer(conn._watch)
     if changes.progress_handler:
         driver.set_progress_handler(None, 0)
     if changes.trace_callback:
@@ -359,15 +355,38 @@ def _undo(conn: Any, changes: Changes, baseline: Baseline) -> None:
         driver.setlimit(category, value)
     for op, enabled in changes.configs.items():
         driver.setconfig(op, enabled)
+    changes.progress_handler = changes.trace_callback = False
+    changes.limits.clear()
+    changes.configs.clear()
+
+
+def restore(conn: Any) -> None:
+    """Last at check-in, after ``put_back_callbacks`` and the rollback: put settings back.
+
+    Raises ``NotReusable`` when it cannot.
+
+    Costs one attribute read when the block changed nothing this module watches.
+    """
+    baseline: Baseline | None = conn._baseline
+    if baseline is None:  # not opened by the pool
+        return
+    changes: Changes = conn._changes
+    if changes.any:
+        _put_settings_back(conn, changes, baseline)
+        changes.clear()  # not on NotReusable: asked again, it says so again
+    if conn.busy_timeout != baseline.busy_timeout:
+        conn.busy_timeout = baseline.busy_timeout
+
+
+def _put_settings_back(conn: Any, changes: Changes, baseline: Baseline) -> None:
+    if changes.cannot_undo is not None:
+        raise NotReusable(changes.cannot_undo)
+    if changes.pragmas:  # before the rest: query_only would refuse to drop temp tables
+        _put_pragmas_back(conn, changes.pragmas, baseline)
     if changes.attached:
         _detach_all(conn)
     if changes.temp_objects:
         _drop_temp_objects(conn)
-    if changes.pragmas:
-        _put_pragmas_back(conn, changes.pragmas, baseline)
-    # Every change above may sit in a statement Python has cached, which would run
-    # again unseen; setting the authorizer makes SQLite re-prepare them all.
-    driver.set_authorizer(conn._watch)
 
 
 def _put_pragmas_back(conn: Any, names: set[str], baseline: Baseline) -> None:
