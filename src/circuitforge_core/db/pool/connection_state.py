@@ -263,7 +263,7 @@ class Baseline:
 class _Library:
     """What one driver (sqlite3, or sqlcipher3's own SQLite) offers: read once per class."""
 
-    builtin_functions: frozenset[str]
+    builtin_functions: frozenset[str] | None  # None: this build cannot list them
     builtin_collations: frozenset[str]
 
 
@@ -277,11 +277,14 @@ _BUILTIN_FUNCTIONS = "SELECT name FROM pragma_function_list WHERE builtin"
 def _library(conn: Any) -> _Library:
     library = _libraries.get(type(conn))
     if library is None:
-        functions = {row[0].lower() for row in conn.execute(_BUILTIN_FUNCTIONS)}
+        try:
+            functions = frozenset(row[0].lower() for row in conn.execute(_BUILTIN_FUNCTIONS))
+        except conn.Error:  # built without the introspection pragmas
+            functions = None
         collations = {
             row[0].lower() for row in conn.execute("SELECT name FROM pragma_collation_list")
         }
-        library = _Library(frozenset(functions), frozenset(collations))
+        library = _Library(functions, frozenset(collations))
         with _guard:
             library = _libraries.setdefault(type(conn), library)
     return library
@@ -489,7 +492,13 @@ def _set_trace_callback(conn: Any, method: Callable[..., Any], *args: Any, **kwa
 def _register_function(conn: Any, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """create_function, create_aggregate, create_window_function: the name comes first."""
     name = args[0] if args else kwargs.get("name")
-    if isinstance(name, str) and name.lower() in _library(conn).builtin_functions:
+    builtins = _library(conn).builtin_functions
+    if builtins is None:
+        conn._changes.cannot_be_undone(
+            f"the SQL function {name}() was registered, and this SQLite cannot list its "
+            f"built-in functions to tell whether it replaced one"
+        )
+    elif not isinstance(name, str) or name.lower() in builtins:
         conn._changes.cannot_be_undone(f"the built-in SQL function {name}() was replaced")
     # Python cannot unregister a function: one under a new name stays (see docs/cloud-mode.md).
     return method(*args, **kwargs)
