@@ -12,12 +12,24 @@ import pytest
 
 import circuitforge_core.db
 
+pytest_plugins = ["pytester"]  # the cf_db plugin's own tests run inner pytest sessions
+
 #: The folder to put on PYTHONPATH so a child interpreter imports this package.
 SOURCE_ROOT = Path(circuitforge_core.db.__file__).parents[2]
 
 # Environment variables the library (or its later parts) may read; tests never
 # inherit them from the machine they run on.
-LIBRARY_ENV_VARS = ("CLOUD_DATA_ROOT", "CLOUD_MODE", "CF_SERVER_SECRET", "CF_DB_PATH")
+LIBRARY_ENV_VARS = (
+    "CLOUD_DATA_ROOT",
+    "CLOUD_MODE",
+    "CF_SERVER_SECRET",
+    "CF_DB_PATH",
+    "CF_DB_MIGRATIONS",
+    "CF_DB_PRODUCT_PATH",
+    "CF_REPLICA_URL",
+    "CF_LITESTREAM_SOCKET",
+    "CF_LITESTREAM",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +122,16 @@ def _reachable_by_others(path: Path) -> bool:
     if not resolved.exists():
         return False
     return all(parent.stat().st_mode & 0o001 for parent in resolved.parents)
+
+
+# The replication tests' real parts (a moto S3 server shared by the session, Litestream
+# sidecars); imported here so that every test module shares one server.
+from replication_support import (  # noqa: E402
+    moto_server,
+    s3_base,
+    s3_env,
+    short_dir,
+    start_sidecar,
+)
+
+__all__ = ["moto_server", "s3_base", "s3_env", "short_dir", "start_sidecar"]

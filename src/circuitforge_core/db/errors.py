@@ -11,18 +11,27 @@ migration), always chaining the original with ``raise ... from exc``.
     ├── TransactionError           transaction() was misused (block ended it)
     ├── PoolTimeoutError           (also TimeoutError) no connection free in time
     ├── PoolClosedError            the pool or registry was closed, or the file is being dropped
+    │   └── QuiescedError              the file is quiesced (being moved, restored, compacted)
+    ├── PlacedElsewhereError       (also LookupError) the user lives on another host
     ├── NoDatabaseError            (also LookupError) no request database and no default
     ├── UnsafePathError            (also ValueError) a user id or sub-path could leave the root,
     │                              or the whole path is too long for SQLite
     ├── SettingsError              (also ValueError) an environment variable cannot be used
     ├── BackupError                a backup could not be written (DEST left as it was)
+    ├── ExporterUnavailableError   (also ImportError) a metrics exporter's library is missing
+    ├── ReplicationError           Litestream could not do what was asked
+    │   ├── LitestreamNotFoundError    (also FileNotFoundError) no litestream binary to run
+    │   ├── ControlSocketError         (also ConnectionError) the daemon is not there, or refused
+    │   ├── ReplicaNotFoundError       (also LookupError) the replica holds no copy of that file
+    │   └── RestoreError               a restore failed; the target was left as it was
     └── MigrationError             a migration cannot be planned or applied
         ├── MigrationSourceError       the folder or a file cannot be read
         ├── MigrationNameError         (also ValueError) a new migration's name cannot be used
         ├── MigrationRefusedError      a file breaks a rule; nothing ran
         ├── MigrationModifiedError     an applied file was edited afterwards
         ├── MigrationFailedError       a statement failed; the file rolled back
-        └── ForeignKeyViolationError   the file left dangling references
+        ├── ForeignKeyViolationError   the file left dangling references
+        └── BaselineRefusedError       the schema is not what the files to baseline build
 
 Each message says what happened, to which file, and what to do next.
 """
@@ -30,6 +39,7 @@ Each message says what happened, to which file, and what to do next.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Literal
 
 #: Why a database file did not open: ``OpenError.reason``. A fixed set, so that
@@ -97,6 +107,29 @@ class PoolClosedError(DBError):
     """A connection was asked of a pool or registry that is closed, or of a file being dropped."""
 
 
+class QuiescedError(PoolClosedError):
+    """New connections to this file are refused while it is quiesced (a move, a restore).
+
+    ``path`` is the file. Map it to 503 with ``Retry-After`` in a web app.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class PlacedElsewhereError(DBError, LookupError):
+    """The placement says another host owns this user: the file is not opened here.
+
+    ``path`` is the file, ``host`` the owner the product's directory named.
+    """
+
+    def __init__(self, message: str, *, path: str, host: str) -> None:
+        self.path = path
+        self.host = host
+        super().__init__(message)
+
+
 class NoDatabaseError(DBError, LookupError):
     """No database was chosen for this request or thread, and there is no default to use."""
 
@@ -130,6 +163,41 @@ class BackupError(DBError):
         self.path = path
         self.problems = list(problems or [])
         super().__init__(message)
+
+
+class ReplicationError(DBError):
+    """Replication (the Litestream sidecar, a restore, an erasure) could not do what was asked.
+
+    ``path`` is the database file or socket concerned, when there is one.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class LitestreamNotFoundError(ReplicationError, FileNotFoundError):
+    """No ``litestream`` binary was found where it was looked for."""
+
+
+class ControlSocketError(ReplicationError, ConnectionError):
+    """Litestream's control socket cannot be reached, or the daemon refused a request.
+
+    ``path`` is the socket; ``status`` the daemon's HTTP status when it answered
+    (None when nothing answered).
+    """
+
+    def __init__(self, message: str, *, path: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message, path=path)
+
+
+class ReplicaNotFoundError(ReplicationError, LookupError):
+    """The replica holds no copy of the database asked for (never replicated, or erased)."""
+
+
+class RestoreError(ReplicationError):
+    """A restore did not complete; the database it was to replace was left as it was."""
 
 
 class MigrationError(DBError):
@@ -202,4 +270,20 @@ class ForeignKeyViolationError(MigrationError):
         self, message: str, *, name: str, violations: list[tuple[str, int | None, str]]
     ) -> None:
         self.violations = violations
+        super().__init__(message, name=name)
+
+
+class ExporterUnavailableError(DBError, ImportError):
+    """A metrics exporter was asked for, but its library (an extra) is not installed."""
+
+
+class BaselineRefusedError(MigrationError):
+    """A database's schema is not what the files up to a baseline build; nothing was recorded.
+
+    ``differences`` holds the first ``SchemaDifference``s found (empty when the
+    files themselves could not be built).
+    """
+
+    def __init__(self, message: str, *, name: str, differences: Sequence[object]) -> None:
+        self.differences = list(differences)
         super().__init__(message, name=name)
