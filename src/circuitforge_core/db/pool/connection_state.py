@@ -115,9 +115,11 @@ LEAVES_NO_SETTING = frozenset(
         "auto_vacuum",
         "page_size",
         "encoding",
-        # process-wide
+        # process-wide: closing the connection would not undo them either
         "soft_heap_limit",
         "hard_heap_limit",
+        "temp_store_directory",
+        "data_store_directory",
     }
 )
 
