@@ -6,7 +6,8 @@ errors: we translate only at our own boundaries (opening a file, running a
 migration), always chaining the original with ``raise ... from exc``.
 
     DBError
-    ├── OpenError                  a database file cannot be opened as asked (.reason says why)
+    ├── OpenError                  (also sqlite3.OperationalError) a database file cannot be
+    │                              opened as asked (.reason says why)
     ├── EncryptionUnavailableError a key was given but encryption cannot be used
     ├── TransactionError           transaction() was misused (block ended it)
     ├── PoolTimeoutError           (also TimeoutError) no connection free in time
@@ -39,6 +40,7 @@ Each message says what happened, to which file, and what to do next.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Sequence
 from typing import Literal
 
@@ -65,11 +67,14 @@ class DBError(Exception):
     """Base class of every error raised by circuitforge_core.db itself."""
 
 
-class OpenError(DBError):
+class OpenError(DBError, sqlite3.OperationalError):
     """A database file cannot be opened the way it was asked for.
 
     ``path`` is the file; ``reason`` (an ``OpenReason``) says why, for code
     that must tell a wrong key from a damaged file without reading the message.
+    Also an ``sqlite3.OperationalError`` (so a ``DatabaseError``), which is
+    what the first circuitforge_core.db raised here: products that degrade
+    gracefully with ``except sqlite3.OperationalError`` keep doing so.
     """
 
     def __init__(
