@@ -8,7 +8,14 @@
 Depends on the standard library only.
 """
 
-from .asgi import DatabaseMiddleware, database_dependency
+from .aio import AsyncConnection, AsyncTransaction, FetchedCursor
+from .asgi import (
+    CancelOnDisconnect,
+    DatabaseMiddleware,
+    async_database_dependency,
+    database_dependency,
+    database_lifespan,
+)
 from .base import get_connection
 from .cipher import derive_user_key
 from .connect import Connection, get_db
@@ -38,6 +45,7 @@ from .errors import (
     ReplicationError,
     RestoreError,
     SettingsError,
+    StartupError,
     TransactionError,
     UnsafePathError,
 )
@@ -88,14 +96,25 @@ from .placement import Placement
 from .pool import ConnectionPool, PoolRegistry
 from .replication import Replicator
 from .settings import Settings, ToolDefaults
-from .tenancy import current_db_path, request_db, use_db, user_db_path, user_key_resolver
+from .startup import check_startup
+from .tenancy import (
+    current_db_path,
+    request_aconnection,
+    request_db,
+    use_db,
+    user_db_path,
+    user_key_resolver,
+)
 from .transaction import transaction
 
 __all__ = [
+    "AsyncConnection",
+    "AsyncTransaction",
     "BackupError",
     "BackupResult",
     "BaselineRefusedError",
     "BaselineResult",
+    "CancelOnDisconnect",
     "CheckResult",
     "ChecksumAccepted",
     "ChecksumCheck",
@@ -108,6 +127,7 @@ __all__ = [
     "ExporterUnavailableError",
     "FanOutProgress",
     "FanOutResult",
+    "FetchedCursor",
     "ForeignKeyProblem",
     "ForeignKeyViolationError",
     "LintFinding",
@@ -142,18 +162,22 @@ __all__ = [
     "SchemaDrift",
     "Settings",
     "SettingsError",
+    "StartupError",
     "TenantDatabase",
     "TenantResult",
     "ToolDefaults",
     "TransactionError",
     "UnsafePathError",
     "accept_checksum",
+    "async_database_dependency",
     "backup_database",
     "baseline",
     "check_database",
     "check_migrations",
+    "check_startup",
     "current_db_path",
     "database_dependency",
+    "database_lifespan",
     "decrypt_database",
     "derive_user_key",
     "drift_all",
@@ -168,6 +192,7 @@ __all__ = [
     "new_migration",
     "plan_migrations",
     "rekey_database",
+    "request_aconnection",
     "request_db",
     "run_migrations",
     "schema_drift",

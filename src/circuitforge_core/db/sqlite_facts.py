@@ -65,6 +65,10 @@ def is_broken(exc: BaseException) -> bool:
 HEADER = b"SQLite format 3\x00"
 #: What SQLite puts beside a database file.
 COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
+#: The longest full path (symbolic links resolved, in bytes) of a database file
+#: SQLite's unix VFS opens: it takes names of up to 512 bytes (``MAX_PATHNAME``)
+#: and its pager keeps 8 of them spare for the ``-journal`` and ``-wal`` names.
+MAX_DATABASE_PATH_BYTES = 504
 
 
 def quote_identifier(name: str) -> str:
@@ -73,6 +77,11 @@ def quote_identifier(name: str) -> str:
 
 
 # -- versions ------------------------------------------------------------------------
+
+#: The oldest SQLite the package works with: ``sqlite_schema`` (3.33) in the
+#: encryption and backup code, ``PRAGMA analysis_limit`` (3.32) when a pooled
+#: connection closes, and ``RETURNING`` (3.35), which the RETURNING rule is about.
+OLDEST_SUPPORTED_SQLITE = (3, 35, 0)
 
 #: SQLite releases before this one carry the WAL-reset bug, which can corrupt a
 #: WAL database when two connections write and checkpoint at the same moment.

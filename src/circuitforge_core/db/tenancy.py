@@ -4,7 +4,8 @@ Owns two things products need when one process serves many per-user SQLite
 files:
 
 - the request context: ``request_db``, the ContextVar naming this request's
-  database file, with ``current_db_path()`` and ``use_db()``;
+  database file, with ``current_db_path()``, ``use_db()`` and
+  ``request_aconnection()`` (an async connection to that file);
 - per-user paths: ``user_db_path()`` joins a data root, a user id and the
   product's sub-path, refusing anything that could leave or confuse the root,
   and creates folders 0700 and the file 0600; ``user_key_resolver()`` maps
@@ -25,8 +26,10 @@ from collections.abc import Callable
 from contextvars import ContextVar, Token
 from pathlib import Path
 
+from .aio import AsyncCheckout
 from .cipher import derive_user_key
 from .errors import NoDatabaseError, OpenError, SettingsError, UnsafePathError
+from .open_errors import cannot_create, path_length
 from .pool import (
     CLOUD_CONNECT_KWARGS,
     DEFAULT_MAX_CONNECTIONS,
@@ -36,6 +39,7 @@ from .pool import (
     RegistryStats,
 )
 from .settings import Settings
+from .sqlite_facts import MAX_DATABASE_PATH_BYTES
 
 __all__ = [  # its own names, and the registry and Settings at their old import path
     "CLOUD_CONNECT_KWARGS",
@@ -47,6 +51,7 @@ __all__ = [  # its own names, and the registry and Settings at their old import 
     "RegistryStats",
     "Settings",
     "current_db_path",
+    "request_aconnection",
     "request_db",
     "use_db",
     "user_db_path",
@@ -80,6 +85,19 @@ def current_db_path(default: str | os.PathLike[str] | None = None) -> str:
         "that did not inherit the request's context) and no default was given. Pass the "
         "database path explicitly, or run the code inside `with use_db(path):`."
     )
+
+
+def request_aconnection(
+    registry: PoolRegistry, *, default: str | os.PathLike[str] | None = None
+) -> AsyncCheckout:
+    """``async with request_aconnection(registry, default=DB_PATH) as db:``: this request's file.
+
+    ``registry.aconnection(current_db_path(default))``: the database the
+    middleware chose for this request, else ``default``; with neither,
+    ``NoDatabaseError`` at once. Here rather than on the registry, which
+    lives as long as the app and knows nothing of requests.
+    """
+    return registry.aconnection(current_db_path(default))
 
 
 class use_db:  # lower case: used like a function, as contextlib's helpers are
@@ -130,10 +148,19 @@ def user_db_path(
     may not start with ``.`` or ``-`` nor end with ``.``; anything else
     (empty, ``..``, separators of any platform, NUL and control characters,
     other characters) raises ``UnsafePathError``, as does a path that resolves
-    outside ``root`` through a symbolic link. ``root`` must exist. With
-    ``create``, missing folders are made 0700 and a missing database file
-    0600 (its -wal and -shm inherit that mode), whatever the umask.
+    outside ``root`` through a symbolic link or one longer than SQLite can open
+    (504 bytes, links resolved). ``root`` must exist. With ``create``, missing
+    folders are made 0700 and a missing database file 0600 (its -wal and -shm
+    inherit that mode), whatever the umask; what the system refuses (no
+    permission, a read-only or full file system) raises ``OpenError``.
     """
+    if root is None:  # Settings.data_root outside cloud mode, or a product's own None
+        raise SettingsError(
+            f"no data root to put user {_shown(str(user_id))}'s database in: the root is None "
+            f"(CLOUD_DATA_ROOT unset?). Set CLOUD_DATA_ROOT to the absolute path of the folder "
+            f"holding the per-user databases, or check the settings at start-up "
+            f"(check_startup)."
+        )
     root_given = os.fspath(root)
     cache_key = (root_given, user_id, product_path)
     try:  # only exact-str keys under an absolute root are ever stored (see _cacheable)
@@ -144,6 +171,7 @@ def user_db_path(
         root_path = os.path.abspath(root_given)
         names = _checked_names_of(user_id, product_path)
         levels = [os.path.join(root_path, *names[: n + 1]) for n in range(len(names))]
+        _check_length(root_path, levels[-1])
         cached = (root_path, names, levels, Path(levels[-1]))
         if _cacheable(cache_key):
             if len(_checked_names) >= _CHECKED_NAMES_MAX:
@@ -174,6 +202,19 @@ def _cacheable(key: tuple[str, object, object]) -> bool:
     """Exact str ids (a subclass could hash or compare oddly) under an absolute root."""
     root, user_id, product_path = key
     return type(user_id) is str and type(product_path) is str and os.path.isabs(root)
+
+
+def _check_length(root: str, path: str) -> None:
+    """Refuse a per-user path SQLite could never open: too long once links are resolved."""
+    length = path_length(path)
+    if length > MAX_DATABASE_PATH_BYTES:
+        raise UnsafePathError(
+            f"refusing the database path {path}: it is {length} bytes long (links resolved), "
+            f"and SQLite opens database files whose full path is at most "
+            f"{MAX_DATABASE_PATH_BYTES} bytes. Shorten the data root {root} or the product "
+            f"sub-path by {length - MAX_DATABASE_PATH_BYTES} bytes.",
+            value=path,
+        )
 
 
 def _checked_names_of(user_id: str, product_path: str) -> list[str]:
@@ -306,20 +347,24 @@ def _exists_inside(root: str, levels: list[str], user_id: str) -> bool:
 
 def _create_private(root: str, names: list[str]) -> None:
     """Create the missing folders (0700) and an empty database file (0600) under ``root``."""
+    database = os.path.join(root, *names)
     folder = root
-    for name in names[:-1]:
-        folder = os.path.join(folder, name)
+    try:
+        for name in names[:-1]:
+            folder = os.path.join(folder, name)
+            try:
+                os.mkdir(folder, 0o700)
+            except FileExistsError:
+                continue
+            os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         try:
-            os.mkdir(folder, 0o700)
+            fd = os.open(database, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
         except FileExistsError:
-            continue
-        os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(os.path.join(folder, names[-1]), flags | getattr(os, "O_CLOEXEC", 0), 0o600)
-    except FileExistsError:
-        return
-    try:
-        os.fchmod(fd, 0o600)  # os.open's mode is filtered by the umask too
-    finally:
-        os.close(fd)
+            return
+        try:
+            os.fchmod(fd, 0o600)  # os.open's mode is filtered by the umask too
+        finally:
+            os.close(fd)
+    except OSError as exc:  # no permission, a read-only or full file system
+        raise cannot_create(database, exc.filename or database, exc) from exc

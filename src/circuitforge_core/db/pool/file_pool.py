@@ -32,9 +32,10 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import metrics
+from ..aio import AsyncCheckout, AsyncWorkers, run_checked_out
 from ..cipher import Key
 from ..connect import Connection
 from ..errors import PoolClosedError, PoolTimeoutError
@@ -52,11 +53,14 @@ from .connection import (
     opened_in_this_process,
     reset,
 )
+from .connection_state import NotReusable
 
 logger = logging.getLogger("circuitforge_core.db")
 
 DEFAULT_POOL_SIZE = 8
 DEFAULT_POOL_TIMEOUT = 5.0
+
+_T = TypeVar("_T")
 
 #: A database key (see cipher.py), or a resolver: called with the file's path
 #: each time a connection is opened, returning its key (None: a plain file).
@@ -146,6 +150,7 @@ class ConnectionPool:
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._migrated = migrations is None
         self._closed = False
+        self._async: AsyncWorkers | None = None  # made at the first async checkout
         self._counts = dict.fromkeys(
             (
                 "opened",
@@ -178,6 +183,35 @@ class ConnectionPool:
         after the other): an async caller can run both in a worker thread.
         """
         return _Checkout(self)
+
+    def aconnection(self) -> AsyncCheckout:
+        """``async with pool.aconnection() as db:``: the async twin of ``connection()``.
+
+        ``db`` is an ``AsyncConnection``: its checkout, statements and check-in
+        run on worker threads (aio/), so waiting for a connection, a lock or
+        a statement never blocks the event loop. See docs/async.md.
+        """
+        return AsyncCheckout(self.connection, self.async_workers, path=self.path)
+
+    async def arun(self, function: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        """``function(connection, *args, **kwargs)`` on a pooled connection, in one worker trip."""
+        return await run_checked_out(self.connection, self.async_workers, function, args, kwargs)
+
+    @property
+    def async_workers(self) -> AsyncWorkers:
+        """This pool's async capacity limit: one slot per connection it may open."""
+        workers = self._async
+        if workers is None:
+            with self._lock:
+                if self._async is None:
+                    self._async = AsyncWorkers(
+                        self.max_size,
+                        timeout=self.timeout,
+                        describe=f"the pool of {self.path}",
+                        path=self.path,
+                    )
+                workers = self._async
+        return workers
 
     def close(self, *, timeout: float | None = None) -> None:
         """Close idle connections now, busy ones when they come back; refuse new checkouts.
@@ -319,11 +353,15 @@ class ConnectionPool:
             assert self.migrations is not None
             conn = self._acquire(deadline)
             generation = generation_of(conn)
+            handed_over: PooledConnection | None = conn
             try:
                 applied = run_migrations(
                     conn, self.migrations, lock_timeout=self.migration_lock_timeout
                 )
                 reset(conn, self.row_factory, block_failed=False)
+            except NotReusable:  # migrated, but a file left what check-in cannot undo
+                self._checkin(conn, None)  # closes it; the caller gets another
+                handed_over = None
             except BaseException as exc:
                 self._checkin(conn, exc)
                 raise
@@ -335,7 +373,7 @@ class ConnectionPool:
                 self._migrated = generation == self._generation
             if applied:
                 logger.info("%s: applied %d migration(s)", self.path, len(applied))
-            return conn
+            return handed_over
         finally:
             self._migrate_lock.release()
 
@@ -486,6 +524,13 @@ class ConnectionPool:
         if keep:
             try:
                 rolled_back = reset(conn, self.row_factory, block_failed=exc is not None)
+            except NotReusable as why:
+                logger.info(
+                    "%s: closing a connection instead of reusing it: %s during the checkout.",
+                    self.path,
+                    why,
+                )
+                keep = False
             except (conn.Error, ValueError) as reset_error:  # sqlite3's or sqlcipher3's
                 logger.warning(
                     "%s: discarding a connection that failed to reset: %s", self.path, reset_error
