@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-pythons lint typecheck pytest bench check-sdist export-core clean
+.PHONY: demo test test-pythons test-bundled-sqlite lint typecheck pytest bench check-sdist export-core clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test: lint typecheck pytest
 # The suite again on Python 3.12 and 3.13 where installed (CI runs it after `make test`).
 test-pythons:
 	tools/test-other-pythons.sh
+
+# The suite again with the whole process on the SQLite bundled in pysqlite3 (the
+# bundled-sqlite extra, CF_DB_SQLITE=bundled; CI runs it after `make test`). The launcher
+# switches before pytest, its plugins and conftest.py import anything.
+test-bundled-sqlite: $(STAMP)
+	CF_DB_SQLITE=bundled $(BIN)/python -m circuitforge_core.db.bundled_sqlite -m pytest -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

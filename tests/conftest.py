@@ -10,7 +10,15 @@ import pytest
 
 # Environment variables the library (or its later parts) may read; tests never
 # inherit them from the machine they run on.
-LIBRARY_ENV_VARS = ("CLOUD_DATA_ROOT", "CLOUD_MODE", "CF_SERVER_SECRET", "CF_DB_PATH")
+# CF_DB_SQLITE stays: it is acted on at import, and `make test-bundled-sqlite` sets it so that
+# the processes tests start run on the bundled SQLite too.
+LIBRARY_ENV_VARS = (
+    "CLOUD_DATA_ROOT",
+    "CLOUD_MODE",
+    "CF_SERVER_SECRET",
+    "CF_DB_PATH",
+    "CF_DB_ACCEPT_WAL_RESET_BUG",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -56,3 +64,11 @@ def chdir_tmp(tmp_path: Path) -> Iterator[Path]:
         yield tmp_path
     finally:
         os.chdir(old)
+
+
+def pytest_report_header() -> str:
+    """Which SQLite this run is on (`make test-bundled-sqlite`: pysqlite3's)."""
+    import circuitforge_core.db  # noqa: F401, I001 - first: it decides what sqlite3 is
+    import sqlite3
+
+    return f"sqlite3: {sqlite3.__name__}, SQLite {sqlite3.sqlite_version}"

@@ -84,7 +84,7 @@ def registry() -> Iterator[PoolRegistry]:
 
 def test_settings_default_to_local_mode() -> None:
     """With no variables set: local mode, no data root, no database path override."""
-    assert Settings.from_env() == Settings(cloud_mode=False, data_root=None, db_path=None)
+    assert Settings.from_env({}) == Settings(cloud_mode=False, data_root=None, db_path=None)
 
 
 def test_settings_read_cloud_mode_and_paths(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,6 +92,7 @@ def test_settings_read_cloud_mode_and_paths(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("CLOUD_MODE", "Yes")
     monkeypatch.setenv("CLOUD_DATA_ROOT", "/srv/data")
     monkeypatch.setenv("CF_DB_PATH", "local.db")
+    monkeypatch.delenv("CF_DB_SQLITE", raising=False)  # set under make test-bundled-sqlite
     assert Settings.from_env() == Settings(True, Path("/srv/data"), Path("local.db"))
 
 

@@ -5,9 +5,15 @@
     with transaction(db):                 # BEGIN IMMEDIATE ... COMMIT
         ...
 
-Depends on the standard library only.
+Depends on the standard library only (pysqlite3 with ``CF_DB_SQLITE=bundled``).
 """
 
+# ruff: noqa: E402 - the SQLite library is chosen before any other import of the package.
+from .bundled_sqlite import apply_setting as _apply_sqlite_setting
+
+_apply_sqlite_setting()  # CF_DB_SQLITE=bundled: pysqlite3 becomes the process's sqlite3
+
+# isort: split
 from .asgi import DatabaseMiddleware, database_dependency
 from .base import get_connection
 from .cipher import derive_user_key
@@ -29,6 +35,7 @@ from .errors import (
     PoolClosedError,
     PoolTimeoutError,
     SettingsError,
+    SQLiteLibraryError,
     TransactionError,
     UnsafePathError,
 )
@@ -91,6 +98,7 @@ __all__ = [
     "PoolClosedError",
     "PoolRegistry",
     "PoolTimeoutError",
+    "SQLiteLibraryError",
     "Settings",
     "SettingsError",
     "TransactionError",

@@ -23,16 +23,16 @@ import functools
 import logging
 import os
 import sqlite3
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, cast
 
-from . import cipher, sqlite_facts
+from . import bundled_sqlite, cipher, sqlite_facts, wal_reset
 from .cipher import Key
 from .errors import OpenError, OpenReason
 from .open_errors import open_failed, unopenable
+from .sqlite_facts import blob_through_open_blob
 
 logger = logging.getLogger("circuitforge_core.db")
 
@@ -40,11 +40,13 @@ DEFAULT_BUSY_TIMEOUT = sqlite_facts.DEFAULT_BUSY_TIMEOUT
 DEFAULT_CACHE_SIZE_KIB = 8192
 DEFAULT_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
-# On 3.12+ pin the legacy transaction control explicitly: its default is
-# announced to change, and autocommit=False would keep a transaction open from
-# connect on, silently ignoring PRAGMA foreign_keys and refusing WAL.
+# Where the module has it (the standard library's on 3.12+), pin the legacy
+# transaction control explicitly: its default is announced to change, and
+# autocommit=False would keep a transaction open from connect on, silently
+# ignoring PRAGMA foreign_keys and refusing WAL. pysqlite3 (the bundled SQLite)
+# has no autocommit at all: legacy control is its only mode.
 _TRANSACTION_CONTROL: dict[str, Any] = {}
-if sys.version_info >= (3, 12):
+if hasattr(sqlite3, "LEGACY_TRANSACTION_CONTROL"):
     _TRANSACTION_CONTROL["autocommit"] = sqlite3.LEGACY_TRANSACTION_CONTROL
 
 
@@ -59,6 +61,24 @@ class Connection(sqlite3.Connection):
     path: str
     readonly: bool
     busy_timeout: float
+
+    if not hasattr(sqlite3.Connection, "blobopen"):  # pysqlite3 (the bundled SQLite)
+
+        def blobopen(
+            self,
+            table: str,
+            column: str,
+            row: int,
+            /,
+            *,
+            readonly: bool = False,
+            name: str = "main",
+        ) -> sqlite3.Blob:
+            """The standard library's name for pysqlite3's ``open_blob``."""
+            blob: sqlite3.Blob = blob_through_open_blob(
+                self, table, column, row, readonly=readonly, name=name
+            )
+            return blob
 
 
 def get_db(
@@ -393,18 +413,11 @@ _version_logged = threading.Event()
 
 
 def _log_library_version_once() -> None:
-    """Log the SQLite library in use, and warn once if it has the WAL-reset bug."""
+    """Log the SQLite library in use once, and warn (once) if it has the WAL-reset bug."""
     if _version_logged.is_set():
         return
     _version_logged.set()
-    logger.info("SQLite library %s (Python %s)", sqlite3.sqlite_version, sys.version.split()[0])
-    if sqlite3.sqlite_version_info < sqlite_facts.FIRST_SQLITE_WITHOUT_WAL_RESET_BUG:
-        wanted = ".".join(map(str, sqlite_facts.FIRST_SQLITE_WITHOUT_WAL_RESET_BUG))
-        logger.warning(
-            "SQLite %s is older than %s and has the WAL-reset bug, which can corrupt a WAL "
-            "database under concurrent writes and checkpoints "
-            "(%s). Upgrade the SQLite library.",
-            sqlite3.sqlite_version,
-            wanted,
-            sqlite_facts.WAL_RESET_BUG_URL,
-        )
+    logger.info(
+        "SQLite library %s, from %s", sqlite3.sqlite_version, bundled_sqlite.describe(sqlite3)
+    )
+    wal_reset.warn_once("sqlite3", sqlite3.sqlite_version, module_name=sqlite3.__name__)

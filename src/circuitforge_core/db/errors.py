@@ -14,6 +14,7 @@ migration), always chaining the original with ``raise ... from exc``.
     ├── NoDatabaseError            (also LookupError) no request database and no default
     ├── UnsafePathError            (also ValueError) a user id or sub-path could leave the root
     ├── SettingsError              (also ValueError) an environment variable cannot be used
+    ├── SQLiteLibraryError         (also RuntimeError) the SQLite asked for cannot run this process
     ├── BackupError                a backup could not be written (DEST left as it was)
     └── MigrationError             a migration cannot be planned or applied
         ├── MigrationSourceError       the folder or a file cannot be read
@@ -110,6 +111,17 @@ class UnsafePathError(DBError, ValueError):
 
 class SettingsError(DBError, ValueError):
     """An environment variable the package reads holds a value it cannot use."""
+
+
+class SQLiteLibraryError(DBError, RuntimeError):
+    """The SQLite library the process was asked to run on (``CF_DB_SQLITE``) cannot be used.
+
+    Raised while ``circuitforge_core.db`` is first imported: pysqlite3 is not
+    installed, or the standard library's ``sqlite3`` was imported before, so
+    switching now would leave two SQLite copies in the process. Not an
+    ``ImportError``, so that no ``try: import ... except ImportError`` fallback
+    hides it.
+    """
 
 
 class BackupError(DBError):

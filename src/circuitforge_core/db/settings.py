@@ -1,11 +1,16 @@
 """Settings.from_env: the only place the package reads environment variables.
 
 Owns the names of the variables (``CLOUD_MODE``, ``CLOUD_DATA_ROOT``,
-``CF_DB_PATH``, ``CF_SERVER_SECRET``), how their values are spelled, and
-refusing values that cannot be used with a ``SettingsError`` that says what to
-set. Does not act on them: paths are joined by tenancy.py, keys derived by
-cipher.py. (The CLI's ``--key-env NAME`` reads the variable its user names,
-which is the user's choice, not a setting.)
+``CF_DB_PATH``, ``CF_SERVER_SECRET``, ``CF_DB_SQLITE``,
+``CF_DB_ACCEPT_WAL_RESET_BUG``), how their values are spelled, and refusing
+values that cannot be used with a ``SettingsError`` that says what to set.
+Does not act on them: paths are joined by tenancy.py, keys derived by
+cipher.py, the SQLite library switched by bundled_sqlite.py, the WAL-reset
+warning given by wal_reset.py. (The CLI's ``--key-env NAME`` reads the
+variable its user names, which is the user's choice, not a setting.)
+
+Imports nothing that imports ``sqlite3``: the package's ``__init__`` reads
+``CF_DB_SQLITE`` through here before any module has loaded a SQLite library.
 """
 
 from __future__ import annotations
@@ -14,12 +19,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from .cipher import MIN_SERVER_SECRET_BYTES
 from .errors import SettingsError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
+
+#: Which SQLite library the process runs on (``CF_DB_SQLITE``): the one the
+#: standard library's ``sqlite3`` links against, or the one bundled in pysqlite3.
+SQLiteLibrary = Literal["stdlib", "bundled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,24 +42,25 @@ class Settings:
     unset so the product's own default applies. ``server_secret``
     (``CF_SERVER_SECRET``): what per-user encryption keys are derived from
     (``user_key_resolver``), None when unset; never shown in ``repr``.
+    ``sqlite_library`` (``CF_DB_SQLITE``, ``stdlib`` or ``bundled``): the SQLite
+    the whole process runs on, acted on when the package is first imported
+    (bundled_sqlite.py). ``accept_wal_reset_bug`` (``CF_DB_ACCEPT_WAL_RESET_BUG``,
+    default off): the operator knows the library has the WAL-reset bug and
+    accepts the risk, so the warning about it is not given.
     """
 
     cloud_mode: bool = False
     data_root: Path | None = None
     db_path: Path | None = None
     server_secret: str | None = field(default=None, repr=False)
+    sqlite_library: SQLiteLibrary = "stdlib"
+    accept_wal_reset_bug: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read ``CLOUD_MODE``, ``CLOUD_DATA_ROOT``, ``CF_DB_PATH`` and ``CF_SERVER_SECRET``."""
+        """Read every variable of the package (see the class docstring)."""
         env = os.environ if environ is None else environ
-        raw_mode = env.get("CLOUD_MODE", "").strip().lower()
-        if raw_mode not in _TRUE | _FALSE:
-            raise SettingsError(
-                f"CLOUD_MODE={env['CLOUD_MODE']!r} is neither on nor off; set it to 1 or 0 "
-                f"(true/false, yes/no and on/off also work)."
-            )
-        cloud_mode = raw_mode in _TRUE
+        cloud_mode = _flag(env, "CLOUD_MODE")
         raw_root = env.get("CLOUD_DATA_ROOT", "")
         data_root = Path(raw_root) if raw_root else None
         if data_root is not None and not data_root.is_absolute():
@@ -70,4 +81,46 @@ class Settings:
                 f"derive database keys from; set it to 32 random bytes, e.g. the output of "
                 f'`python -c "import secrets; print(secrets.token_hex(32))"`.'
             )
-        return cls(cloud_mode, data_root, Path(raw_db) if raw_db else None, secret)
+        return cls(
+            cloud_mode,
+            data_root,
+            Path(raw_db) if raw_db else None,
+            secret,
+            sqlite_library=sqlite_library_from_env(env),
+            accept_wal_reset_bug=wal_reset_bug_accepted(env),
+        )
+
+
+def sqlite_library_from_env(environ: Mapping[str, str] | None = None) -> SQLiteLibrary:
+    """``CF_DB_SQLITE`` alone: read first, when the package is imported, before the rest."""
+    env = os.environ if environ is None else environ
+    raw = env.get("CF_DB_SQLITE", "").strip().lower()
+    if raw in ("", "stdlib"):
+        return "stdlib"
+    if raw == "bundled":
+        return "bundled"
+    raise SettingsError(
+        f"CF_DB_SQLITE={env['CF_DB_SQLITE']!r} is not a SQLite library this package knows; "
+        f"set it to 'bundled' (the SQLite inside pysqlite3: pip install "
+        f"'circuitforge-core[bundled-sqlite]') or 'stdlib' (the default), or unset it."
+    )
+
+
+def hand_sqlite_library_to_children(library: SQLiteLibrary) -> None:
+    """Set ``CF_DB_SQLITE`` for the processes this one starts, so they switch as it did."""
+    os.environ["CF_DB_SQLITE"] = library
+
+
+def wal_reset_bug_accepted(environ: Mapping[str, str] | None = None) -> bool:
+    """``CF_DB_ACCEPT_WAL_RESET_BUG`` alone: read when the warning is due, not at start."""
+    return _flag(os.environ if environ is None else environ, "CF_DB_ACCEPT_WAL_RESET_BUG")
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw not in _TRUE | _FALSE:
+        raise SettingsError(
+            f"{name}={env[name]!r} is neither on nor off; set it to 1 or 0 "
+            f"(true/false, yes/no and on/off also work)."
+        )
+    return raw in _TRUE

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
@@ -84,6 +84,20 @@ def version_info(version: str) -> tuple[int, ...]:
 def has_wal_reset_bug(version: str) -> bool:
     """Whether the SQLite library of this version carries the WAL-reset bug."""
     return version_info(version) < FIRST_SQLITE_WITHOUT_WAL_RESET_BUG
+
+
+# -- driver differences --------------------------------------------------------------
+
+
+def blob_through_open_blob(
+    db: Any, table: str, column: str, row: int, *, readonly: bool, name: str
+) -> Any:
+    """``blobopen`` for the drivers that call it ``open_blob`` (pysqlite3, sqlcipher3).
+
+    They name the schema argument ``dbname``; the blob they return reads,
+    writes, seeks and closes like the standard library's.
+    """
+    return db.open_blob(table, column, row, readonly=readonly, dbname=name)
 
 
 # -- defaults ------------------------------------------------------------------------
