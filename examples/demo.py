@@ -16,7 +16,7 @@ MIGRATIONS = HERE / "notes" / "migrations"
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="  log: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="  %(levelname)s: %(message)s")
     print(f"database:   {DB_PATH.relative_to(HERE.parent)}")
     print(f"migrations: {MIGRATIONS.relative_to(HERE.parent)}\n")
     db = get_db(DB_PATH)
