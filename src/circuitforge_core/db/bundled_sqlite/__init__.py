@@ -55,20 +55,19 @@ def apply_setting() -> None:
 def install() -> None:
     """Make pysqlite3 the ``sqlite3`` of this whole process, or raise ``SQLiteLibraryError``.
 
-    Does nothing when that is done already. Also sets ``CF_DB_SQLITE=bundled``
-    for the processes this one starts.
+    Does nothing more when that is done already (here, or partly by another
+    tool). Also sets ``CF_DB_SQLITE=bundled`` for the processes this one starts.
     """
-    if not active():
-        _refuse_if_too_late()
-        try:
-            modules = {name: importlib.import_module(real) for name, real in _MODULES.items()}
-        except ImportError as exc:
-            raise SQLiteLibraryError(
-                f"CF_DB_SQLITE=bundled asks for the SQLite bundled in pysqlite3, but pysqlite3 "
-                f"cannot be imported ({exc}). Install it: {INSTALL_HINT}; or unset "
-                f"CF_DB_SQLITE to run on the SQLite this Python links against."
-            ) from exc
-        sys.modules.update(modules)
+    _refuse_if_too_late()
+    try:
+        modules = {name: importlib.import_module(real) for name, real in _MODULES.items()}
+    except ImportError as exc:
+        raise SQLiteLibraryError(
+            f"CF_DB_SQLITE=bundled asks for the SQLite bundled in pysqlite3, but pysqlite3 "
+            f"cannot be imported ({exc}). Install it: {INSTALL_HINT}; or unset "
+            f"CF_DB_SQLITE to run on the SQLite this Python links against."
+        ) from exc
+    sys.modules.update(modules)
     hand_sqlite_library_to_children("bundled")
     _switch_spawned_children()
 
@@ -92,7 +91,12 @@ def describe(module: ModuleType) -> str:
 
 
 def _refuse_if_too_late() -> None:
-    loaded = [name for name in _MODULES if name in sys.modules]
+    """Refuse when a name of the standard library's SQLite already holds another module."""
+    loaded = [
+        name
+        for name, real in _MODULES.items()
+        if name in sys.modules and sys.modules[name] is not sys.modules.get(real)
+    ]
     if not loaded:
         return
     where = getattr(sys.modules[loaded[0]], "__file__", None) or "built in"
