@@ -8,7 +8,7 @@ of an encrypted file (cipher.py) or what an open failure is called
 
 Transaction control is pinned to the same behaviour on every supported
 Python: ``isolation_level="IMMEDIATE"`` with, on 3.12+, ``autocommit`` held at
-``LEGACY_TRANSACTION_CONTROL``. No transaction is open after connect (so
+``LEGACY_TRANSACTION_CONTROL`` (pysqlite3, the bundled SQLite, knows no other). No transaction is open after connect (so
 ``PRAGMA foreign_keys`` and the WAL switch work), and the implicit transaction
 that Python opens before an INSERT/UPDATE/DELETE is ``BEGIN IMMEDIATE``: it
 takes the write lock up front, so a second writer waits on the busy timeout
@@ -55,7 +55,8 @@ class Connection(sqlite3.Connection):
 
     ``path`` is the absolute path of the database file, ``readonly`` whether it
     was opened read-only and ``busy_timeout`` the seconds a writer waits for
-    the lock. Everything else is the standard connection.
+    the lock. Everything else is the standard connection; on pysqlite3 (the
+    bundled SQLite), ``blobopen`` is added under the standard library's name.
     """
 
     path: str
