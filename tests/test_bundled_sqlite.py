@@ -201,6 +201,13 @@ def test_the_launcher_runs_modules_and_code(tmp_path: Path) -> None:
     assert by_code.stdout == "pysqlite3\n", by_code.stderr
 
 
+def test_the_launcher_keeps_the_interpreter_options_when_it_restarts() -> None:
+    """python -X dev -m ...bundled_sqlite: the restarted interpreter is in dev mode too."""
+    code = "import sys, sqlite3; print(sys.flags.dev_mode, sqlite3.__name__)"
+    result = run([sys.executable, "-X", "dev", *LAUNCHER[1:], "-c", code], env=child_env())
+    assert result.stdout.split() == ["True", "pysqlite3"], result.stderr
+
+
 def test_the_launcher_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     """No program, -m without a module, a missing script: usage on stderr, exit 2."""
     for args in ([], ["-m"], [str(tmp_path / "missing.py")]):
