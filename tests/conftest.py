@@ -18,6 +18,9 @@ LIBRARY_ENV_VARS = (
     "CF_SERVER_SECRET",
     "CF_DB_PATH",
     "CF_DB_ACCEPT_WAL_RESET_BUG",
+    "CF_REPLICA_URL",
+    "CF_LITESTREAM_SOCKET",
+    "CF_LITESTREAM",
 )
 
 
@@ -72,3 +75,16 @@ def pytest_report_header() -> str:
     import sqlite3
 
     return f"sqlite3: {sqlite3.__name__}, SQLite {sqlite3.sqlite_version}"
+
+
+# The replication tests' real parts (a moto S3 server shared by the session, Litestream
+# sidecars); imported here so that every test module shares one server.
+from replication_support import (  # noqa: E402
+    moto_server,
+    s3_base,
+    s3_env,
+    short_dir,
+    start_sidecar,
+)
+
+__all__ = ["moto_server", "s3_base", "s3_env", "short_dir", "start_sidecar"]

@@ -273,3 +273,40 @@ def test_without_a_user_or_a_default_the_request_fails_loudly(
     with pytest.raises(NoDatabaseError):
         asyncio.run(get_all(app, [("/db", None)]))
     assert registry.stats().databases == 0
+
+
+# -- placement -------------------------------------------------------------------------
+
+
+def test_a_user_placed_elsewhere_gets_the_products_response(root: Path) -> None:
+    """421 by default (WebSocket 1013), the product's answer if given; unknown users served."""
+    from circuitforge_core.db import Placement
+
+    directory = {"alice": "here", "bob": "host-b"}
+    placement = Placement(root, "here", directory.get)
+    recorder = Recorder()
+    app = DatabaseMiddleware(recorder, header_resolver(root), placement=placement)
+    asyncio.run(call(app, http_scope({"X-User": "alice"})))
+    asyncio.run(call(app, http_scope({"X-User": "carol"})))  # nobody placed carol
+    alice, carol = (str(user_db_path(root, user, "app.db")) for user in ("alice", "carol"))
+    assert recorder.seen == [alice, alice, carol, carol]
+    sent = asyncio.run(call(app, http_scope({"X-User": "bob"})))
+    assert sent[0]["status"] == 421
+    assert b"host-b" not in sent[1]["body"]
+    websocket = asyncio.run(call(app, {**http_scope({"X-User": "bob"}), "type": "websocket"}))
+    assert websocket == [{"type": "websocket.close", "code": 1013}]
+
+    async def redirect(scope: Scope, receive: Receive, send: Send, host: str) -> None:
+        location = f"https://{host}.example{scope['path']}".encode()
+        await send(
+            {"type": "http.response.start", "status": 307, "headers": [(b"location", location)]}
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+    app = DatabaseMiddleware(
+        recorder, header_resolver(root), placement=placement, elsewhere=redirect
+    )
+    sent = asyncio.run(call(app, http_scope({"X-User": "bob"})))
+    assert sent[0]["status"] == 307
+    assert dict(sent[0]["headers"])[b"location"] == b"https://host-b.example/"
+    assert len(recorder.seen) == 4  # bob's requests never reached the app

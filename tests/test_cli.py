@@ -205,7 +205,7 @@ def test_usage_errors_exit_2(cf_db: CfDb, tmp_path: Path) -> None:
     assert_error(cf_db("migrate", "--lock-timeout", "-1", "a.db", "m"), "more than 0")
     assert_error(cf_db("status", "--frob", "a.db", "m"), "unrecognized arguments")
     assert_error(cf_db(), "no command given")
-    assert_error(cf_db("migrate", "--json", "a.db", tmp_path), "--json goes with --dry-run")
+    assert_error(cf_db("migrate", "--plan-only", "a.db", tmp_path), "--plan-only goes with")
     assert not (tmp_path / "app.db").exists()
 
 
@@ -477,22 +477,36 @@ def wait_for(output: bytearray, text: bytes, *, times: int) -> None:
 
 
 def test_dry_run_lists_pending_and_creates_nothing(cf_db: CfDb, db_path: Path) -> None:
-    """On a database that does not exist: everything would apply; no file is created."""
+    """On a database that does not exist: everything runs on a copy; no file is created."""
     result = cf_db("migrate", "--dry-run", db_path, EXAMPLES)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
-        "would apply 001_initial.sql (1 statement, one transaction)",
-        "would apply 002_add_tags.sql (2 statements, one transaction)",
-        "would apply 003_add_search.sql (4 statements, one transaction)",
-        "3 to apply; nothing was changed (dry run)",
-    ]
+    lines = result.stdout.splitlines()
+    for line, (name, statements) in zip(
+        lines,
+        [
+            ("001_initial", "1 statement"),
+            ("002_add_tags", "2 statements"),
+            ("003_add_search", "4 statements"),
+        ],
+        strict=False,
+    ):
+        how = rf"{statements}, one transaction; ran in [\d.]+ m?s on a copy"
+        assert re.fullmatch(rf"would apply {name}\.sql \({how}\)", line), line
+    assert lines[3:] == ["3 to apply; nothing was changed (dry run: every file ran on a copy)"]
     document = parsed(cf_db("migrate", "--dry-run", "--json", db_path, EXAMPLES))
-    assert document["ok"] is True
-    assert [p["name"] for p in document["pending"]] == [  # type: ignore[attr-defined]
+    assert (document["ok"], document["executed"]) == (True, True)
+    pending = document["pending"]
+    assert [p["name"] for p in pending] == [  # type: ignore[attr-defined]
         "001_initial.sql",
         "002_add_tags.sql",
         "003_add_search.sql",
     ]
+    assert all(p["seconds"] >= 0 and p["problem"] is None for p in pending)  # type: ignore[attr-defined]
+    plan_only = cf_db("migrate", "--dry-run", "--plan-only", db_path, EXAMPLES)
+    assert plan_only.stdout.splitlines()[0] == (
+        "would apply 001_initial.sql (1 statement, one transaction)"
+    )
+    assert plan_only.stdout.splitlines()[-1] == "3 to apply; nothing was changed (dry run)"
     assert not db_path.parent.exists()
 
 
@@ -510,15 +524,68 @@ def test_dry_run_reports_what_the_run_would_refuse(
     assert result.returncode == 1, result.stderr
     assert "refused: applied migration 001_a.sql was edited" in result.stdout
     assert "refused: migration 002_b.sql, line 2: `VACUUM;` cannot run inside" in result.stdout
-    assert "blocked     003_c.sql (1 statement, no transaction)" in result.stdout
+    assert "blocked     003_c.sql (1 statement, no transaction; not run on a copy)" in result.stdout
+    assert "note: not run on the copy, since the run stops at 002_b.sql: 003_c.sql" in result.stdout
     document = parsed(cf_db("migrate", "--dry-run", "--json", db_path, migrations_dir))
     assert document["ok"] is False
     problems = document["problems"]
-    assert [(p["name"], p["line"]) for p in problems] == [  # type: ignore[attr-defined]
-        ("001_a.sql", None),
-        ("002_b.sql", 2),
+    assert [(p["kind"], p["name"], p["line"]) for p in problems] == [  # type: ignore[attr-defined]
+        ("modified", "001_a.sql", None),
+        ("refused", "002_b.sql", 2),
     ]
     assert migration_rows(db_path) == before
+
+
+def test_dry_run_finds_what_only_running_finds(
+    cf_db: CfDb, db_path: Path, migrations_dir: Path, write_migration: Write
+) -> None:
+    """A misspelt table: the dry run fails it with file and line (exit 1), as migrate then does."""
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS notes (body TEXT);")
+    write_migration(
+        "002_b.sql", "INSERT INTO notes VALUES ('a');\n\nINSERT INTO nots VALUES ('b');"
+    )
+    write_migration("003_c.sql", "CREATE TABLE IF NOT EXISTS c (x);")
+    result = cf_db("migrate", "--dry-run", db_path, migrations_dir)
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "failed: migration 002_b.sql, line 3: no such table: nots"
+    assert re.fullmatch(r"would apply 001_a\.sql \(.*; ran in .* on a copy\)", lines[3])
+    assert lines[4] == "blocked     003_c.sql (1 statement, one transaction; not run on a copy)"
+    assert lines[-1] == "migrate would apply 1 file, then stop at 002_b.sql; nothing was changed"
+    assert not db_path.parent.exists()
+    document = parsed(cf_db("migrate", "--dry-run", "--json", db_path, migrations_dir))
+    assert [(p["kind"], p["name"], p["line"]) for p in document["problems"]] == [  # type: ignore[attr-defined]
+        ("failed", "002_b.sql", 3)
+    ]
+    real = cf_db("migrate", db_path, migrations_dir)
+    assert_error(real, "migration 002_b.sql, line 3: no such table: nots")
+    assert document["problems"][0]["message"] in real.stderr  # type: ignore[index]
+
+
+def test_migrate_json_is_one_document_with_durations(
+    cf_db: CfDb, db_path: Path, migrations_dir: Path, write_migration: Write
+) -> None:
+    """Applied files with their seconds; on failure the document, then the error (exit 2)."""
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
+    result = cf_db("migrate", "--json", db_path, migrations_dir)
+    assert result.returncode == 0, result.stderr
+    document = parsed(result)
+    assert document["database"] == str(db_path)
+    assert [a["name"] for a in document["applied"]] == ["001_a.sql"]  # type: ignore[attr-defined]
+    assert document["applied"][0]["seconds"] >= 0  # type: ignore[index]
+    assert document["error"] is None
+    again = parsed(cf_db("migrate", "--json", db_path, migrations_dir))
+    assert again["applied"] == []
+    write_migration("002_b.sql", "CREATE TABLE IF NOT EXISTS b (x);")
+    write_migration("003_c.sql", "INSERT INTO nowhere VALUES (1);")
+    failing = cf_db("migrate", "--json", db_path, migrations_dir)
+    assert_error(failing, "migration 003_c.sql, line 1")
+    document = parsed(failing)
+    assert [a["name"] for a in document["applied"]] == ["002_b.sql"]  # type: ignore[attr-defined]
+    assert document["error"]["name"] == "003_c.sql"  # type: ignore[index]
+    assert document["error"]["line"] == 1  # type: ignore[index]
+    help_text = cf_db("migrate", "--help").stdout
+    assert "--json" in help_text
 
 
 # -- status --------------------------------------------------------------------------

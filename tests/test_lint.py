@@ -369,3 +369,19 @@ def test_double_quoted_strings_are_not_judged_on_python_3_11(
     """Without setconfig the replay accepts them, as SQLite does, and says nothing."""
     write_migration("001_a.sql", DQS)
     assert lint_migrations(migrations_dir) == []
+
+
+@pytest.mark.parametrize("pragma", ["soft_heap_limit=123456789", "hard_heap_limit=987654321"])
+def test_the_replay_never_changes_the_whole_process(
+    write_migration: Write, migrations_dir: Path, pragma: str
+) -> None:
+    """A heap-limit pragma in a file takes effect when SQLite compiles it: lint never does."""
+    name = pragma.split("=")[0]
+    probe = sqlite3.connect(":memory:")
+    try:
+        before = probe.execute(f"PRAGMA {name}").fetchone()
+        write_migration("001_limit.sql", f"CREATE TABLE IF NOT EXISTS a (x);\nPRAGMA {pragma};\n")
+        lint_report(migrations_dir)
+        assert probe.execute(f"PRAGMA {name}").fetchone() == before
+    finally:
+        probe.close()

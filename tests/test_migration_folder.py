@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -123,3 +124,79 @@ def test_new_migration_needs_an_existing_folder(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(MigrationSourceError, match="is not a folder"):
         new_migration(tmp_path / "file", "x")
+
+
+# -- entries that cannot be read -------------------------------------------------------
+
+
+def _every_reader_refuses(db: sqlite3.Connection, folder: Path, *fragments: str) -> None:
+    """run_migrations, status and lint all raise MigrationSourceError naming the entry."""
+    for reader in (
+        lambda: run_migrations(db, folder),
+        lambda: migration_status(db, folder),
+        lambda: lint_report(folder),
+    ):
+        with pytest.raises(MigrationSourceError) as caught:
+            reader()
+        message = str(caught.value)
+        message.encode("utf-8")  # printable: no lone surrogates
+        for fragment in (str(folder), *fragments):
+            assert fragment in message, message
+    assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'a'").fetchone() == (0,)
+
+
+def test_a_dangling_symlink_is_an_error_not_a_gap(
+    db: sqlite3.Connection, migrations_dir: Path, write_migration: Write
+) -> None:
+    """Left out, 002 would run later, after 003: it is named instead, and nothing runs."""
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
+    (migrations_dir / "002_b.sql").symlink_to(migrations_dir / "elsewhere" / "002_b.sql")
+    write_migration("003_c.sql", "CREATE TABLE IF NOT EXISTS c (x);")
+    _every_reader_refuses(db, migrations_dir, "002_b.sql", "symbolic link", "does not exist")
+
+
+def test_a_symlink_loop_and_a_fifo_are_errors(
+    db: sqlite3.Connection, migrations_dir: Path, write_migration: Write
+) -> None:
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
+    loop = migrations_dir / "002_loop.sql"
+    loop.symlink_to(loop)
+    _every_reader_refuses(db, migrations_dir, "002_loop.sql", "loops back")
+    loop.unlink()
+    os.mkfifo(migrations_dir / "002_pipe.sql")
+    _every_reader_refuses(db, migrations_dir, "002_pipe.sql", "FIFO")
+
+
+def test_symlinks_to_files_run_and_to_folders_are_ignored(
+    db: sqlite3.Connection, migrations_dir: Path, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "a.sql").write_text("CREATE TABLE IF NOT EXISTS a (x);")
+    (migrations_dir / "001_a.sql").symlink_to(shared / "a.sql")
+    (migrations_dir / "002_folder.sql").symlink_to(shared)
+    assert run_migrations(db, migrations_dir) == ["001_a.sql"]
+
+
+def test_a_file_name_that_is_not_utf8_is_named_with_its_bytes(
+    db: sqlite3.Connection, migrations_dir: Path, write_migration: Write
+) -> None:
+    """The actual bytes on disk: an error naming the folder and the name, escaped."""
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
+    raw = os.path.join(os.fsencode(migrations_dir), b"002_caf\xe9.sql")
+    with open(raw, "wb") as handle:
+        handle.write(b"CREATE TABLE IF NOT EXISTS b (x);")
+    _every_reader_refuses(db, migrations_dir, "002_caf\\xe9.sql", "not valid UTF-8", "Rename")
+
+
+def test_an_undecodable_name_that_is_no_migration_is_left_alone(
+    db: sqlite3.Connection, migrations_dir: Path, write_migration: Write
+) -> None:
+    """Not a .sql file: the runner ignores it, and lint shows its name printably."""
+    write_migration("001_a.sql", "CREATE TABLE IF NOT EXISTS a (x);")
+    for name in (b"notes-caf\xe9.txt", b"002_caf\xe9.SQL"):
+        with open(os.path.join(os.fsencode(migrations_dir), name), "wb") as handle:
+            handle.write(b"SELECT 1;")
+    assert run_migrations(db, migrations_dir) == ["001_a.sql"]
+    findings = [(f.file, f.code) for f in lint_report(migrations_dir).findings]
+    assert findings == [("002_caf\\xe9.SQL", "ignored-file")]

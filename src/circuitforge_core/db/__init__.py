@@ -21,9 +21,11 @@ from .connect import Connection, get_db
 from .conversions import decrypt_database, encrypt_database, rekey_database
 from .errors import (
     BackupError,
+    ControlSocketError,
     DBError,
     EncryptionUnavailableError,
     ForeignKeyViolationError,
+    LitestreamNotFoundError,
     MigrationError,
     MigrationFailedError,
     MigrationModifiedError,
@@ -32,8 +34,13 @@ from .errors import (
     MigrationSourceError,
     NoDatabaseError,
     OpenError,
+    PlacedElsewhereError,
     PoolClosedError,
     PoolTimeoutError,
+    QuiescedError,
+    ReplicaNotFoundError,
+    ReplicationError,
+    RestoreError,
     SettingsError,
     SQLiteLibraryError,
     TransactionError,
@@ -63,7 +70,9 @@ from .migrations import (
     run_migrations,
     verify_migrations,
 )
+from .placement import Placement
 from .pool import ConnectionPool, PoolRegistry
+from .replication import Replicator
 from .settings import Settings
 from .tenancy import current_db_path, request_db, use_db, user_db_path, user_key_resolver
 from .transaction import transaction
@@ -75,6 +84,7 @@ __all__ = [
     "ChecksumCheck",
     "Connection",
     "ConnectionPool",
+    "ControlSocketError",
     "DBError",
     "DatabaseMiddleware",
     "EncryptionUnavailableError",
@@ -82,6 +92,7 @@ __all__ = [
     "ForeignKeyViolationError",
     "LintFinding",
     "LintReport",
+    "LitestreamNotFoundError",
     "MigrationError",
     "MigrationFailedError",
     "MigrationModifiedError",
@@ -94,10 +105,17 @@ __all__ = [
     "NewMigration",
     "NoDatabaseError",
     "OpenError",
+    "PlacedElsewhereError",
+    "Placement",
     "PlannedMigration",
     "PoolClosedError",
     "PoolRegistry",
     "PoolTimeoutError",
+    "QuiescedError",
+    "ReplicaNotFoundError",
+    "ReplicationError",
+    "Replicator",
+    "RestoreError",
     "SQLiteLibraryError",
     "Settings",
     "SettingsError",

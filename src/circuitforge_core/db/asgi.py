@@ -4,7 +4,8 @@ The only module that knows ASGI, and it imports no web framework:
 ``DatabaseMiddleware`` is a plain ASGI middleware, and
 ``database_dependency()`` returns a plain generator function that FastAPI
 (or anything that understands generator dependencies) can call. Does not
-know who the user is: the product's resolver decides that from the request.
+know who the user is: the product's resolver decides that from the request,
+nor where users live: the product's directory does, through a ``Placement``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from .connect import Connection
 from .errors import UnsafePathError
+from .placement import Placement
 from .pool import PoolRegistry
 from .tenancy import current_db_path, use_db
 
@@ -29,6 +31,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 DatabasePath = str | os.PathLike[str] | None
 Resolver = Callable[[Scope], DatabasePath | Awaitable[DatabasePath]]
+#: The product's answer for a user placed on another host: an ASGI response
+#: (``scope, receive, send``) given that host's name, e.g. a redirect to it.
+Elsewhere = Callable[[Scope, Receive, Send, str], Awaitable[None]]
 
 
 class DatabaseMiddleware:
@@ -43,11 +48,26 @@ class DatabaseMiddleware:
     so nothing carries over to the next request. A resolver raising
     ``UnsafePathError`` (a hostile user id) gets a 400 response (WebSocket:
     close code 1008) and the app is not called. Lifespan events pass through.
+
+    With a ``placement``, a request whose user the product's directory puts
+    on another host is not served here: ``elsewhere(scope, receive, send,
+    host)`` answers it (a redirect, a ``fly-replay`` header, a proxy), by
+    default ``421 Misdirected Request`` (WebSocket: close code 1013, try
+    again later). Users nobody placed are served here, as before.
     """
 
-    def __init__(self, app: ASGIApp, resolver: Resolver) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        resolver: Resolver,
+        *,
+        placement: Placement | None = None,
+        elsewhere: Elsewhere | None = None,
+    ) -> None:
         self.app = app
         self.resolver = resolver
+        self.placement = placement
+        self.elsewhere = elsewhere or misdirected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -57,23 +77,41 @@ class DatabaseMiddleware:
             path = self.resolver(scope)
             if inspect.isawaitable(path):
                 path = await path
+            where = None if self.placement is None or path is None else self.placement.where(path)
         except UnsafePathError as exc:
             logger.warning("refused a request whose database path is unsafe: %s", exc)
             await _refuse(scope, send)
             return
+        if where is not None and where.state == "elsewhere" and where.host is not None:
+            await self.elsewhere(scope, receive, send, where.host)
+            return
         with use_db(path):
             await self.app(scope, receive, send)
+
+
+async def misdirected(scope: Scope, receive: Receive, send: Send, host: str) -> None:
+    """The default answer for a user placed on another host: 421, or WebSocket close 1013.
+
+    Names no host: which host serves whom is the product's to reveal.
+    """
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1013})
+        return
+    await _plain(send, 421, b"Misdirected request: this user is served by another host.\n")
 
 
 async def _refuse(scope: Scope, send: Send) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
         return
-    body = b"Bad request: this request's user cannot be mapped to a database.\n"
+    await _plain(send, 400, b"Bad request: this request's user cannot be mapped to a database.\n")
+
+
+async def _plain(send: Send, status: int, body: bytes) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": 400,
+            "status": status,
             "headers": [
                 (b"content-type", b"text/plain; charset=utf-8"),
                 (b"content-length", str(len(body)).encode()),

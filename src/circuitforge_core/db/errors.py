@@ -11,11 +11,18 @@ migration), always chaining the original with ``raise ... from exc``.
     ├── TransactionError           transaction() was misused (block ended it)
     ├── PoolTimeoutError           (also TimeoutError) no connection free in time
     ├── PoolClosedError            the pool or registry was closed, or the file is being dropped
+    │   └── QuiescedError              the file is quiesced (being moved, restored, compacted)
+    ├── PlacedElsewhereError       (also LookupError) the user lives on another host
     ├── NoDatabaseError            (also LookupError) no request database and no default
     ├── UnsafePathError            (also ValueError) a user id or sub-path could leave the root
     ├── SettingsError              (also ValueError) an environment variable cannot be used
     ├── SQLiteLibraryError         (also RuntimeError) the SQLite asked for cannot run this process
     ├── BackupError                a backup could not be written (DEST left as it was)
+    ├── ReplicationError           Litestream could not do what was asked
+    │   ├── LitestreamNotFoundError    (also FileNotFoundError) no litestream binary to run
+    │   ├── ControlSocketError         (also ConnectionError) the daemon is not there, or refused
+    │   ├── ReplicaNotFoundError       (also LookupError) the replica holds no copy of that file
+    │   └── RestoreError               a restore failed; the target was left as it was
     └── MigrationError             a migration cannot be planned or applied
         ├── MigrationSourceError       the folder or a file cannot be read
         ├── MigrationNameError         (also ValueError) a new migration's name cannot be used
@@ -94,6 +101,29 @@ class PoolClosedError(DBError):
     """A connection was asked of a pool or registry that is closed, or of a file being dropped."""
 
 
+class QuiescedError(PoolClosedError):
+    """New connections to this file are refused while it is quiesced (a move, a restore).
+
+    ``path`` is the file. Map it to 503 with ``Retry-After`` in a web app.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class PlacedElsewhereError(DBError, LookupError):
+    """The placement says another host owns this user: the file is not opened here.
+
+    ``path`` is the file, ``host`` the owner the product's directory named.
+    """
+
+    def __init__(self, message: str, *, path: str, host: str) -> None:
+        self.path = path
+        self.host = host
+        super().__init__(message)
+
+
 class NoDatabaseError(DBError, LookupError):
     """No database was chosen for this request or thread, and there is no default to use."""
 
@@ -136,6 +166,41 @@ class BackupError(DBError):
         self.path = path
         self.problems = list(problems or [])
         super().__init__(message)
+
+
+class ReplicationError(DBError):
+    """Replication (the Litestream sidecar, a restore, an erasure) could not do what was asked.
+
+    ``path`` is the database file or socket concerned, when there is one.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class LitestreamNotFoundError(ReplicationError, FileNotFoundError):
+    """No ``litestream`` binary was found where it was looked for."""
+
+
+class ControlSocketError(ReplicationError, ConnectionError):
+    """Litestream's control socket cannot be reached, or the daemon refused a request.
+
+    ``path`` is the socket; ``status`` the daemon's HTTP status when it answered
+    (None when nothing answered).
+    """
+
+    def __init__(self, message: str, *, path: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message, path=path)
+
+
+class ReplicaNotFoundError(ReplicationError, LookupError):
+    """The replica holds no copy of the database asked for (never replicated, or erased)."""
+
+
+class RestoreError(ReplicationError):
+    """A restore did not complete; the database it was to replace was left as it was."""
 
 
 class MigrationError(DBError):

@@ -2,12 +2,18 @@
 
 Owns the names of the variables (``CLOUD_MODE``, ``CLOUD_DATA_ROOT``,
 ``CF_DB_PATH``, ``CF_SERVER_SECRET``, ``CF_DB_SQLITE``,
-``CF_DB_ACCEPT_WAL_RESET_BUG``), how their values are spelled, and refusing
-values that cannot be used with a ``SettingsError`` that says what to set.
-Does not act on them: paths are joined by tenancy.py, keys derived by
-cipher.py, the SQLite library switched by bundled_sqlite.py, the WAL-reset
-warning given by wal_reset.py. (The CLI's ``--key-env NAME`` reads the
-variable its user names, which is the user's choice, not a setting.)
+``CF_DB_ACCEPT_WAL_RESET_BUG``; for replication ``CF_REPLICA_URL``,
+``CF_LITESTREAM_SOCKET``, ``CF_LITESTREAM``), how their values are spelled,
+and refusing values that cannot be used with a ``SettingsError`` that says
+what to set. Also the two readings replication needs beyond its settings:
+the environment handed on to the Litestream child process, and the object
+store credentials Litestream itself reads (so an erasure reaches the storage
+the way Litestream does), and the one writing: ``CF_DB_SQLITE`` handed on to
+child processes. Does not act on any of them: paths are joined by tenancy.py,
+keys derived by cipher.py, Litestream run by replication/, the SQLite library
+switched by bundled_sqlite/, the WAL-reset warning given by wal_reset.py.
+(The CLI's ``--key-env NAME`` reads the variable its user names, which is the
+user's choice, not a setting.)
 
 Imports nothing that imports ``sqlite3``: the package's ``__init__`` reads
 ``CF_DB_SQLITE`` through here before any module has loaded a SQLite library.
@@ -42,17 +48,29 @@ class Settings:
     unset so the product's own default applies. ``server_secret``
     (``CF_SERVER_SECRET``): what per-user encryption keys are derived from
     (``user_key_resolver``), None when unset; never shown in ``repr``.
-    ``sqlite_library`` (``CF_DB_SQLITE``, ``stdlib`` or ``bundled``): the SQLite
-    the whole process runs on, acted on when the package is first imported
-    (bundled_sqlite.py). ``accept_wal_reset_bug`` (``CF_DB_ACCEPT_WAL_RESET_BUG``,
-    default off): the operator knows the library has the WAL-reset bug and
-    accepts the risk, so the warning about it is not given.
+
+    Replication (docs/replication.md): ``replica_url`` (``CF_REPLICA_URL``),
+    where every user's file is replicated, None when replication is off;
+    ``litestream_socket`` (``CF_LITESTREAM_SOCKET``), the sidecar's control
+    socket, None for ``DATA_ROOT/.litestream/control.sock``; ``litestream``
+    (``CF_LITESTREAM``), the binary, None to find the one the replication
+    extra installs.
+
+    The SQLite library (docs/upgrading.md): ``sqlite_library``
+    (``CF_DB_SQLITE``, ``stdlib`` or ``bundled``), the SQLite the whole process
+    runs on, acted on when the package is first imported (bundled_sqlite/);
+    ``accept_wal_reset_bug`` (``CF_DB_ACCEPT_WAL_RESET_BUG``, default off), the
+    operator knows the library has the WAL-reset bug and accepts the risk, so
+    the warning about it is not given.
     """
 
     cloud_mode: bool = False
     data_root: Path | None = None
     db_path: Path | None = None
     server_secret: str | None = field(default=None, repr=False)
+    replica_url: str | None = None
+    litestream_socket: Path | None = None
+    litestream: Path | None = None
     sqlite_library: SQLiteLibrary = "stdlib"
     accept_wal_reset_bug: bool = False
 
@@ -81,11 +99,23 @@ class Settings:
                 f"derive database keys from; set it to 32 random bytes, e.g. the output of "
                 f'`python -c "import secrets; print(secrets.token_hex(32))"`.'
             )
+        replica_url = env.get("CF_REPLICA_URL", "").strip() or None
+        if replica_url is not None and "://" not in replica_url:
+            raise SettingsError(
+                f"CF_REPLICA_URL={replica_url!r} is not a URL; set it to the replica's URL, "
+                f"e.g. s3://bucket/tenants or file:///srv/replicas, or unset it to turn "
+                f"replication off."
+            )
+        socket = _absolute_path(env, "CF_LITESTREAM_SOCKET", "the sidecar's control socket")
+        binary = _absolute_path(env, "CF_LITESTREAM", "the litestream binary")
         return cls(
             cloud_mode,
             data_root,
             Path(raw_db) if raw_db else None,
             secret,
+            replica_url,
+            socket,
+            binary,
             sqlite_library=sqlite_library_from_env(env),
             accept_wal_reset_bug=wal_reset_bug_accepted(env),
         )
@@ -124,3 +154,49 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
             f"(true/false, yes/no and on/off also work)."
         )
     return raw in _TRUE
+
+
+def _absolute_path(env: Mapping[str, str], name: str, what: str) -> Path | None:
+    raw = env.get(name, "")
+    if not raw:
+        return None
+    if not os.path.isabs(raw):
+        raise SettingsError(
+            f"{name}={raw!r} is a relative path; set it to the absolute path of {what}."
+        )
+    return Path(raw)
+
+
+def process_environment() -> Mapping[str, str]:
+    """This process's environment as it is now, to hand on to a child process (Litestream)."""
+    return os.environ
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectStoreCredentials:
+    """What Litestream's S3 client reads from the environment, read the same way.
+
+    ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` first, then
+    ``LITESTREAM_ACCESS_KEY_ID`` / ``LITESTREAM_SECRET_ACCESS_KEY``;
+    ``AWS_SESSION_TOKEN``; ``LITESTREAM_S3_ENDPOINT`` for URLs without an
+    ``endpoint``; ``AWS_REGION`` (or ``AWS_DEFAULT_REGION``). Keys never shown
+    in ``repr``; None when unset (the SDK's own chain then applies: profiles,
+    instance and container roles).
+    """
+
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    endpoint: str | None = None
+    region: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ObjectStoreCredentials:
+        env = os.environ if environ is None else environ
+        return cls(
+            env.get("AWS_ACCESS_KEY_ID") or env.get("LITESTREAM_ACCESS_KEY_ID") or None,
+            env.get("AWS_SECRET_ACCESS_KEY") or env.get("LITESTREAM_SECRET_ACCESS_KEY") or None,
+            env.get("AWS_SESSION_TOKEN") or None,
+            env.get("LITESTREAM_S3_ENDPOINT") or None,
+            env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+        )

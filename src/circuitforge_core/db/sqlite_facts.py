@@ -25,6 +25,10 @@ SQLITE_CANTOPEN = 14
 SQLITE_NOTADB = 26
 #: The file was moved or replaced under an open connection.
 SQLITE_READONLY_DBMOVED = SQLITE_READONLY | (4 << 8)
+#: The -shm file (the WAL index) could not be created, grown or mapped: a full disk, typically.
+SQLITE_IOERR_SHMOPEN = SQLITE_IOERR | (18 << 8)
+SQLITE_IOERR_SHMSIZE = SQLITE_IOERR | (19 << 8)
+SQLITE_IOERR_SHMMAP = SQLITE_IOERR | (21 << 8)
 
 #: Primary codes after which a connection is not trusted again.
 BROKEN_CONNECTION_CODES = frozenset({SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_CANTOPEN, SQLITE_NOTADB})

@@ -13,6 +13,7 @@ imports this package but ``__main__`` and the ``cf-db`` entry point.
     migrations.py    migrate (and --dry-run), status, new, lint, verify
     maintenance.py   backup, check
     encryption.py    encrypt, decrypt, rekey
+    replication.py   replicate (the Litestream sidecar), restore, erase
     options.py       declaring a command, --json, --key-env/--key-file, seconds
     output.py        exit codes, JSON, aligned rows, durations, live terminal lines
 
@@ -33,7 +34,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from .. import DBError
-from . import encryption, maintenance, migrations
+from . import encryption, maintenance, migrations, replication
 from .options import AddCommand, Handler
 from .output import EXIT_ACTION, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 
@@ -52,6 +53,7 @@ COMMANDS: tuple[AddCommand, ...] = (
     *migrations.COMMANDS,
     *maintenance.COMMANDS,
     *encryption.COMMANDS,
+    *replication.COMMANDS,
 )
 
 

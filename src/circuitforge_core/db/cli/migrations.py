@@ -16,6 +16,7 @@ from typing import Any
 from .. import (
     ChecksumCheck,
     LintFinding,
+    MigrationError,
     MigrationPlan,
     PlannedMigration,
     lint_report,
@@ -56,15 +57,25 @@ def _add_migrate(commands: Subcommands, common: argparse.ArgumentParser) -> None
         "apply pending migrations",
         "Apply the pending NNN_name.sql files of DIR to DB, in filename order, each in one\n"
         "transaction with its _migrations row. Prints one line per applied file with its\n"
-        "duration; on a terminal, shows the running file's elapsed time.",
+        "duration; on a terminal, shows the running file's elapsed time.\n"
+        "\n"
+        "--dry-run changes nothing and never creates DB: it judges every pending file with\n"
+        "the runner's rules, then runs each one on a private copy of DB (in TMPDIR), so\n"
+        "that a runtime error such as a misspelt table is reported with its file and line.",
     )
     parser.add_argument("db", metavar="DB", help="database file (created if missing)")
     parser.add_argument("dir", metavar="DIR", help="folder of NNN_name.sql migrations")
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="list what would run and check it against the runner's rules; change nothing "
-        "(exit 1 if the run would be refused)",
+        help="run every pending file on a copy of DB and report what would be refused or fail; "
+        "change nothing (exit 1 if the run would be refused or fail)",
+    )
+    parser.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="with --dry-run: only judge the files by the runner's rules, make no copy of DB "
+        "(for a database too big to copy)",
     )
     parser.add_argument(
         "--lock-timeout",
@@ -81,12 +92,13 @@ def _add_migrate(commands: Subcommands, common: argparse.ArgumentParser) -> None
 def _migrate(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _migrate_dry_run(args)
-    if args.json:
-        raise ValueError("--json goes with --dry-run; migrate itself prints one line per file")
+    if args.plan_only:
+        raise ValueError("--plan-only goes with --dry-run")
     live = LiveLine(sys.stderr) if sys.stderr.isatty() else None
     # Between files the runner waits for SQLite's write lock (another process may
     # be migrating); on_start comes once it holds it.
     waiting = f"waiting for the write lock on {args.db}"
+    applied: list[dict[str, Any]] = []
 
     def on_start(name: str) -> None:
         if live is not None:
@@ -95,7 +107,9 @@ def _migrate(args: argparse.Namespace) -> int:
     def on_applied(name: str, seconds: float) -> None:
         if live is not None:
             live.stop()
-        print(f"applied {name} ({duration(seconds)})", flush=True)
+        applied.append({"name": name, "seconds": round(seconds, 6)})
+        if not args.json:
+            print(f"applied {name} ({duration(seconds)})", flush=True)
         if live is not None:
             live.start(waiting)
 
@@ -105,7 +119,7 @@ def _migrate(args: argparse.Namespace) -> int:
         live.start(waiting)
     try:
         # A path: the library reads DIR first, so a bad folder creates no database.
-        applied = run_migrations(
+        run_migrations(
             args.db,
             args.dir,
             key=db_key,
@@ -113,10 +127,16 @@ def _migrate(args: argparse.Namespace) -> int:
             on_start=on_start,
             on_applied=on_applied,
         )
+    except MigrationError as exc:
+        if args.json:  # what was applied before the error, then the usual error line
+            _print_migrate_json(args, applied, started, exc)
+        raise
     finally:
         if live is not None:
             live.stop()
-    if applied:
+    if args.json:
+        _print_migrate_json(args, applied, started, None)
+    elif applied:
         total = duration(time.perf_counter() - started)
         print(f"{plural(len(applied), 'migration')} applied in {total}")
     else:
@@ -124,18 +144,39 @@ def _migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_migrate_json(
+    args: argparse.Namespace,
+    applied: list[dict[str, Any]],
+    started: float,
+    error: MigrationError | None,
+) -> None:
+    print_json(
+        {
+            "database": os.path.abspath(args.db),
+            "folder": os.path.abspath(args.dir),
+            "applied": applied,
+            "seconds": round(time.perf_counter() - started, 6),
+            "error": None
+            if error is None
+            else {"name": error.name, "line": getattr(error, "line", None), "message": str(error)},
+        }
+    )
+
+
 def _migrate_dry_run(args: argparse.Namespace) -> int:
-    """What ``migrate`` would do, as ``plan_migrations`` judges it; writes nothing."""
-    plan = plan_migrations(args.db, args.dir, key=key(args))
+    """What ``migrate`` would do, as ``plan_migrations`` finds it; changes nothing."""
+    plan = plan_migrations(args.db, args.dir, key=key(args), execute=not args.plan_only)
     if args.json:
         print_json(
             {
                 "database": os.path.abspath(args.db),
                 "folder": os.path.abspath(args.dir),
                 "ok": plan.ok,
+                "executed": plan.executed,
                 "pending": [_planned_json(entry) for entry in plan.pending],
                 "problems": [
-                    {"name": p.name, "line": p.line, "message": p.message} for p in plan.problems
+                    {"kind": p.kind, "name": p.name, "line": p.line, "message": p.message}
+                    for p in plan.problems
                 ],
                 "notes": list(plan.notes),
             }
@@ -146,34 +187,50 @@ def _migrate_dry_run(args: argparse.Namespace) -> int:
 
 
 def _planned_json(entry: PlannedMigration) -> dict[str, Any]:
-    if entry.problem is not None:
-        return {"name": entry.name, "refused": entry.problem.message}
+    problem = entry.problem
     return {
         "name": entry.name,
-        "refused": None,
         "statements": entry.statements,
         "transaction": entry.transaction,
         "foreign_keys_checked": entry.foreign_keys_checked,
+        "seconds": None if entry.seconds is None else round(entry.seconds, 6),
+        "problem": None
+        if problem is None
+        else {"kind": problem.kind, "line": problem.line, "message": problem.message},
     }
 
 
 def _print_plan(plan: MigrationPlan) -> None:
     for problem in plan.problems:
-        print(f"refused: {problem.message}")
-    verb = "would apply" if plan.ok else "blocked    "
+        print(f"{'failed' if problem.kind == 'failed' else 'refused'}: {problem.message}")
+    blocked = any(p.kind != "failed" for p in plan.problems)
+    failed = next((p.name for p in plan.problems if p.kind == "failed"), None)
+    before_failure = 0
     for entry in plan.pending:
         if entry.problem is not None:
             continue
+        would_apply = not blocked and (failed is None or entry.name < failed)
+        before_failure += would_apply
         how = "one transaction" if entry.transaction else "no transaction"
         if entry.foreign_keys_checked:
             how += ", foreign keys off then checked"
+        if plan.executed:
+            ran = "not run" if entry.seconds is None else f"ran in {duration(entry.seconds)}"
+            how += f"; {ran} on a copy"
+        verb = "would apply" if would_apply else "blocked    "
         print(f"{verb} {entry.name} ({plural(entry.statements, 'statement')}, {how})")
     for note in plan.notes:
         print(f"note: {note}")
-    if not plan.ok:
+    if blocked:
         print("nothing would be applied until the problems above are fixed; nothing was changed")
+    elif failed is not None:
+        print(
+            f"migrate would apply {plural(before_failure, 'file')}, then stop at {failed}; "
+            f"nothing was changed"
+        )
     elif plan.pending:
-        print(f"{len(plan.pending)} to apply; nothing was changed (dry run)")
+        copy = ": every file ran on a copy" if plan.executed else ""
+        print(f"{len(plan.pending)} to apply; nothing was changed (dry run{copy})")
     else:
         print("nothing to apply")
 

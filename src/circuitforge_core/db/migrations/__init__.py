@@ -7,10 +7,14 @@ concern per module; each imports only modules listed above it:
     folder.py        list the folder (one filter), read, normalise, checksum; the next file
     locking.py       BEGIN IMMEDIATE past the busy timeout; the no-transaction lock file
     records.py       _migrations in any layout: read, adopt in place, record a file
+    statements.py    inside a statement: table and column names, ADD COLUMN definitions
     plan.py          the verdicts: each file's rules and run plan; folder against records
     foreign_keys.py  enforcement off around rebuilds, then the touched tables checked
+    columns.py       the old runner's recovery: an ADD COLUMN whose column is there
+    connection_state.py  a file's pragmas, attachments and TEMP objects, put back after it
     shortcut.py      the repeated-call memory: nothing pending until something changes
     runner.py        run_migrations: apply each pending file atomically
+    dry_run.py       the dry run's copy of the database and the files run on it
     views.py         read-only: migration_status, verify_migrations, plan_migrations
     lint.py          lint_migrations: the conventions, with a reason for each finding
 

@@ -2,16 +2,22 @@
 
 Owns the one listing of a folder that the runner, status, verify, lint and
 ``new_migration`` all use (files whose name ends in ``.sql``, in filename
-order), how a file's bytes become the text the runner runs and checksums (no
-BOM, ``\\n`` line endings, UTF-8 without NUL), and the name and creation of
-the next numbered file. Knows nothing of databases.
+order; sub-folders are not migrations, whatever their name), how a file's
+bytes become the text the runner runs and checksums (no BOM, ``\\n`` line
+endings, UTF-8 without NUL), and the name and creation of the next numbered
+file. An entry named like a migration that cannot be one (a dangling
+symbolic link, a FIFO, a name that is not UTF-8) is an error naming the
+folder and the entry, never left out: left out, it would run later, out of
+order. Knows nothing of databases.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -66,19 +72,70 @@ class FolderListing:
 
 
 def list_folder(migrations_dir: MigrationsDir) -> FolderListing:
-    """The folder's files, sorted by name; raises ``MigrationSourceError`` naming the folder."""
+    """The folder's files, sorted by name; raises ``MigrationSourceError`` naming the folder.
+
+    Also for an entry named ``*.sql`` that is neither a file nor a folder, or
+    whose name is not UTF-8 (it could not be recorded in ``_migrations``).
+    """
     folder = as_traversable(migrations_dir)
     try:
-        files = sorted((entry for entry in folder.iterdir() if entry.is_file()), key=_name)
+        entries = sorted(folder.iterdir(), key=_name)
+        migrations = []
+        others = []
+        for entry in entries:
+            if entry.name.endswith(MIGRATION_SUFFIX):
+                if _is_migration(entry, folder):
+                    migrations.append(entry)
+            elif entry.is_file():
+                others.append(entry)
     except (OSError, ValueError) as exc:
         raise MigrationSourceError(
             f"cannot list the migrations folder {folder}: {exc}. Check the path."
         ) from exc
-    return FolderListing(
-        folder,
-        tuple(entry for entry in files if entry.name.endswith(MIGRATION_SUFFIX)),
-        tuple(entry for entry in files if not entry.name.endswith(MIGRATION_SUFFIX)),
+    return FolderListing(folder, tuple(migrations), tuple(others))
+
+
+def shown_name(name: str) -> str:
+    """A file name as messages show it: bytes that are not UTF-8 as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _is_migration(entry: Traversable, folder: Traversable) -> bool:
+    """A file named ``*.sql`` (True), a folder (False, ignored), or an error naming the entry."""
+    name = entry.name
+    if shown_name(name) != name:
+        raise MigrationSourceError(
+            f"the migrations folder {folder} holds {shown_name(name)}, whose name is not valid "
+            f"UTF-8 (the undecodable bytes are shown as \\xNN), so it cannot be recorded in "
+            f"_migrations. Rename it to a UTF-8 name.",
+            name=shown_name(name),
+        )
+    if entry.is_file():
+        return True
+    if entry.is_dir():
+        return False
+    raise MigrationSourceError(
+        f"{name} in the migrations folder {folder} {_why_not_a_file(entry)}, so it cannot be "
+        f"read as a migration (and would run out of order once it can). Fix or remove it.",
+        name=name,
     )
+
+
+def _why_not_a_file(entry: Traversable) -> str:
+    """What an entry that is neither a file nor a folder is."""
+    if not isinstance(entry, Path):
+        return "is neither a file nor a folder"
+    if entry.is_symlink():
+        target = os.readlink(entry)
+        try:
+            entry.stat()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"is a symbolic link to {target} that loops back on itself"
+            return f"is a symbolic link to {target}, which does not exist"
+    kind = stat.S_IFMT(os.stat(entry).st_mode)
+    what = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}.get(kind, "a device")
+    return f"is {what}, not a regular file"
 
 
 def _name(entry: Traversable) -> str:

@@ -72,7 +72,7 @@ def touched_tables_collector(touched: set[str]) -> Authorizer:
     return authorize
 
 
-def check_foreign_keys(db: sqlite3.Connection, name: str, touched: set[str]) -> None:
+def check_foreign_keys(db: sqlite3.Connection, name: str, touched: set[str], label: str) -> None:
     """Fail if the touched tables, or tables that reference them, hold dangling keys.
 
     Only those tables are checked: a file that cannot break a reference into
@@ -96,8 +96,8 @@ def check_foreign_keys(db: sqlite3.Connection, name: str, touched: set[str]) -> 
         more = f" and {len(violations) - 5} more" if len(violations) > 5 else ""
         raise ForeignKeyViolationError(
             f"migration {name} would leave rows whose foreign keys point at nothing: {sample}"
-            f"{more}. Nothing of it was applied. Delete or fix those rows in the migration, or "
-            f"copy the parent rows before dropping or rebuilding their table.",
+            f"{more}. Nothing of it was applied to {label}. Delete or fix those rows in the "
+            f"migration, or copy the parent rows before dropping or rebuilding their table.",
             name=name,
             violations=violations[:20],
         )

@@ -39,8 +39,10 @@ from .folder import (
     list_folder,
     normalised,
     read_bytes,
+    shown_name,
 )
 from .plan import (
+    PROCESS_PRAGMAS,
     TRANSACTION_KEYWORDS,
     FilePlan,
     examine,
@@ -48,6 +50,7 @@ from .plan import (
     needs_no_transaction,
     short,
 )
+from .statements import pragma_setting
 
 Severity = Literal["error", "warning"]
 
@@ -69,6 +72,9 @@ _DQS_SETTINGS = tuple(
 _COMPILE_ONLY = frozenset(
     ("ATTACH", "DETACH", "VACUUM", "BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE")
 )
+# Pragmas that change the whole process, lint's included, as soon as SQLite compiles
+# them: the replay never even compiles them.
+_NEVER_REPLAYED = PROCESS_PRAGMAS | {"soft_heap_limit"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +149,12 @@ _WHY = {
     "becomes a string, so a misspelt column name stores or compares the text instead of "
     "failing (https://sqlite.org/quirks.html#dblquote). Write strings in single quotes and "
     "use double quotes only for names. (Checked on Python 3.12 and later only.)",
+    "migrations-table": "_migrations records which migrations are applied; a file that drops, "
+    "renames or alters it would make every migration run again (or fail), so the runner "
+    "refuses the file before anything runs. The runner owns that table.",
+    "process-pragma": "This pragma changes the whole process, not just the migration's "
+    "connection, and cannot be put back when the file ends, so the runner refuses the file. "
+    "Set it in the application at start-up if it is needed.",
     "empty": "An empty file is recorded as applied; the change you add to it later then counts "
     "as an edit of an applied migration, which the runner refuses.",
     "refused": "The runner refuses this file, so no migration after it can run.",
@@ -192,7 +204,7 @@ def lint_report(migrations_dir: MigrationsDir, *, ignore: Collection[str] = ()) 
     findings: list[LintFinding] = []
     add = _collector(findings)
     for entry in listing.others:
-        name = entry.name
+        name = shown_name(entry.name)  # printable even when the name is not UTF-8
         if name.lower().endswith(".sql"):
             add("warning", name, None, "ignored-file", f"{name} does not end in `.sql` exactly")
     _check_names([entry.name for entry in listing.migrations], add)
@@ -351,10 +363,12 @@ def _check_file(file: MigrationFile, add: Add) -> None:
     for statement in statements:
         _check_rename_column(file, statement, add)
         _check_create(file, statement, add)
+    plan = examine(file)
     if file.no_transaction:
         _check_marker_needed(file, statements, add)
     else:
-        _check_transactional(examine(file), add)
+        _check_transactional(plan, add)
+    _check_file_wide(plan, add)
 
 
 def _check_rename_column(file: MigrationFile, statement: Statement, add: Add) -> None:
@@ -424,6 +438,22 @@ def _check_transactional(plan: FilePlan, add: Add) -> None:
                 f"`{short(refusal.statement.sql)}` inside a file the runner wraps in a transaction"
             )
             add("error", file.name, refusal.statement.line, refusal.rule, message)
+
+
+_FILE_WIDE_MESSAGES = {
+    "migrations-table": "drops or alters the runner's _migrations table",
+    "process-pragma": "changes a setting of the whole process",
+}
+
+
+def _check_file_wide(plan: FilePlan, add: Add) -> None:
+    """The planner's rules for every file, with a transaction or without."""
+    file = plan.file
+    for refusal in plan.refusals:
+        where = f"`{short(refusal.statement.sql)}`"
+        if refusal.rule in _FILE_WIDE_MESSAGES:
+            message = f"{where} {_FILE_WIDE_MESSAGES[refusal.rule]}"
+            add("error", file.name, refusal.statement.line, refusal.rule, message)
         elif refusal.rule not in _WHY:
             # A planner rule lint has no words for yet: the runner's own message.
             add("error", file.name, refusal.statement.line, "refused", str(refusal.error(file)))
@@ -491,6 +521,9 @@ class _Replay:
     def run(self, file: MigrationFile, add: Add) -> None:
         for statement in split_sql(file.text):
             keyword = statement.head(1)[0]
+            pragma = pragma_setting(statement) if keyword == "PRAGMA" else None
+            if pragma is not None and pragma[0] in _NEVER_REPLAYED:
+                continue
             execute = self._executing and keyword not in _COMPILE_ONLY
             sql = statement.sql if execute or keyword == "EXPLAIN" else "EXPLAIN " + statement.sql
             try:

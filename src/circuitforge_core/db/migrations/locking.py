@@ -27,10 +27,11 @@ logger = logging.getLogger("circuitforge_core.db")
 
 
 @contextlib.contextmanager
-def immediate(db: sqlite3.Connection, deadline: float) -> Iterator[None]:
+def immediate(db: sqlite3.Connection, deadline: float, name: str | None = None) -> Iterator[None]:
     """A ``BEGIN IMMEDIATE`` transaction, waiting past the busy timeout up to ``deadline``.
 
     Commits if the block ends normally and the transaction is still open.
+    ``name`` is the migration about to run, for the message when the wait ends.
     """
     try:
         retry_while_busy(
@@ -43,10 +44,12 @@ def immediate(db: sqlite3.Connection, deadline: float) -> Iterator[None]:
     except db.OperationalError as exc:  # sqlite3's or sqlcipher3's
         if not is_busy(exc):
             raise
+        applying = f" to apply {name}" if name is not None else ""
         raise MigrationError(
-            f"gave up waiting for the write lock on {database_path(db)}: another "
-            f"connection held it past the migration lock timeout. Find the process "
-            f"holding it, or raise lock_timeout."
+            f"gave up waiting for the write lock on {database_path(db)}{applying}: another "
+            f"connection held it past the migration lock timeout; nothing was applied. Find the "
+            f"process holding it, or raise lock_timeout.",
+            name=name,
         ) from exc
     try:
         yield
@@ -59,7 +62,7 @@ def immediate(db: sqlite3.Connection, deadline: float) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def file_lock(db_path: str | None, deadline: float) -> Iterator[None]:
+def file_lock(db_path: str | None, deadline: float, name: str | None = None) -> Iterator[None]:
     """Serialise no-transaction migrations across processes with a lock file.
 
     They cannot hold SQLite's write lock while they run, so ``<db>.migrate-lock``
@@ -78,8 +81,10 @@ def file_lock(db_path: str | None, deadline: float) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise MigrationError(
-                        f"gave up waiting for {db_path}.migrate-lock: another process kept "
-                        f"running a no-transaction migration past the lock timeout."
+                        f"gave up waiting for {db_path}.migrate-lock to apply {name}: another "
+                        f"process kept running a no-transaction migration past the lock "
+                        f"timeout; nothing was applied.",
+                        name=name,
                     ) from None
                 time.sleep(0.01)
         try:

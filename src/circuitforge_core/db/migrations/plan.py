@@ -2,9 +2,12 @@
 
 Owns the rules a migration file must follow (statements that cannot run in
 a transaction, transaction control inside the runner's transaction, the
-redundant ``BEGIN ... COMMIT`` around a whole file, which files need foreign
-keys off) and the comparison of the folder with the recorded rows (applied,
-unchecked, modified, pending, missing, out of order). The runner, status,
+redundant ``BEGIN ... COMMIT`` around a whole file, no dropping or altering
+``_migrations``, no pragma that outlives the file, which files need foreign
+keys off, which ``ADD COLUMN`` statements the old runner's recovery covers,
+what connection state a file may leave behind) and the comparison of the
+folder with the recorded rows (applied, unchecked, modified, pending,
+missing, out of order). The runner, status,
 verify, the dry run and lint all ask here, so they cannot disagree. Runs
 nothing and reads no file or database itself.
 """
@@ -18,7 +21,14 @@ from typing import Literal
 from ..errors import MigrationRefusedError
 from ..sqlsplit import Statement, split_sql
 from .folder import NO_TRANSACTION_MARKER, MigrationFile
-from .records import Record
+from .records import MIGRATIONS_TABLE, Record
+from .statements import (
+    AddColumn,
+    added_column,
+    altered_or_dropped_table,
+    may_create_temp,
+    pragma_setting,
+)
 
 # Statements SQLite refuses, or silently ignores, inside a transaction.
 _NEEDS_NO_TRANSACTION_PRAGMAS = {
@@ -28,6 +38,8 @@ _NEEDS_NO_TRANSACTION_PRAGMAS = {
     "AUTO_VACUUM",
     "WAL_CHECKPOINT",
 }
+#: Pragmas that change the whole process and cannot be put back after a file: refused.
+PROCESS_PRAGMAS = frozenset({"hard_heap_limit", "temp_store_directory", "data_store_directory"})
 BEGIN_KEYWORDS = frozenset({"BEGIN"})
 END_KEYWORDS = frozenset({"COMMIT", "END"})
 #: Leading keywords of statements that start, end or undo a transaction.
@@ -99,7 +111,9 @@ def short(sql: str, limit: int = 80) -> str:
 
 # -- one file ------------------------------------------------------------------------
 
-RefusalRule = Literal["needs-no-transaction", "transaction-control"]
+RefusalRule = Literal[
+    "needs-no-transaction", "transaction-control", "migrations-table", "process-pragma"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +123,25 @@ class Refusal:
     rule: RefusalRule
     statement: Statement
 
-    def error(self, file: MigrationFile) -> MigrationRefusedError:
-        """The error the runner raises for this statement."""
+    def error(self, file: MigrationFile, database: str | None = None) -> MigrationRefusedError:
+        """The error the runner raises for this statement (``database``: the one it runs on)."""
         where = f"migration {file.name}, line {self.statement.line}: `{short(self.statement.sql)}`"
         if self.rule == "needs-no-transaction":
             message = (
                 f"{where} cannot run inside a transaction. Move it to a file of its own whose "
                 f"first line is `{NO_TRANSACTION_MARKER}`."
+            )
+        elif self.rule == "migrations-table":
+            message = (
+                f"{where} would drop or alter {MIGRATIONS_TABLE}, where the runner records which "
+                f"migrations are applied (without it, every file would run again). Remove the "
+                f"statement: the runner owns that table."
+            )
+        elif self.rule == "process-pragma":
+            message = (
+                f"{where} changes a setting of the whole process that cannot be put back when "
+                f"the file ends. Remove it; set it in the application at start-up if it needs "
+                f"it."
             )
         else:
             message = (
@@ -123,7 +149,25 @@ class Refusal:
                 f"Remove it: each file already runs in one transaction (SAVEPOINT/RELEASE are "
                 f"fine)."
             )
+        if database is not None:
+            message += f" Nothing was applied to {database}."
         return MigrationRefusedError(message, name=file.name, line=self.statement.line)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionChanges:
+    """What of the connection a file may change beyond the database: put back after it.
+
+    ``pragmas``: it has a ``PRAGMA`` statement; ``attachments``: an
+    ``ATTACH``; ``temp_objects``: a ``CREATE`` that may make a ``TEMP`` object.
+    """
+
+    pragmas: bool = False
+    attachments: bool = False
+    temp_objects: bool = False
+
+    def __bool__(self) -> bool:
+        return self.pragmas or self.attachments or self.temp_objects
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +178,11 @@ class FilePlan:
     foreign_keys`` lines and a wrapping ``BEGIN ... COMMIT``, which the runner
     handles itself); ``foreign_keys_off`` says enforcement must be off while
     it runs and the touched tables checked before ``COMMIT``; ``wrapper`` is
-    the ``BEGIN`` of a dropped wrapping pair. The file runs only when
-    ``refusals`` is empty.
+    the ``BEGIN`` of a dropped wrapping pair. ``added_columns`` holds, for
+    each statement, the column an ``ALTER TABLE ... ADD COLUMN`` adds (None
+    for other statements): one that already exists is checked and skipped
+    (the old runner's recovery). ``changes`` says what connection state must
+    be put back after the file. The file runs only when ``refusals`` is empty.
     """
 
     file: MigrationFile
@@ -143,13 +190,15 @@ class FilePlan:
     foreign_keys_off: bool
     wrapper: Statement | None
     refusals: tuple[Refusal, ...]
+    added_columns: tuple[AddColumn | None, ...] = ()
+    changes: ConnectionChanges = ConnectionChanges()
 
 
 def examine(file: MigrationFile) -> FilePlan:
     """Judge ``file`` against every rule and decide how it would run; never raises."""
     statements = split_sql(file.text)
     if file.no_transaction:
-        return FilePlan(file, tuple(statements), False, None, ())
+        return _planned(file, statements, False, None, _file_wide_refusals(statements))
     kept: list[Statement] = []
     needing_no_transaction: list[Refusal] = []
     foreign_keys_off = False
@@ -167,16 +216,57 @@ def examine(file: MigrationFile) -> FilePlan:
     if wraps_whole_file(kept):
         wrapper, kept = kept[0], kept[1:-1]
     controls = [Refusal("transaction-control", s) for s in kept if is_transaction_control(s)]
+    refusals = (*needing_no_transaction, *controls, *_file_wide_refusals(kept))
+    return _planned(file, kept, foreign_keys_off, wrapper, refusals)
+
+
+def _planned(
+    file: MigrationFile,
+    statements: list[Statement],
+    foreign_keys_off: bool,
+    wrapper: Statement | None,
+    refusals: tuple[Refusal, ...],
+) -> FilePlan:
+    heads = [statement.head(1)[0] for statement in statements]
+    changes = ConnectionChanges(
+        pragmas="PRAGMA" in heads,
+        attachments="ATTACH" in heads,
+        temp_objects=any(
+            head == "CREATE" and may_create_temp(s)
+            for head, s in zip(heads, statements, strict=True)
+        ),
+    )
+    added = tuple(
+        added_column(s) if head == "ALTER" else None
+        for head, s in zip(heads, statements, strict=True)
+    )
+    in_file_order = tuple(sorted(refusals, key=lambda refusal: refusal.statement.line))
     return FilePlan(
-        file, tuple(kept), foreign_keys_off, wrapper, (*needing_no_transaction, *controls)
+        file, tuple(statements), foreign_keys_off, wrapper, in_file_order, added, changes
     )
 
 
-def plan_file(file: MigrationFile) -> FilePlan:
+def _file_wide_refusals(statements: list[Statement]) -> tuple[Refusal, ...]:
+    """The rules for every file, with a transaction or without: _migrations, process pragmas."""
+    refusals = []
+    for statement in statements:
+        keyword = statement.sql[:6].upper()
+        if keyword.startswith(("ALTER", "DROP")):
+            target = altered_or_dropped_table(statement)
+            if target is not None and target[1].is_main(MIGRATIONS_TABLE):
+                refusals.append(Refusal("migrations-table", statement))
+        elif keyword == "PRAGMA":  # the functions below read the statement properly
+            pragma = pragma_setting(statement)
+            if pragma is not None and pragma[1] and pragma[0] in PROCESS_PRAGMAS:
+                refusals.append(Refusal("process-pragma", statement))
+    return tuple(refusals)
+
+
+def plan_file(file: MigrationFile, database: str | None = None) -> FilePlan:
     """The plan the runner follows; ``MigrationRefusedError`` for the first refusal."""
     plan = examine(file)
     if plan.refusals:
-        raise plan.refusals[0].error(file)
+        raise plan.refusals[0].error(file, database)
     return plan
 
 

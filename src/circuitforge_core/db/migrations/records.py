@@ -18,6 +18,8 @@ from ..errors import MigrationModifiedError
 from .folder import MigrationFile
 from .locking import immediate
 
+#: The table that records applied migrations.
+MIGRATIONS_TABLE = "_migrations"
 #: The columns ours adds to the old runner's ``(name, applied_at)``.
 BOOKKEEPING_COLUMNS = {"checksum": "TEXT", "duration_ms": "REAL"}
 
@@ -82,18 +84,19 @@ def adopt(db: sqlite3.Connection, files: Iterable[MigrationFile], deadline: floa
         )
 
 
-def already_applied(db: sqlite3.Connection, file: MigrationFile) -> bool:
+def already_applied(db: sqlite3.Connection, file: MigrationFile, label: str) -> bool:
     """Whether another caller recorded ``file`` meanwhile (looked up under the lock).
 
-    Raises ``MigrationModifiedError`` when it was recorded from other text.
+    Raises ``MigrationModifiedError`` when it was recorded from other text;
+    ``label`` names the database in that message.
     """
     row = db.execute("SELECT checksum FROM _migrations WHERE name = ?", (file.name,)).fetchone()
     if row is None:
         return False
     if row[0] is not None and row[0] != file.checksum:
         raise MigrationModifiedError(
-            f"migration {file.name} was applied by another process from a different version of "
-            f"the file. Make every process run the same migrations folder.",
+            f"migration {file.name} was applied to {label} by another process from a different "
+            f"version of the file. Make every process run the same migrations folder.",
             name=file.name,
         )
     return True

@@ -1,11 +1,12 @@
-"""The read-only views: status, checksum verification and the dry-run plan.
+"""The read-only views: status, checksum verification and the dry run.
 
 Owns turning the comparison of the folder with ``_migrations`` (plan.py)
 into what a person asks: which migrations are applied (``migration_status``),
 whether the applied files are still what was applied
-(``verify_migrations``), and what ``run_migrations`` would do and refuse
-(``plan_migrations``). Each takes a connection, or the path of a database
-that it opens read-only and never creates. Never writes.
+(``verify_migrations``), and what ``run_migrations`` would do, refuse and
+fail at (``plan_migrations``; with ``execute=True`` the files run on a copy
+first, dry_run.py). Each takes a connection, or the path of a database that
+it only reads and never creates. Never writes the database.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from typing import Literal
 from ..cipher import Key
 from ..connect import get_db
 from ..errors import OpenError
+from .dry_run import Rehearsal, rehearse, scratch_copy
 from .folder import MigrationsDir, read_migrations
+from .locking import database_path
 from .plan import Comparison, Verdict, compare, examine, named, out_of_order
 from .records import Record, read_records
+from .runner import label as runner_label
 
 DatabaseOrPath = sqlite3.Connection | str | os.PathLike[str]
 
@@ -129,16 +133,17 @@ def _checksum_check(comparison: Comparison) -> ChecksumCheck:
 
 # -- the dry run ---------------------------------------------------------------------
 
-ProblemKind = Literal["modified", "refused"]
+ProblemKind = Literal["modified", "refused", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
 class MigrationProblem:
-    """Something that makes ``run_migrations`` refuse to run, found by ``plan_migrations``.
+    """Something that makes ``run_migrations`` refuse or fail, found by ``plan_migrations``.
 
-    ``kind`` is ``modified`` (an applied file was edited; ``line`` is None)
-    or ``refused`` (a pending file breaks a rule at ``line``); ``message`` is
-    what the run would raise or say.
+    ``kind`` is ``modified`` (an applied file was edited; ``line`` is None),
+    ``refused`` (a pending file breaks a rule at ``line``) or ``failed`` (a
+    pending file failed when it was run on a copy of the database, at
+    ``line`` when a statement did); ``message`` is what the run would raise.
     """
 
     kind: ProblemKind
@@ -154,8 +159,9 @@ class PlannedMigration:
     ``statements`` is how many statements would run, ``transaction`` whether
     in one transaction (False for a ``-- cf-db: no-transaction`` file) and
     ``foreign_keys_checked`` whether enforcement would be switched off and
-    the touched tables checked. ``problem`` is why the runner would refuse
-    the file, None when it would apply it.
+    the touched tables checked. ``problem`` is why the runner would refuse or
+    fail the file, None otherwise. ``seconds`` is how long it took on a copy
+    of the database (``execute=True``), None when it was not run there.
     """
 
     name: str
@@ -163,6 +169,7 @@ class PlannedMigration:
     transaction: bool
     foreign_keys_checked: bool
     problem: MigrationProblem | None
+    seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,14 +177,18 @@ class MigrationPlan:
     """What ``run_migrations`` would do now, and everything that would stop it.
 
     ``pending`` in the order they would run; ``problems`` every reason the
-    run would be refused (while there is one, nothing would be applied);
-    ``notes`` what it would only warn about (a missing file, a file that
-    sorts before an applied one).
+    run would be refused (while there is a ``modified`` or ``refused`` one,
+    nothing would be applied) or would fail (the files before a ``failed``
+    one would be applied); ``notes`` what it would only warn about (a missing
+    file, a file that sorts before an applied one, an ``ADD COLUMN`` whose
+    column is already there) and which files the dry run did not run.
+    ``executed`` says whether the files were run on a copy.
     """
 
     pending: tuple[PlannedMigration, ...]
     problems: tuple[MigrationProblem, ...]
     notes: tuple[str, ...]
+    executed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -186,20 +197,48 @@ class MigrationPlan:
 
 
 def plan_migrations(
-    db: DatabaseOrPath, migrations_dir: MigrationsDir, *, key: Key | None = None
+    db: DatabaseOrPath,
+    migrations_dir: MigrationsDir,
+    *,
+    key: Key | None = None,
+    execute: bool = False,
 ) -> MigrationPlan:
-    """What ``run_migrations`` would apply and refuse, judged by its own rules; never writes.
+    """What ``run_migrations`` would apply, refuse and fail at; never writes the database.
 
     Reports everything at once where the run stops at the first problem:
     every applied file edited since, every pending file the runner would
-    refuse. ``db`` may be the path of a database file, opened read-only
-    (with ``key`` if it is encrypted); one that does not exist has
-    everything pending and is not created. The files are judged, not run.
+    refuse. With ``execute=True`` every pending file is also applied, in
+    order, to a private copy of the database (an empty one when the file does
+    not exist), exactly as the runner applies it, so that a statement that
+    fails (a misspelt table, a foreign key left dangling, a column already
+    there with another type) is reported with its file and line; the copy is
+    thrown away. It stops at the first file that fails or is refused, as the
+    run would. ``db`` may be the path of a database file (with ``key`` if it
+    is encrypted), which is only read and never created.
     """
-    # Judged only: a later option may run the pending files in a transaction that is rolled
-    # back (runner.run_in_transaction), adding a problem kind for a statement that fails.
     files = read_migrations(migrations_dir)
-    comparisons = compare(files, _recorded(db, key))
+    if not isinstance(db, str | os.PathLike) and key is not None:
+        raise TypeError("key= goes with a database path, not a connection")
+    where = _label(db)
+    if not execute:
+        return _judged(compare(files, _recorded(db, key)), None, where)
+    with scratch_copy(db, key, where) as scratch:
+        comparisons = compare(files, read_records(scratch.db)[0])
+        plans = [examine(c.file) for c in comparisons if c.state == "pending" and c.file]
+        rehearsal = rehearse(scratch, files, plans)
+    return _judged(comparisons, rehearsal, where)
+
+
+def _label(db: DatabaseOrPath) -> str:
+    if isinstance(db, str | os.PathLike):
+        return os.path.abspath(db)
+    return runner_label(database_path(db))
+
+
+def _judged(
+    comparisons: list[Comparison], rehearsal: Rehearsal | None, where: str
+) -> MigrationPlan:
+    """The plan from the comparison, with what the rehearsal found when there was one."""
     problems = [
         MigrationProblem(
             "modified",
@@ -215,15 +254,26 @@ def plan_migrations(
         for name in named(comparisons, "missing")
     ]
     pending = []
+    not_run: list[str] = []
     for comparison in comparisons:
         if comparison.state != "pending" or comparison.file is None:
             continue
         plan = examine(comparison.file)
         problem = None
+        seconds = None
         if plan.refusals:
-            error = plan.refusals[0].error(comparison.file)
+            error = plan.refusals[0].error(comparison.file, where)
             problem = MigrationProblem("refused", comparison.name, error.line, str(error))
             problems.append(problem)
+        elif rehearsal is not None and rehearsal.failed and rehearsal.failed[0] == comparison.name:
+            failure = rehearsal.failed[1]
+            line = getattr(failure, "line", None) or None
+            problem = MigrationProblem("failed", comparison.name, line, str(failure))
+            problems.append(problem)
+        elif rehearsal is not None:
+            seconds = rehearsal.seconds.get(comparison.name)
+            if seconds is None:
+                not_run.append(comparison.name)
         pending.append(
             PlannedMigration(
                 comparison.name,
@@ -231,13 +281,21 @@ def plan_migrations(
                 not comparison.file.no_transaction,
                 plan.foreign_keys_off,
                 problem,
+                seconds,
             )
         )
     notes += [
         f"{name} sorts before the already applied {latest}; it would be applied anyway"
         for name, latest in out_of_order(comparisons)
     ]
-    return MigrationPlan(tuple(pending), tuple(problems), tuple(notes))
+    if rehearsal is not None:
+        notes += [skipped.message(would=True) for skipped in rehearsal.skipped]
+        stop = rehearsal.stopped_at or (rehearsal.failed[0] if rehearsal.failed else None)
+        if not_run and stop is not None:
+            notes.append(
+                f"not run on the copy, since the run stops at {stop}: {', '.join(not_run)}"
+            )
+    return MigrationPlan(tuple(pending), tuple(problems), tuple(notes), rehearsal is not None)
 
 
 # -- reading the records -------------------------------------------------------------

@@ -18,8 +18,13 @@ group (lock order: see file_pool.py).
 Where things happen, one place each: ``_check_out`` (every registry checkout,
 on whichever thread enters it), ``_new_pool`` (a file gets a pool),
 ``_let_go`` and ``_unpin`` (a file's pool is let go), ``_take_out`` (a file
-is retired by ``evict`` or ``drop_database``), ``_remove_database_files``
-(after the file's connections are closed, before anything is deleted).
+is retired by ``evict``, ``quiesce`` or ``drop_database``),
+``_remove_database_files`` (after the file's connections are closed, before
+anything is deleted). With ``replication`` or ``placement`` given, the
+lifecycle steps around them (lifecycle.py) run there too: a checkout may
+restore an absent file or refuse one placed elsewhere, a file's first
+connection registers it with Litestream and its pool let go unregisters it,
+a drop unregisters and erases it before anything is deleted.
 """
 
 from __future__ import annotations
@@ -34,15 +39,22 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..connect import Connection
-from ..errors import PoolClosedError, PoolTimeoutError
+from ..errors import PoolClosedError, PoolTimeoutError, QuiescedError
 from ..files import fsync
 from ..migrations import DEFAULT_LOCK_TIMEOUT, MigrationsDir
 from .budget import ConnectionBudget
 from .connection import RowFactory
 from .file_pool import DEFAULT_POOL_TIMEOUT, ConnectionPool, KeySource
+from .lifecycle import FileLifecycle, FileReplication
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from ..placement import Placement
+    from ..replication import RestoreResult, SyncResult
 
 logger = logging.getLogger("circuitforge_core.db")
 
@@ -101,6 +113,13 @@ class PoolRegistry:
     or a resolver that maps a path to its key (``user_key_resolver`` derives
     each user's from the server secret). ``connect_kwargs`` go to ``get_db``
     (default: ``CLOUD_CONNECT_KWARGS``). ``close()`` closes every connection.
+
+    ``replication`` (a ``replication.Replicator``, default None: off, and
+    free) keeps the host's Litestream replicating exactly the files this
+    registry has open; ``placement`` (a ``Placement``) makes a first
+    checkout of an absent file restore it when this host owns the user and
+    refuse it (``PlacedElsewhereError``) when another does. See
+    docs/replication.md for ``sync``, ``quiesce``, ``restore`` and ``compact``.
     """
 
     def __init__(
@@ -114,9 +133,16 @@ class PoolRegistry:
         connect_kwargs: Mapping[str, Any] = CLOUD_CONNECT_KWARGS,
         row_factory: RowFactory = None,
         migration_lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        replication: FileReplication | None = None,
+        placement: Placement | None = None,
     ) -> None:
         if max_connections < 1 or max_per_database < 1:
             raise ValueError("max_connections and max_per_database must be at least 1")
+        if replication is not None and key is not None:
+            raise ValueError(
+                "encrypted files cannot be replicated: Litestream must read the database. Use "
+                "the object store's encryption (SSE) for the replica, or turn one of them off."
+            )
         self.migrations = migrations
         self.max_connections = max_connections
         self.max_per_database = min(max_per_database, max_connections)
@@ -135,6 +161,12 @@ class PoolRegistry:
         # connection (the caller is about to open one).
         self._pins: dict[str, int] = {}
         self._dropping: set[str] = set()
+        self._quiesced: set[str] = set()
+        self._lifecycle = (
+            None
+            if replication is None and placement is None
+            else FileLifecycle(replication, placement)
+        )
         self._closed = False
         _live_registries.add(self)
         _warn_if_too_few_file_descriptors(max_connections)
@@ -163,11 +195,17 @@ class PoolRegistry:
         ``drop_database`` closed between the lookup and the checkout has a
         successor by the next lookup, so that is retried a few times.
         """
+        lifecycle = self._lifecycle
+        if lifecycle is not None:
+            lifecycle.before_checkout(key)
         for attempt in range(_CHECKOUT_ATTEMPTS):
             pool = self._pin(key)
             checkout = pool.connection()
             try:
-                return checkout, checkout.__enter__()
+                conn = checkout.__enter__()
+                if lifecycle is not None:
+                    lifecycle.after_checkout(key, pool)
+                return checkout, conn
             except PoolClosedError:
                 retired = self._pools.get(key) is not pool
                 if not retired or self._closed or attempt == _CHECKOUT_ATTEMPTS - 1:
@@ -202,6 +240,8 @@ class PoolRegistry:
             unused = self._pools.get(key) is pool
             if unused:
                 del self._pools[key]
+                if self._lifecycle is not None:
+                    self._lifecycle.closed(key, pool)
         if unused:
             pool.close()
 
@@ -211,6 +251,8 @@ class PoolRegistry:
         if key in self._pins or self._pools.get(key) is not pool:
             return False
         del self._pools[key]
+        if self._lifecycle is not None:
+            self._lifecycle.closed(key, pool)  # records a wish; never blocks
         return True
 
     def _new_pool(self, path: str) -> ConnectionPool:
@@ -238,6 +280,12 @@ class PoolRegistry:
             raise PoolClosedError(
                 f"{key} is being deleted (drop_database); no new connections to it are handed out."
             )
+        if key in self._quiesced:
+            raise QuiescedError(
+                f"{key} is quiesced (being moved, restored or compacted); no new connections to "
+                f"it are handed out until it is resumed. Retry shortly (HTTP 503, Retry-After).",
+                path=key,
+            )
 
     # -- retiring files --------------------------------------------------------------
 
@@ -251,29 +299,140 @@ class PoolRegistry:
         with self._lock:
             pool = self._pools.pop(key, None)
         self._take_out(pool, timeout)
+        if self._lifecycle is not None and pool is not None:
+            self._lifecycle.closed(key, pool)
 
     def drop_database(
-        self, path: str | os.PathLike[str], *, timeout: float | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        erase_replica: bool = True,
     ) -> list[str]:
-        """Delete one database for good (account deletion); returns the files removed.
+        """Delete one database for good (account deletion); returns what was removed.
 
         Every connection of this process to it is closed first (waiting up to
-        ``timeout`` for busy ones; new checkouts are refused meanwhile), then
-        the -wal, -shm and -journal files go before the database itself (a
-        stray -wal would be replayed into a new file of the same name), then
-        ``<db>.migrate-lock``. Other processes must have closed theirs.
+        ``timeout`` for busy ones; new checkouts are refused meanwhile). With
+        replication on, Litestream lets go of it next and, with
+        ``erase_replica``, its replica and Litestream's state beside it are
+        deleted (a failure there raises before anything local is deleted;
+        ``erase_replica=False`` after a move, when the replica belongs to the
+        new host). Then the -wal, -shm and -journal files go before the
+        database itself (a stray -wal would be replayed into a new file of
+        the same name), then ``<db>.migrate-lock``. Other processes must have
+        closed theirs. A quiesced file may be dropped (the end of a move); it
+        is not quiesced afterwards.
         """
         key = os.path.abspath(os.fspath(path))
         with self._lock:
-            self._check_open(key)
+            if key not in self._quiesced:
+                self._check_open(key)
             self._dropping.add(key)
             pool = self._pools.pop(key, None)
         try:
             self._take_out(pool, timeout)
-            return _remove_database_files(key)
+            erased: list[str] = []
+            if self._lifecycle is not None:
+                self._lifecycle.release(key, pool, final_sync=False, timeout=timeout)
+                erased = self._lifecycle.drop(key, erase_replica=erase_replica)
+            return [*erased, *_remove_database_files(key)]
         finally:
             with self._lock:
                 self._dropping.discard(key)
+                self._quiesced.discard(key)  # gone: from now on the placement decides
+
+    # -- replication (docs/replication.md) ----------------------------------------------
+
+    def sync(
+        self, path: str | os.PathLike[str], *, timeout: float | None = None
+    ) -> SyncResult | None:
+        """Return once the replica has every transaction committed to ``path`` so far.
+
+        For the few writes that must survive the loss of the host: commit,
+        then call this. ``ReplicationError`` means committed here but not
+        confirmed replicated (in ``timeout``). None when replication is off.
+        """
+        replication = self._replication_or_none()
+        if replication is None:
+            return None
+        return replication.sync(os.path.abspath(os.fspath(path)), timeout=timeout)
+
+    def quiesce(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        final_sync: bool = True,
+    ) -> Quiesced:
+        """Stop using ``path``: refuse new checkouts, wait for busy ones, close, final sync.
+
+        New checkouts raise ``QuiescedError`` until ``resume(path)`` (or the
+        end of the returned handle's ``with`` block); busy connections are
+        waited for up to ``timeout``. With replication on, Litestream then
+        syncs the file one last time (unless ``final_sync=False``) and lets
+        go of it; ``ReplicationError`` if the replica cannot confirm (the
+        file is resumed: retry). The first step of a move, a restore over a
+        live file, and ``compact``.
+        """
+        key = os.path.abspath(os.fspath(path))
+        with self._lock:
+            self._check_open(key)
+            self._quiesced.add(key)
+            pool = self._pools.pop(key, None)
+        try:
+            self._take_out(pool, timeout)
+            if self._lifecycle is not None:
+                self._lifecycle.release(key, pool, final_sync=final_sync, timeout=timeout)
+        except BaseException:
+            self.resume(key)
+            raise
+        return Quiesced(self, key)
+
+    def resume(self, path: str | os.PathLike[str]) -> None:
+        """Hand out connections to a quiesced ``path`` again (it is registered at first use)."""
+        with self._lock:
+            self._quiesced.discard(os.path.abspath(os.fspath(path)))
+
+    def restore(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timestamp: dt.datetime | str | None = None,
+        timeout: float | None = None,
+    ) -> RestoreResult:
+        """Replace ``path`` with its replica's copy (at ``timestamp``) while the service runs.
+
+        Quiesces the file (new checkouts wait out a ``QuiescedError``), lets
+        Litestream sync and release it, restores atomically beside it and
+        renames it into place, then resumes: the next checkout opens the
+        restored file, migrates it and registers it again. Other processes
+        must have stopped using the file (quiesce it there too).
+        """
+        replication = self._replication_or_none()
+        if replication is None:
+            raise ValueError("restore needs replication: make the registry with replication=")
+        # No final sync first: the replica's latest state would become the live one.
+        with self.quiesce(path, timeout=timeout, final_sync=False) as key:
+            result = replication.restore(key, timestamp=timestamp, replace=True)
+        assert result is not None  # missing_ok was not given
+        return result
+
+    def compact(self, path: str | os.PathLike[str], *, timeout: float | None = None) -> bool:
+        """Give a file's WAL back: quiesce, fold the WAL into the database and empty it, resume.
+
+        Under replication Litestream's read lock keeps ``journal_size_limit``
+        from shrinking the WAL; files whose last connection closes are
+        compacted by the replicator on their own, this is for a busy one.
+        True if the WAL was emptied (another process reading it prevents that).
+        """
+        replication = self._replication_or_none()
+        if replication is None:
+            raise ValueError("compact is for replicated files: make the registry with replication=")
+        with self.quiesce(path, timeout=timeout) as key:
+            return replication.truncate_wal(key)
+
+    def _replication_or_none(self) -> FileReplication | None:
+        return None if self._lifecycle is None else self._lifecycle.replication
 
     def _take_out(self, pool: ConnectionPool | None, timeout: float | None) -> None:
         """Close a pool already removed from the registry, and wait for its busy connections."""
@@ -302,6 +461,8 @@ class PoolRegistry:
             self._pools.clear()
         for pool in pools:
             pool.close()
+            if self._lifecycle is not None:
+                self._lifecycle.closed(pool.path, pool)
 
     # -- introspection ---------------------------------------------------------------
 
@@ -358,6 +519,25 @@ class PoolRegistry:
 
 
 _CHECKOUT_ATTEMPTS = 5
+
+
+class Quiesced:
+    """A quiesced file (``registry.quiesce``): ``with`` it to resume when the block ends."""
+
+    __slots__ = ("_registry", "path")
+
+    def __init__(self, registry: PoolRegistry, path: str) -> None:
+        self._registry = registry
+        self.path = path
+
+    def resume(self) -> None:
+        self._registry.resume(self.path)
+
+    def __enter__(self) -> str:
+        return self.path
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.resume()
 
 
 class _RegistryCheckout:
