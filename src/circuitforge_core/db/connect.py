@@ -8,7 +8,8 @@ of an encrypted file (cipher.py) or what an open failure is called
 
 Transaction control is pinned to the same behaviour on every supported
 Python: ``isolation_level="IMMEDIATE"`` with, on 3.12+, ``autocommit`` held at
-``LEGACY_TRANSACTION_CONTROL`` (pysqlite3, the bundled SQLite, knows no other). No transaction is open after connect (so
+``LEGACY_TRANSACTION_CONTROL`` (pysqlite3, the bundled SQLite, knows no
+other). No transaction is open after connect (so
 ``PRAGMA foreign_keys`` and the WAL switch work), and the implicit transaction
 that Python opens before an INSERT/UPDATE/DELETE is ``BEGIN IMMEDIATE``: it
 takes the write lock up front, so a second writer waits on the busy timeout
