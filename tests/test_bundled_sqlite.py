@@ -277,3 +277,16 @@ def test_settings_read_the_sqlite_library() -> None:
     assert Settings.from_env({"CF_DB_SQLITE": " Bundled "}).sqlite_library == "bundled"
     with pytest.raises(SettingsError, match="CF_DB_SQLITE='pysqlite3' is not a SQLite library"):
         Settings.from_env({"CF_DB_SQLITE": "pysqlite3"})
+
+
+def test_which_modules_report_extended_result_codes() -> None:
+    """The standard library's sqlite3 gives extended codes; pysqlite3 and sqlcipher3 do not
+    (so advice that needs one, such as a full -shm, is worded for the primary code there)."""
+    import sqlite3
+
+    from circuitforge_core.db.sqlite_facts import reports_extended_codes
+
+    assert reports_extended_codes(sqlite3.IntegrityError()) == (sqlite3.__name__ == "sqlite3")
+    assert reports_extended_codes(pysqlite3.IntegrityError()) is False
+    sqlcipher3 = pytest.importorskip("sqlcipher3.dbapi2")
+    assert reports_extended_codes(sqlcipher3.IntegrityError()) is False
