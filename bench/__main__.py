@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-SECTIONS = ["core", "pool", "cipher", "replication"]  # bench/<name>.py, in this order
+SECTIONS = ["core", "pool", "cipher", "replication", "tenants"]  # bench/<name>.py, in this order
 
 
 def main(argv: list[str]) -> int:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pytester"]  # the cf_db plugin's own tests run inner pytest sessions
+
 # Environment variables the library (or its later parts) may read; tests never
 # inherit them from the machine they run on.
 # CF_DB_SQLITE stays: it is acted on at import, and `make test-bundled-sqlite` sets it so that
@@ -18,6 +20,8 @@ LIBRARY_ENV_VARS = (
     "CF_SERVER_SECRET",
     "CF_DB_PATH",
     "CF_DB_ACCEPT_WAL_RESET_BUG",
+    "CF_DB_MIGRATIONS",
+    "CF_DB_PRODUCT_PATH",
     "CF_REPLICA_URL",
     "CF_LITESTREAM_SOCKET",
     "CF_LITESTREAM",

@@ -200,7 +200,7 @@ def test_the_entry_point_and_python_m_run_main(db_path: Path) -> None:
 def test_usage_errors_exit_2(cf_db: CfDb, tmp_path: Path) -> None:
     """Unknown command, missing argument, bad option value: usage and `error:` on stderr."""
     assert_error(cf_db("frobnicate"), "invalid choice")
-    assert_error(cf_db("migrate", tmp_path / "app.db"), "required: DIR")
+    assert_error(cf_db("migrate", tmp_path / "app.db"), "no migrations folder given")
     assert_error(cf_db("migrate", "--lock-timeout", "soon", "a.db", "m"), "not a number")
     assert_error(cf_db("migrate", "--lock-timeout", "-1", "a.db", "m"), "more than 0")
     assert_error(cf_db("status", "--frob", "a.db", "m"), "unrecognized arguments")

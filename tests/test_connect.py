@@ -340,3 +340,33 @@ def _reachable_by_others(path: Path) -> bool:
     if not resolved.exists():
         return False
     return all(parent.stat().st_mode & 0o001 for parent in resolved.parents)
+
+
+def test_create_false_opens_only_an_existing_file(db_path: Path) -> None:
+    """create=False: a missing file (or folder) stays missing, with reason 'missing'; an
+    existing one opens read-write with the usual pragmas."""
+    with pytest.raises(OpenError, match="create=False never creates") as caught:
+        get_db(db_path, create=False)
+    assert caught.value.reason == "missing"
+    assert not db_path.parent.exists()
+    get_db(db_path).close()
+    db = get_db(db_path, create=False)
+    try:
+        db.execute("CREATE TABLE t (x)")
+        db.commit()
+        assert pragma(db, "journal_mode") == "wal"
+        assert pragma(db, "foreign_keys") == 1
+    finally:
+        db.close()
+
+
+def test_create_false_for_encrypted_files(db_path: Path) -> None:
+    """The keyed open honours it too: nothing created, the existing file opened with its key."""
+    pytest.importorskip("sqlcipher3")
+    key = "a passphrase for the test"
+    with pytest.raises(OpenError) as caught:
+        get_db(db_path, key=key, create=False)
+    assert caught.value.reason == "missing"
+    assert not db_path.exists()
+    get_db(db_path, key=key).close()
+    get_db(db_path, key=key, create=False).close()

@@ -525,6 +525,10 @@ def test_export_check_names_drift_and_a_rerun_changes_nothing(tmp_path: Path) ->
     assert "circuitforge_core/db/base.py: differs from this build" in result.stdout
     assert "[project.scripts] cf-db: add 'circuitforge_core.db.cli:main'" in result.stdout
     assert "[project.optional-dependencies] sqlcipher: add" in result.stdout
+    assert (
+        "[project.entry-points.pytest11] cf_db: add 'circuitforge_core.db.pytest_plugin'"
+        in result.stdout
+    )
     assert export(checkout).returncode == 0
     exported = _snapshot(checkout)
     again = export(checkout)

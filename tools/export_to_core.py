@@ -16,9 +16,10 @@ circuitforge-core checkout, made by this tool:
   upgrade notes (``docs/db/upgrading.md``) in the core they upgrade.
 - its pyproject.toml is checked and updated so that the core declares what this package needs:
   the runtime dependencies, every extra except ``dev`` (sqlcipher, web, ...), the console
-  scripts (cf-db), the package data (py.typed), a ``requires-python`` no wider than ours, and a
-  package list that includes ``circuitforge_core.db`` and its subpackages. Requirements of an
-  extra that the core already has are kept; one for the same project is replaced by ours.
+  scripts (cf-db), the entry points (the ``pytest11`` plugin), the package data (py.typed), a
+  ``requires-python`` no wider than ours, and a package list that includes
+  ``circuitforge_core.db`` and its subpackages. Requirements of an extra that the core already
+  has are kept; one for the same project is replaced by ours.
 - ``--version X`` also sets the core's version (it must sort after its current one).
 
 ``--check`` writes nothing and exits 1 if the checkout differs from what an export would make
@@ -462,6 +463,18 @@ def _needed_entries(
                 "provides; remove it and run again"
             )
 
+    groups = project.get("entry-points", {})
+    for group, points in our_project.get("entry-points", {}).items():
+        for name, target in points.items():
+            current = groups.get(group, {}).get(name)
+            if current is not None and current != target and not _inside_package(current):
+                raise Refused(
+                    f"pyproject.toml's {group} entry point {name} loads {current}, not "
+                    f"circuitforge_core.db's {target}; two entry points cannot share a name, so "
+                    "rename one and run again"
+                )
+            entries.append(Entry(f"project.entry-points.{group}", name, current, target))
+
     package_data = core_config.get("tool", {}).get("setuptools", {}).get("package-data", {})
     our_data = ours.get("tool", {}).get("setuptools", {}).get("package-data", {})
     for name, patterns in our_data.items():
@@ -487,7 +500,7 @@ def _inside_package(entry_point: str) -> bool:
 
 
 def _dynamic(project: dict[str, Any], entry: Entry) -> str | None:
-    field_name = entry.key if entry.table == "project" else entry.table.split(".", 1)[1]
+    field_name = entry.key if entry.table == "project" else entry.table.split(".")[1]
     return field_name if field_name in project.get("dynamic", []) else None
 
 

@@ -32,7 +32,7 @@ from typing import Any, cast
 from . import bundled_sqlite, cipher, sqlite_facts, wal_reset
 from .cipher import Key
 from .errors import OpenError, OpenReason
-from .open_errors import open_failed, unopenable
+from .open_errors import Access, open_failed, unopenable
 from .sqlite_facts import blob_through_open_blob
 
 logger = logging.getLogger("circuitforge_core.db")
@@ -94,13 +94,17 @@ def get_db(
     synchronous: str = "NORMAL",
     factory: type[Connection] = Connection,
     key: Key | None = None,
+    create: bool = True,
 ) -> Connection:
     """Open the SQLite database at ``path``, creating it and its folders if missing.
 
     The connection is in WAL mode (checked), enforces foreign keys, waits up
     to ``busy_timeout`` seconds for a lock, and may be handed between threads
     (never used by two at once). ``readonly=True`` opens an existing file
-    read-only and never creates one. ``factory`` is the ``Connection`` subclass
+    read-only and never creates one; ``create=False`` opens an existing file
+    read-write and never creates it nor its folders (a file deleted meanwhile
+    raises ``OpenError`` with reason ``missing``, never comes back empty).
+    ``factory`` is the ``Connection`` subclass
     to make (the pool passes one that tracks its cursors); with a key, its
     behaviour must come from mixin classes, which are put on top of the
     encrypted connection class instead. Raises ``OpenError``
@@ -117,11 +121,12 @@ def get_db(
     _log_library_version_once()
     fspath = _checked_path(path)
     deadline = time.monotonic() + busy_timeout
+    access: Access = "ro" if readonly else ("rwc" if create else "rw")
     if key is None:
-        db = _connect(fspath, readonly=readonly, busy_timeout=busy_timeout, factory=factory)
+        db = _connect(fspath, access=access, busy_timeout=busy_timeout, factory=factory)
     else:
         db = _connect_encrypted(
-            fspath, key, readonly=readonly, busy_timeout=busy_timeout, factory=factory
+            fspath, key, access=access, busy_timeout=busy_timeout, factory=factory
         )
     try:
         if not readonly and not os.access(fspath, os.W_OK):
@@ -138,7 +143,7 @@ def get_db(
             _ensure_wal(db, fspath, deadline)
             db.executescript(script)
         except db.DatabaseError as exc:  # sqlite3's or sqlcipher3's
-            raise open_failed(fspath, exc, access="ro" if readonly else "rwc") from exc
+            raise open_failed(fspath, exc, access=access) from exc
     except BaseException:
         db.close()
         raise
@@ -284,7 +289,7 @@ def _checked_path(path: str | os.PathLike[str]) -> str:
 
 
 def _connect(
-    path: str, *, readonly: bool, busy_timeout: float, factory: type[Connection] = Connection
+    path: str, *, access: Access, busy_timeout: float, factory: type[Connection] = Connection
 ) -> Connection:
     options: dict[str, Any] = {
         "timeout": busy_timeout,
@@ -294,7 +299,7 @@ def _connect(
         **_TRANSACTION_CONTROL,
     }
     db: Connection | None = None
-    if not readonly and os.path.isdir(os.path.dirname(path)):
+    if access == "rwc" and os.path.isdir(os.path.dirname(path)):
         # The common case first, and the cheapest: an existing file, or a new one
         # in an existing folder; it fails at once if the path is a folder. Only
         # with the folder in place: when SQLite cannot open a file read-write it
@@ -303,12 +308,12 @@ def _connect(
         with contextlib.suppress(sqlite3.Error):
             db = cast(Connection, sqlite3.connect(path, **options))
     if db is None:
-        _prepare_path(path, readonly=readonly)
-        uri = Path(path).as_uri() + ("?mode=ro" if readonly else "?mode=rwc")
+        _prepare_path(path, access=access)
+        uri = Path(path).as_uri() + f"?mode={access}"
         try:
             db = cast(Connection, sqlite3.connect(uri, uri=True, **options))
         except sqlite3.Error as exc:
-            raise unopenable(path, exc, access="ro" if readonly else "rwc") from exc
+            raise unopenable(path, exc, access=access) from exc
     return db
 
 
@@ -316,7 +321,7 @@ def _connect_encrypted(
     path: str,
     key: Key,
     *,
-    readonly: bool,
+    access: Access,
     busy_timeout: float,
     factory: type[Connection] = Connection,
 ) -> Connection:
@@ -330,11 +335,11 @@ def _connect_encrypted(
     cipher.check_key(key)
     cipher.load_driver(path)
     mixins = _mixins(factory)
-    _prepare_path(path, readonly=readonly)
+    _prepare_path(path, access=access)
     db = cipher.open_keyed(
         path,
         key,
-        mode="ro" if readonly else "rwc",
+        mode=access,
         timeout=busy_timeout,
         isolation_level="IMMEDIATE",
         check_same_thread=False,
@@ -377,17 +382,18 @@ def _mixins(factory: type[Connection]) -> tuple[type, ...]:
     )
 
 
-def _prepare_path(path: str, *, readonly: bool) -> None:
-    """Refuse folders and (read-only) missing files; create the missing folders."""
+def _prepare_path(path: str, *, access: Access) -> None:
+    """Refuse folders and missing files not to be created; create the missing folders."""
     if os.path.isdir(path):
         raise OpenError(
             path, f"{path} is a folder; pass the path of a database file.", reason="not_a_file"
         )
-    if readonly:
+    if access != "rwc":
         if not os.path.exists(path):
+            asked = "readonly=True" if access == "ro" else "create=False"
             raise OpenError(
                 path,
-                f"{path} does not exist; readonly=True never creates a database.",
+                f"{path} does not exist; {asked} never creates a database.",
                 reason="missing",
             )
     else:

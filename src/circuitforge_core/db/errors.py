@@ -18,6 +18,7 @@ migration), always chaining the original with ``raise ... from exc``.
     ├── SettingsError              (also ValueError) an environment variable cannot be used
     ├── SQLiteLibraryError         (also RuntimeError) the SQLite asked for cannot run this process
     ├── BackupError                a backup could not be written (DEST left as it was)
+    ├── ExporterUnavailableError   (also ImportError) a metrics exporter's library is missing
     ├── ReplicationError           Litestream could not do what was asked
     │   ├── LitestreamNotFoundError    (also FileNotFoundError) no litestream binary to run
     │   ├── ControlSocketError         (also ConnectionError) the daemon is not there, or refused
@@ -29,7 +30,8 @@ migration), always chaining the original with ``raise ... from exc``.
         ├── MigrationRefusedError      a file breaks a rule; nothing ran
         ├── MigrationModifiedError     an applied file was edited afterwards
         ├── MigrationFailedError       a statement failed; the file rolled back
-        └── ForeignKeyViolationError   the file left dangling references
+        ├── ForeignKeyViolationError   the file left dangling references
+        └── BaselineRefusedError       the schema is not what the files to baseline build
 
 Each message says what happened, to which file, and what to do next.
 """
@@ -37,6 +39,7 @@ Each message says what happened, to which file, and what to do next.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Literal
 
 #: Why a database file did not open: ``OpenError.reason``. A fixed set, so that
@@ -273,4 +276,20 @@ class ForeignKeyViolationError(MigrationError):
         self, message: str, *, name: str, violations: list[tuple[str, int | None, str]]
     ) -> None:
         self.violations = violations
+        super().__init__(message, name=name)
+
+
+class ExporterUnavailableError(DBError, ImportError):
+    """A metrics exporter was asked for, but its library (an extra) is not installed."""
+
+
+class BaselineRefusedError(MigrationError):
+    """A database's schema is not what the files up to a baseline build; nothing was recorded.
+
+    ``differences`` holds the first ``SchemaDifference``s found (empty when the
+    files themselves could not be built).
+    """
+
+    def __init__(self, message: str, *, name: str, differences: Sequence[object]) -> None:
+        self.differences = list(differences)
         super().__init__(message, name=name)

@@ -1,11 +1,14 @@
 """Settings.from_env: the only place the package reads environment variables.
 
 Owns the names of the variables (``CLOUD_MODE``, ``CLOUD_DATA_ROOT``,
-``CF_DB_PATH``, ``CF_SERVER_SECRET``, ``CF_DB_SQLITE``,
-``CF_DB_ACCEPT_WAL_RESET_BUG``; for replication ``CF_REPLICA_URL``,
+``CF_DB_PATH``, ``CF_SERVER_SECRET``, ``CF_DB_MIGRATIONS``,
+``CF_DB_PRODUCT_PATH``, ``CF_DB_SQLITE``, ``CF_DB_ACCEPT_WAL_RESET_BUG``; for
+replication ``CF_REPLICA_URL``,
 ``CF_LITESTREAM_SOCKET``, ``CF_LITESTREAM``), how their values are spelled,
 and refusing values that cannot be used with a ``SettingsError`` that says
-what to set. Also the two readings replication needs beyond its settings:
+what to set; and ``ToolDefaults``, what ``cf-db`` uses for arguments left
+out: those variables, else the ``[tool.cf-db]`` table of the product's
+``pyproject.toml``. Also the two readings replication needs beyond its settings:
 the environment handed on to the Litestream child process, and the object
 store credentials Litestream itself reads (so an erasure reaches the storage
 the way Litestream does), and the one writing: ``CF_DB_SQLITE`` handed on to
@@ -22,10 +25,12 @@ Imports nothing that imports ``sqlite3``: the package's ``__init__`` reads
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from types import MappingProxyType
+from typing import Any, Literal
 
 from .cipher import MIN_SERVER_SECRET_BYTES
 from .errors import SettingsError
@@ -56,6 +61,10 @@ class Settings:
     (``CF_LITESTREAM``), the binary, None to find the one the replication
     extra installs.
 
+    ``migrations_dir`` (``CF_DB_MIGRATIONS``) and ``product_path``
+    (``CF_DB_PRODUCT_PATH``, each user's file under the data root, such as
+    ``kiwi.db``): what ``cf-db`` uses when a command line leaves them out.
+
     The SQLite library (docs/upgrading.md): ``sqlite_library``
     (``CF_DB_SQLITE``, ``stdlib`` or ``bundled``), the SQLite the whole process
     runs on, acted on when the package is first imported (bundled_sqlite/);
@@ -71,6 +80,8 @@ class Settings:
     replica_url: str | None = None
     litestream_socket: Path | None = None
     litestream: Path | None = None
+    migrations_dir: Path | None = None
+    product_path: str | None = None
     sqlite_library: SQLiteLibrary = "stdlib"
     accept_wal_reset_bug: bool = False
 
@@ -108,6 +119,7 @@ class Settings:
             )
         socket = _absolute_path(env, "CF_LITESTREAM_SOCKET", "the sidecar's control socket")
         binary = _absolute_path(env, "CF_LITESTREAM", "the litestream binary")
+        raw_migrations = env.get("CF_DB_MIGRATIONS", "")
         return cls(
             cloud_mode,
             data_root,
@@ -116,6 +128,8 @@ class Settings:
             replica_url,
             socket,
             binary,
+            Path(raw_migrations) if raw_migrations else None,
+            env.get("CF_DB_PRODUCT_PATH", "") or None,
             sqlite_library=sqlite_library_from_env(env),
             accept_wal_reset_bug=wal_reset_bug_accepted(env),
         )
@@ -200,3 +214,118 @@ class ObjectStoreCredentials:
             env.get("LITESTREAM_S3_ENDPOINT") or None,
             env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
         )
+
+
+# -- cf-db's defaults: the environment, then the product's pyproject.toml -------------
+
+#: The keys of ``[tool.cf-db]`` and the ``ToolDefaults`` field each fills.
+PYPROJECT_KEYS = {
+    "database": "database",
+    "migrations": "migrations",
+    "data-root": "data_root",
+    "product-path": "product_path",
+}
+_FROM_ENVIRONMENT = {
+    "database": "CF_DB_PATH",
+    "migrations": "CF_DB_MIGRATIONS",
+    "data_root": "CLOUD_DATA_ROOT",
+    "product_path": "CF_DB_PRODUCT_PATH",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDefaults:
+    """What ``cf-db`` uses for a database, migrations folder, data root or product sub-path
+    that its command line leaves out.
+
+    Each comes from its environment variable (``CF_DB_PATH``,
+    ``CF_DB_MIGRATIONS``, ``CLOUD_DATA_ROOT``, ``CF_DB_PRODUCT_PATH``), else
+    from ``[tool.cf-db]`` in the nearest ``pyproject.toml`` at or above the
+    working folder (``database``, ``migrations``, ``data-root``,
+    ``product-path``; relative paths are relative to that file), else it is
+    None. ``origin`` names where each value came from, for messages.
+    """
+
+    database: Path | None = None
+    migrations: Path | None = None
+    data_root: Path | None = None
+    product_path: str | None = None
+    origin: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, start: str | os.PathLike[str] | None = None
+    ) -> ToolDefaults:
+        """Read the environment, then ``pyproject.toml`` from ``start`` (the working folder) up."""
+        settings = Settings.from_env(environ)
+        from_env: dict[str, object] = {
+            "database": settings.db_path,
+            "migrations": settings.migrations_dir,
+            "data_root": settings.data_root,
+            "product_path": settings.product_path,
+        }
+        values: dict[str, object] = {}
+        origin: dict[str, str] = {}
+        for name, value in from_env.items():
+            if value is not None:
+                values[name] = value
+                origin[name] = f"${_FROM_ENVIRONMENT[name]}"
+        found = _pyproject_table(Path(start) if start is not None else Path.cwd())
+        if found is not None:
+            path, table = found
+            for key, name in PYPROJECT_KEYS.items():
+                if name in values or key not in table:
+                    continue
+                raw = table[key]
+                if not isinstance(raw, str) or not raw:
+                    raise SettingsError(
+                        f"{path}: [tool.cf-db] {key} must be a non-empty string (a path, or a "
+                        f"sub-path such as 'kiwi.db'), not {raw!r}."
+                    )
+                values[name] = raw if name == "product_path" else path.parent / raw
+                origin[name] = f"{path} [tool.cf-db] {key}"
+            unknown = sorted(set(table) - set(PYPROJECT_KEYS))
+            if unknown:
+                raise SettingsError(
+                    f"{path}: [tool.cf-db] has unknown key{'s' if len(unknown) > 1 else ''} "
+                    f"{', '.join(unknown)}; the keys are {', '.join(PYPROJECT_KEYS)}."
+                )
+        return cls(
+            database=_path_or_none(values.get("database")),
+            migrations=_path_or_none(values.get("migrations")),
+            data_root=_path_or_none(values.get("data_root")),
+            product_path=str(values["product_path"]) if "product_path" in values else None,
+            origin=MappingProxyType(origin),
+        )
+
+
+def _path_or_none(value: object) -> Path | None:
+    return None if value is None else Path(str(value))
+
+
+def _pyproject_table(start: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The nearest ``pyproject.toml`` at or above ``start`` and its ``[tool.cf-db]`` table.
+
+    The search stops at the first ``pyproject.toml`` (the project's root): a
+    project without the table has no defaults there.
+    """
+    folder = start.resolve()
+    for candidate in (folder, *folder.parents):
+        path = candidate / "pyproject.toml"
+        if not path.is_file():
+            continue
+        try:
+            with path.open("rb") as handle:
+                document = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(
+                f"{path}: cannot read it for cf-db's defaults ({exc}); fix the file or pass "
+                f"every argument on the command line."
+            ) from exc
+        table = document.get("tool", {}).get("cf-db")
+        if table is None:
+            return None
+        if not isinstance(table, dict):
+            raise SettingsError(f"{path}: [tool.cf-db] must be a table.")
+        return path, table
+    return None

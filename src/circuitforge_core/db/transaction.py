@@ -13,6 +13,10 @@ Threads of one process that write the same file through ``transaction()``
 first queue on an in-process lock, one per file, with the connection's busy
 timeout as the deadline; the busy handler is then left to waits across
 processes only. Lock order: this per-file lock, then SQLite's write lock.
+
+What it counts (metrics.py, while recording is on): the wait for that lock,
+the time in ``BEGIN IMMEDIATE`` (SQLite's own busy wait for other
+processes), the block's duration and its failures.
 """
 
 from __future__ import annotations
@@ -20,15 +24,18 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+from . import metrics
 from .errors import TransactionError
 from .sqlite_facts import DEFAULT_BUSY_TIMEOUT
 
 ConnectionT = TypeVar("ConnectionT", bound=sqlite3.Connection)
 
+_clock = time.perf_counter  # bound once: it is read three times per block while counting
 _savepoint_numbers = itertools.count(1)
 _writer_locks: dict[str, threading.Lock] = {}
 _writer_locks_guard = threading.Lock()
@@ -51,31 +58,52 @@ def transaction(db: ConnectionT) -> Iterator[ConnectionT]:
         with _savepoint(db):
             yield db
         return
+    counting = metrics.enabled
     lock = _writer_lock(db)
-    if lock is not None and not lock.acquire(timeout=_busy_timeout(db)):
-        raise db.OperationalError(  # sqlite3's or sqlcipher3's
-            f"database is locked: {getattr(db, 'path', '?')}: other threads of this process "
-            f"kept writing it for longer than the busy timeout"
-        )
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        if not db.in_transaction:
-            raise TransactionError(
-                "the transaction() block ended the transaction itself (commit() or rollback() "
-                "inside it); its work is no longer atomic. Let the block commit by ending."
+    lock_wait: float | None = None  # granted at once, or not counting
+    if lock is not None and not lock.acquire(blocking=False):
+        asked = _clock()
+        if not lock.acquire(timeout=_busy_timeout(db)):
+            raise db.OperationalError(  # sqlite3's or sqlcipher3's
+                f"database is locked: {getattr(db, 'path', '?')}: other threads of this "
+                f"process kept writing it for longer than the busy timeout"
             )
+        lock_wait = _clock() - asked
+    try:
+        granted = _clock() if counting else 0.0
         try:
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+        except BaseException:  # busy past the timeout: a failed block, counted as such
+            if counting:
+                metrics.observe_transaction(lock_wait, _clock() - granted, 0.0, True)
             raise
+        begun = _clock() if counting else 0.0
+        committed = False
+        try:
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if not db.in_transaction:
+                raise TransactionError(
+                    "the transaction() block ended the transaction itself (commit() or "
+                    "rollback() inside it); its work is no longer atomic. Let the block commit "
+                    "by ending."
+                )
+            try:
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            committed = True
+        finally:
+            if counting:
+                metrics.observe_transaction(
+                    lock_wait, begun - granted, _clock() - begun, not committed
+                )
     finally:
         if lock is not None:
             lock.release()

@@ -11,10 +11,12 @@ imports this package but ``__main__`` and the ``cf-db`` entry point.
 
     __init__.py      main(argv) -> int, the parser, the error boundary
     migrations.py    migrate (and --dry-run), status, new, lint, verify
+    history.py       diff, repair, baseline
+    tenants.py       migrate --all and diff --all: every tenant, with progress
     maintenance.py   backup, check
     encryption.py    encrypt, decrypt, rekey
     replication.py   replicate (the Litestream sidecar), restore, erase
-    options.py       declaring a command, --json, --key-env/--key-file, seconds
+    options.py       declaring a command, --json, --key-env/--key-file, seconds, defaults
     output.py        exit codes, JSON, aligned rows, durations, live terminal lines
 
 Each command is one ``_add_<command>`` function in its group's module that
@@ -34,7 +36,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from .. import DBError
-from . import encryption, maintenance, migrations, replication
+from . import encryption, history, maintenance, migrations, replication
 from .options import AddCommand, Handler
 from .output import EXIT_ACTION, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 
@@ -51,6 +53,7 @@ __all__ = [
 #: Every sub-command, in the order ``--help`` lists them.
 COMMANDS: tuple[AddCommand, ...] = (
     *migrations.COMMANDS,
+    *history.COMMANDS,
     *maintenance.COMMANDS,
     *encryption.COMMANDS,
     *replication.COMMANDS,

@@ -11,7 +11,7 @@ import argparse
 
 from .. import decrypt_database, encrypt_database, rekey_database
 from .options import AddCommand, Subcommands, command, key_options, required_key
-from .output import EXIT_OK
+from .output import EXIT_OK, working
 
 _CONVERSION_NOTES = (
     "\n\nThe copy is checked (schema, rows per table, integrity_check), fsynced and renamed\n"
@@ -36,7 +36,8 @@ def _add_encrypt(commands: Subcommands, common: argparse.ArgumentParser) -> None
 
 
 def _encrypt(args: argparse.Namespace) -> int:
-    rows = encrypt_database(args.db, required_key(args))
+    with working(f"encrypting {args.db}"):
+        rows = encrypt_database(args.db, required_key(args))
     print(f"encrypted {args.db} ({rows} rows checked)")
     return EXIT_OK
 
@@ -56,7 +57,8 @@ def _add_decrypt(commands: Subcommands, common: argparse.ArgumentParser) -> None
 
 
 def _decrypt(args: argparse.Namespace) -> int:
-    rows = decrypt_database(args.db, required_key(args))
+    with working(f"decrypting {args.db}"):
+        rows = decrypt_database(args.db, required_key(args))
     print(f"decrypted {args.db} ({rows} rows checked)")
     return EXIT_OK
 
@@ -78,7 +80,8 @@ def _add_rekey(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 
 def _rekey(args: argparse.Namespace) -> int:
-    rows = rekey_database(args.db, required_key(args), required_key(args, new=True))
+    with working(f"re-keying {args.db}"):
+        rows = rekey_database(args.db, required_key(args), required_key(args, new=True))
     print(f"re-keyed {args.db} ({rows} rows checked)")
     return EXIT_OK
 

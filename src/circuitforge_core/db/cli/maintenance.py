@@ -12,7 +12,7 @@ import sys
 
 from .. import BackupError, CheckResult, backup_database, check_database
 from .options import AddCommand, Subcommands, command, json_option, key, key_options
-from .output import EXIT_ACTION, EXIT_OK, Progress, duration, print_json, size
+from .output import EXIT_ACTION, EXIT_OK, Progress, duration, print_json, size, working
 
 # -- backup --------------------------------------------------------------------------
 
@@ -100,7 +100,8 @@ def _add_check(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    result = check_database(args.db, quick=args.quick, key=key(args))
+    with working(f"checking {args.db}"):
+        result = check_database(args.db, quick=args.quick, key=key(args))
     if args.json:
         print_json(
             {

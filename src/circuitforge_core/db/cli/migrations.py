@@ -31,6 +31,9 @@ from .options import (
     AddCommand,
     Subcommands,
     command,
+    database_argument,
+    fill_defaults,
+    folder_argument,
     json_option,
     key,
     key_options,
@@ -45,6 +48,7 @@ from .output import (
     print_json,
     print_rows,
 )
+from .tenants import migrate_every_tenant, tenant_options
 
 # -- migrate -------------------------------------------------------------------------
 
@@ -61,10 +65,23 @@ def _add_migrate(commands: Subcommands, common: argparse.ArgumentParser) -> None
         "\n"
         "--dry-run changes nothing and never creates DB: it judges every pending file with\n"
         "the runner's rules, then runs each one on a private copy of DB (in TMPDIR), so\n"
-        "that a runtime error such as a misspelt table is reported with its file and line.",
+        "that a runtime error such as a misspelt table is reported with its file and line.\n"
+        "\n"
+        "With --all, the first argument is a data root (ROOT) and DIR is applied to every\n"
+        "tenant file under it (--product-path or --pattern): a rehearsal on an empty\n"
+        "database first, then --jobs at a time after an optional --canary; each tenant's\n"
+        "failure is reported (tenant, file, line, error) and the others go on. A rerun is\n"
+        "the resume. Exit 1 unless every tenant is migrated.",
     )
-    parser.add_argument("db", metavar="DB", help="database file (created if missing)")
-    parser.add_argument("dir", metavar="DIR", help="folder of NNN_name.sql migrations")
+    database_argument(parser, "database file (created if missing); with --all, the data root")
+    folder_argument(parser)
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="migrate every tenant file under the data root given as DB "
+        "(default: $CLOUD_DATA_ROOT or [tool.cf-db] data-root)",
+    )
+    tenant_options(parser, canary=True)
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -90,6 +107,11 @@ def _add_migrate(commands: Subcommands, common: argparse.ArgumentParser) -> None
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    if args.all:
+        if args.dry_run:
+            raise ValueError("--dry-run goes with one database; drop --all, or drop --dry-run")
+        return migrate_every_tenant(args)
+    fill_defaults(args, "database", "migrations")
     if args.dry_run:
         return _migrate_dry_run(args)
     if args.plan_only:
@@ -248,14 +270,15 @@ def _add_status(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "missing) and when it was applied. Opens DB read-only and never creates it: a\n"
         "missing DB shows everything pending. Exit 1 when anything is not applied.",
     )
-    parser.add_argument("db", metavar="DB", help="database file (never created)")
-    parser.add_argument("dir", metavar="DIR", help="folder of NNN_name.sql migrations")
+    database_argument(parser, "database file (never created)")
+    folder_argument(parser)
     json_option(parser)
     key_options(parser)
     parser.set_defaults(handler=_status)
 
 
 def _status(args: argparse.Namespace) -> int:
+    fill_defaults(args, "database", "migrations")
     statuses = migration_status(args.db, args.dir, key=key(args))
     counts = dict.fromkeys(("applied", "pending", "modified", "missing"), 0)
     for status in statuses:
@@ -297,7 +320,7 @@ def _add_new(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "NAME is lower-case letters, digits and _ only, and must not name an existing\n"
         "migration.",
     )
-    parser.add_argument("dir", metavar="DIR", help="folder of NNN_name.sql migrations")
+    folder_argument(parser)
     parser.add_argument("name", metavar="NAME", help="what the migration does, e.g. add_tags")
     parser.add_argument(
         "--no-transaction",
@@ -308,6 +331,7 @@ def _add_new(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 
 def _new(args: argparse.Namespace) -> int:
+    fill_defaults(args, "migrations")
     created = new_migration(args.dir, args.name, no_transaction=args.no_transaction)
     print(created.path)
     return EXIT_OK
@@ -328,7 +352,7 @@ def _add_lint(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "Each finding says why it matters. Exit 1 if there is an error (with --strict, also\n"
         "a warning).",
     )
-    parser.add_argument("dir", metavar="DIR", help="folder of NNN_name.sql migrations")
+    folder_argument(parser)
     parser.add_argument(
         "--strict", action="store_true", help="exit 1 on warnings too, not only on errors"
     )
@@ -345,6 +369,7 @@ def _add_lint(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 
 def _lint(args: argparse.Namespace) -> int:
+    fill_defaults(args, "migrations")
     report = lint_report(args.dir, ignore=args.ignore)
     if args.json:
         print_json(
@@ -400,14 +425,15 @@ def _add_verify(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "are listed but not compared; rows the old runner left without a checksum are\n"
         "listed as unchecked.",
     )
-    parser.add_argument("db", metavar="DB", help="database file (must exist; opened read-only)")
-    parser.add_argument("dir", metavar="DIR", help="folder of NNN_name.sql migrations")
+    database_argument(parser, "database file (must exist; opened read-only)")
+    folder_argument(parser)
     json_option(parser)
     key_options(parser)
     parser.set_defaults(handler=_verify)
 
 
 def _verify(args: argparse.Namespace) -> int:
+    fill_defaults(args, "database", "migrations")
     checks = verify_migrations(args.db, args.dir, key=key(args))
     failed = any(c.state in ("modified", "missing") for c in checks)
     if args.json:

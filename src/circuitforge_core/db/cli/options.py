@@ -1,6 +1,9 @@
-"""The arguments cf-db's commands share: declaring a command, ``--json``, keys, seconds.
+"""The arguments cf-db's commands share: declaring a command, ``--json``, keys, seconds, defaults.
 
-Owns how a command is added to the parser and where keys come from. Keys are
+Owns how a command is added to the parser, where keys come from, and the
+defaults of a database, migrations folder and data root left out of the
+command line (``ToolDefaults``: the environment, then ``[tool.cf-db]`` in the
+product's ``pyproject.toml``). Keys are
 never taken from argv, where ``ps`` and shell history show them: only from
 an environment variable or a file (or standard input) named on the command
 line. A raw 256-bit key is written ``x'<64 hex digits>'``.
@@ -13,6 +16,8 @@ import os
 import sys
 from collections.abc import Callable
 from typing import TypeAlias
+
+from .. import ToolDefaults
 
 Handler = Callable[[argparse.Namespace], int]
 # argparse's type for the object add_subparsers() returns (private, but typed by typeshed).
@@ -101,3 +106,66 @@ def required_key(args: argparse.Namespace, *, new: bool = False) -> str:
     if value is None:  # argparse already requires one source; this keeps mypy honest
         raise ValueError("no key given: use --key-env NAME or --key-file PATH")
     return value
+
+
+# -- arguments that may come from the environment or pyproject.toml --------------------
+
+#: Where each default comes from: (environment variable, key of [tool.cf-db]).
+_SOURCES = {
+    "database": ("CF_DB_PATH", "database"),
+    "migrations": ("CF_DB_MIGRATIONS", "migrations"),
+    "data_root": ("CLOUD_DATA_ROOT", "data-root"),
+    "product_path": ("CF_DB_PRODUCT_PATH", "product-path"),
+}
+_DEFAULT_SOURCES = {name: f"${env} or [tool.cf-db] {key}" for name, (env, key) in _SOURCES.items()}
+
+
+def database_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """An optional ``DB`` positional whose default is ``CF_DB_PATH`` or ``[tool.cf-db]``."""
+    parser.add_argument(
+        "db", metavar="DB", nargs="?", help=f"{what} (default: {_DEFAULT_SOURCES['database']})"
+    )
+
+
+def folder_argument(parser: argparse.ArgumentParser) -> None:
+    """An optional ``DIR`` positional whose default is ``CF_DB_MIGRATIONS`` or ``[tool.cf-db]``."""
+    parser.add_argument(
+        "dir",
+        metavar="DIR",
+        nargs="?",
+        help=f"folder of NNN_name.sql migrations (default: {_DEFAULT_SOURCES['migrations']})",
+    )
+
+
+def fill_defaults(args: argparse.Namespace, *names: str) -> None:
+    """Give ``args.db`` / ``args.dir`` / ``args.root`` / ``args.product_path`` their defaults.
+
+    ``names`` are the fields the command needs (``database``, ``migrations``,
+    ``data_root``, ``product_path``); one the command line left out comes from
+    ``ToolDefaults`` (read only then), or a ``ValueError`` says how to give it.
+    """
+    attributes = {
+        "database": "db",
+        "migrations": "dir",
+        "data_root": "db",
+        "product_path": "product_path",
+    }
+    missing = [name for name in names if getattr(args, attributes[name], None) in (None, "")]
+    if not missing:
+        return
+    defaults = ToolDefaults.load()
+    for name in missing:
+        value = getattr(defaults, name)
+        if value is None:
+            what = {
+                "database": "no database given",
+                "migrations": "no migrations folder given",
+                "data_root": "no data root given",
+                "product_path": "no tenant files named (--product-path or --pattern)",
+            }[name]
+            env, key = _SOURCES[name]
+            raise ValueError(
+                f"{what}: pass it on the command line, set ${env}, or set {key} under "
+                f"[tool.cf-db] in the product's pyproject.toml."
+            )
+        setattr(args, attributes[name], str(value))

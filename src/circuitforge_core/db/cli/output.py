@@ -6,10 +6,12 @@ databases or of the commands themselves.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 EXIT_OK = 0
@@ -125,3 +127,57 @@ class Progress:
         if self._shown:
             self._stream.write("\r\x1b[K")
             self._stream.flush()
+
+
+@contextlib.contextmanager
+def working(label: str, stream: TextIO | None = None) -> Iterator[None]:
+    """``label ... 3.2 s`` on a terminal while a long step runs (check, encrypt, ...)."""
+    stream = sys.stderr if stream is None else stream
+    live = LiveLine(stream) if stream.isatty() else None
+    if live is not None:
+        live.start(label)
+    try:
+        yield
+    finally:
+        if live is not None:
+            live.stop()
+
+
+class StatusLine:
+    """One line on a terminal, replaced by ``show()`` at most ten times a second.
+
+    ``print_above`` writes a whole line above it (a failure, as it happens).
+    """
+
+    def __init__(self, stream: TextIO, *, interval: float = 0.1) -> None:
+        self._stream = stream
+        self._interval = interval
+        self._last = 0.0
+        self._text = ""
+
+    def show(self, text: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self._interval:
+            self._text = text
+            return
+        self._last = now
+        self._text = text
+        self._stream.write(f"\r{text}\x1b[K")
+        self._stream.flush()
+
+    def print_above(self, line: str, out: TextIO) -> None:
+        self._stream.write("\r\x1b[K")
+        self._stream.flush()
+        print(line, file=out, flush=True)
+        if self._text:
+            self.show(self._text, force=True)
+
+    def clear(self) -> None:
+        self._stream.write("\r\x1b[K")
+        self._stream.flush()
+        self._text = ""
+
+
+def count(number: int) -> str:
+    """``12,345``."""
+    return f"{number:,}"

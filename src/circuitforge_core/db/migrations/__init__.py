@@ -16,7 +16,10 @@ concern per module; each imports only modules listed above it:
     runner.py        run_migrations: apply each pending file atomically
     dry_run.py       the dry run's copy of the database and the files run on it
     views.py         read-only: migration_status, verify_migrations, plan_migrations
+    drift.py         schema_drift: the live schema against a scratch build of its history
+    repair.py        accept_checksum, baseline: an operator's deliberate fixes to the history
     lint.py          lint_migrations: the conventions, with a reason for each finding
+    rehearsal.py     check_migrations: every file on an empty and a seeded scratch database
 
 ``_migrations`` keeps the layout products already have,
 ``(name TEXT PRIMARY KEY, applied_at TEXT DEFAULT CURRENT_TIMESTAMP)``, and
@@ -24,6 +27,7 @@ gains ``checksum`` and ``duration_ms`` columns in place. The names below
 are the package's public surface; the modules' other names are its own.
 """
 
+from .drift import SchemaDifference, SchemaDrift, schema_drift
 from .folder import (
     NO_TRANSACTION_MARKER,
     MigrationFile,
@@ -33,7 +37,15 @@ from .folder import (
     read_migrations,
 )
 from .lint import LintFinding, LintReport, lint_migrations, lint_report
-from .runner import DEFAULT_LOCK_TIMEOUT, run_migrations
+from .locking import DEFAULT_LOCK_TIMEOUT
+from .rehearsal import MigrationCheckProblem, MigrationCheckReport, check_migrations
+from .repair import (
+    BaselineResult,
+    ChecksumAccepted,
+    accept_checksum,
+    baseline,
+)
+from .runner import run_migrations
 from .views import (
     ChecksumCheck,
     ChecksumState,
@@ -50,10 +62,14 @@ from .views import (
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "NO_TRANSACTION_MARKER",
+    "BaselineResult",
+    "ChecksumAccepted",
     "ChecksumCheck",
     "ChecksumState",
     "LintFinding",
     "LintReport",
+    "MigrationCheckProblem",
+    "MigrationCheckReport",
     "MigrationFile",
     "MigrationPlan",
     "MigrationProblem",
@@ -61,7 +77,12 @@ __all__ = [
     "MigrationsDir",
     "NewMigration",
     "PlannedMigration",
+    "SchemaDifference",
+    "SchemaDrift",
     "State",
+    "accept_checksum",
+    "baseline",
+    "check_migrations",
     "lint_migrations",
     "lint_report",
     "migration_status",
@@ -69,5 +90,6 @@ __all__ = [
     "plan_migrations",
     "read_migrations",
     "run_migrations",
+    "schema_drift",
     "verify_migrations",
 ]

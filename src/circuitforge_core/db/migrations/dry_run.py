@@ -36,9 +36,10 @@ from ..sqlite_facts import DEFAULT_BUSY_TIMEOUT, SQLITE_FULL, SQLITE_IOERR, prim
 from . import connection_state
 from .columns import SkippedColumn
 from .folder import MigrationFile
+from .locking import DEFAULT_LOCK_TIMEOUT
 from .plan import FilePlan
 from .records import adopt, needs_adoption, read_records
-from .runner import DEFAULT_LOCK_TIMEOUT, Target, apply_file, sqlite_errors
+from .runner import Target, apply_file, sqlite_errors
 
 #: Companions of a database whose presence means a connection is (or was) at work on it.
 _IN_USE_SUFFIXES = ("-wal", "-journal")

@@ -25,6 +25,9 @@ except ImportError:  # pragma: no cover
 
 logger = logging.getLogger("circuitforge_core.db")
 
+#: Seconds a migration, repair or baseline waits for another caller's write lock.
+DEFAULT_LOCK_TIMEOUT = 600.0
+
 
 @contextlib.contextmanager
 def immediate(db: sqlite3.Connection, deadline: float, name: str | None = None) -> Iterator[None]:

@@ -2,9 +2,11 @@
 
 Owns reading the rows (the old runner's two columns or ours), adopting an
 old table in place (``checksum`` and ``duration_ms`` added, checksums of the
-files present recorded once), and writing the row that records an applied
-file. Does not decide what to apply (plan.py) or take the write lock for
-anything but adoption (locking.py has the lock).
+files present recorded once), and writing the rows: the one that records an
+applied file, a checksum replaced after review and files marked applied
+without running (repair.py decides when; these only write). Does not decide
+what to apply (plan.py) or take the write lock for anything but adoption
+(locking.py has the lock).
 """
 
 from __future__ import annotations
@@ -50,6 +52,23 @@ def read_records(db: sqlite3.Connection) -> tuple[dict[str, Record], bool]:
         for name, applied_at, checksum in db.execute(f"SELECT {selected} FROM _migrations")
     }
     return records, columns.issuperset(BOOKKEEPING_COLUMNS)
+
+
+def recorded_in_order(db: sqlite3.Connection) -> list[tuple[str, str | None]]:
+    """``(name, checksum)`` of every recorded migration, in the order they were applied.
+
+    Rows are inserted as files are applied, so rowid order is that order
+    (``VACUUM`` may renumber rowids, but keeps their order). The old layout
+    reads with no checksums; a missing table as no rows.
+    """
+    columns = {row[1] for row in db.execute("PRAGMA table_info(_migrations)")}
+    if not columns:
+        return []
+    checksum = "checksum" if "checksum" in columns else "NULL"
+    return [
+        (str(name), stored)
+        for name, stored in db.execute(f"SELECT name, {checksum} FROM _migrations ORDER BY rowid")
+    ]
 
 
 def needs_adoption(
@@ -107,4 +126,23 @@ def record_applied(db: sqlite3.Connection, file: MigrationFile, started: float) 
     db.execute(
         "INSERT INTO _migrations (name, checksum, duration_ms) VALUES (?, ?, ?)",
         (file.name, file.checksum, round((time.perf_counter() - started) * 1000, 3)),
+    )
+
+
+def recorded_checksum(db: sqlite3.Connection, name: str) -> tuple[bool, str | None]:
+    """Whether ``name`` is recorded, and its checksum (None for the old runner's rows)."""
+    row = db.execute("SELECT checksum FROM _migrations WHERE name = ?", (name,)).fetchone()
+    return (False, None) if row is None else (True, row[0])
+
+
+def replace_checksum(db: sqlite3.Connection, name: str, checksum: str) -> None:
+    """Record ``checksum`` for the applied ``name``, inside the caller's transaction."""
+    db.execute("UPDATE _migrations SET checksum = ? WHERE name = ?", (checksum, name))
+
+
+def record_unrun(db: sqlite3.Connection, file: MigrationFile) -> None:
+    """Record ``file`` as applied without running it (``duration_ms`` stays NULL, which says so)."""
+    db.execute(
+        "INSERT INTO _migrations (name, checksum, duration_ms) VALUES (?, ?, NULL)",
+        (file.name, file.checksum),
     )

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .. import metrics
 from ..cipher import Key
 from ..connect import get_db
 from ..errors import (
@@ -57,13 +58,11 @@ from .foreign_keys import (
     foreign_keys_restored,
     touched_tables_collector,
 )
-from .locking import database_path, file_lock, immediate
+from .locking import DEFAULT_LOCK_TIMEOUT, database_path, file_lock, immediate
 from .plan import FilePlan, compare, named, out_of_order, pending_files, plan_file, short
 from .records import adopt, already_applied, needs_adoption, read_records, record_applied
 
 logger = logging.getLogger("circuitforge_core.db")
-
-DEFAULT_LOCK_TIMEOUT = 600.0
 
 Starting = Callable[[str], None] | None
 Applied = Callable[[str, float], None] | None
@@ -169,16 +168,22 @@ def _run(
     plans = [plan_file(file, where) for file in pending]
     for name, latest in out_of_order(comparisons):
         logger.warning(
-            "migration %s sorts before the already applied %s (two branches merged?); "
+            "migration %s sorts before the already applied %s in %s (two branches merged?); "
             "applying it now",
             name,
             latest,
+            where,
         )
 
     target = Target(db, db_path, where, deadline, on_start)
     applied = []
     for plan in plans:
-        seconds = apply_file(target, plan)
+        try:
+            seconds = apply_file(target, plan)
+        except MigrationError:
+            if metrics.enabled:
+                metrics.increment(metrics.MIGRATION_FAILURES)
+            raise
         if seconds is not None:
             applied.append(plan.file.name)
             if on_applied is not None:
@@ -349,9 +354,16 @@ def apply_file(target: Target, plan: FilePlan) -> float | None:
         return None
     seconds = time.perf_counter() - started
     if target.copy:
-        logger.info("ran migration %s on a copy in %.1f ms (dry run)", name, seconds * 1000)
+        logger.info(
+            "ran migration %s on a copy of %s in %.1f ms (dry run)",
+            name,
+            target.label,
+            seconds * 1000,
+        )
     else:
-        logger.info("applied migration %s in %.1f ms", name, seconds * 1000)
+        if metrics.enabled:
+            metrics.observe(metrics.MIGRATION, seconds)
+        logger.info("applied migration %s to %s in %.1f ms", name, target.label, seconds * 1000)
     return seconds
 
 

@@ -58,6 +58,10 @@ class ConnectionBudget:
         self.evictions = 0
         self.migration_runs = 0
         self.migrations_applied = 0
+        # Checkouts handed out since the budget was made, kept apart from the budget
+        # so that what it counted outlives it (the metrics' zero-wait count).
+        self._checkouts = [0]
+        weakref.finalize(self, _retire_checkouts, self._checkouts)
         _live_budgets.add(self)
 
     def _start_empty(self) -> None:
@@ -166,6 +170,7 @@ class ConnectionBudget:
     def checked_out(self) -> None:
         """A pool handed a connection out (or began to open one for a checkout)."""
         self._busy += 1
+        self._checkouts[0] += 1
 
     def checked_in(self) -> None:
         """A connection came back from its checkout (or failed to open)."""
@@ -193,11 +198,23 @@ class ConnectionBudget:
 # its new condition on its budget's new lock.
 
 _live_budgets: weakref.WeakSet[ConnectionBudget] = weakref.WeakSet()
+_retired_checkouts = [0]  # what budgets that are gone had counted
+
+
+def _retire_checkouts(tally: list[int]) -> None:
+    _retired_checkouts[0] += tally[0]
+
+
+def checkouts_ever() -> int:
+    """Checkouts handed out by every budget of this process since it started (or forked)."""
+    return _retired_checkouts[0] + sum(budget._checkouts[0] for budget in list(_live_budgets))
 
 
 def _after_fork_in_child() -> None:
+    _retired_checkouts[0] = 0
     for budget in list(_live_budgets):
         budget._start_empty()
+        budget._checkouts[0] = 0
 
 
 if hasattr(os, "register_at_fork"):

@@ -34,11 +34,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from .. import metrics
 from ..cipher import Key
 from ..connect import Connection
 from ..errors import PoolClosedError, PoolTimeoutError
 from ..migrations import DEFAULT_LOCK_TIMEOUT, MigrationsDir, run_migrations
-from .budget import ConnectionBudget
+from .budget import ConnectionBudget, _live_budgets, checkouts_ever
 from .connection import (
     PooledConnection,
     RowFactory,
@@ -248,9 +249,12 @@ class ConnectionPool:
 
     # -- checkout --------------------------------------------------------------------
 
-    def _checkout(self) -> PooledConnection:
-        """Every checkout starts here: the connection for the caller, or an error."""
-        deadline = time.monotonic() + self.timeout
+    def _checkout(self, asked: float | None = None) -> PooledConnection:
+        """Every checkout starts here: the connection for the caller, or an error.
+
+        ``asked`` is when the caller asked (``time.monotonic()``), if it read the clock.
+        """
+        deadline = (time.monotonic() if asked is None else asked) + self.timeout
         self._notice_replacement()
         if not self._migrated:
             conn = self._migrate(deadline)
@@ -299,6 +303,8 @@ class ConnectionPool:
         None when another thread had already migrated the file.
         """
         if not self._migrate_lock.acquire(timeout=self.migration_lock_timeout):
+            if metrics.enabled:
+                metrics.increment(metrics.POOL_TIMEOUTS)
             raise PoolTimeoutError(
                 f"{self.path}: waited {self.migration_lock_timeout:g} s for another thread to "
                 f"finish migrating it. Look for a migration that hangs, or raise "
@@ -352,6 +358,7 @@ class ConnectionPool:
         be closed before ours opens, or None when the cap had room.
         """
         first_wait = True
+        waiting_since = 0.0  # set when this checkout first has to wait
         while True:
             if self._closed:
                 raise PoolClosedError(
@@ -361,7 +368,7 @@ class ConnectionPool:
             if self._idle:
                 conn = self._idle.pop()
                 self._budget.remove_idle(conn)
-                self._handed_out()
+                self._handed_out(waiting_since)
                 return conn, None
             for_cap = False
             if self._open < self.max_size and self._stale == 0:
@@ -369,17 +376,25 @@ class ConnectionPool:
                 evicted = None if room else self._budget.evict_oldest_idle()
                 if room or evicted is not None:
                     self._open += 1
-                    self._handed_out()
+                    self._handed_out(waiting_since)
                     return None, evicted
                 for_cap = True  # this pool has room, the group does not
+            if first_wait and metrics.enabled:
+                waiting_since = time.monotonic()
             self._wait(deadline, for_cap=for_cap, first=first_wait)
             first_wait = False
 
-    def _handed_out(self) -> None:
-        """Lock held: count a checkout (an idle connection, or a slot about to be opened)."""
+    def _handed_out(self, waiting_since: float) -> None:
+        """Lock held: count a checkout (an idle connection, or a slot about to be opened).
+
+        ``waiting_since`` is when the checkout began to wait (metrics on), 0 if it
+        did not: a checkout that did not wait costs the metrics nothing here.
+        """
         self._busy += 1
-        self._budget.checked_out()
+        self._budget.checked_out()  # also what the metrics count checkouts that did not wait by
         self._counts["checkouts"] += 1
+        if waiting_since:
+            metrics.observe(metrics.POOL_WAIT, time.monotonic() - waiting_since)
 
     def _wait(self, deadline: float, *, for_cap: bool, first: bool) -> None:
         """Lock held: the one place a checkout waits, for this pool's limit or the shared cap.
@@ -390,6 +405,8 @@ class ConnectionPool:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             self._counts["timeouts"] += 1
+            if metrics.enabled:
+                metrics.increment(metrics.POOL_TIMEOUTS)
             raise self._timeout_error(for_cap=for_cap)
         if first:
             self._counts["waits"] += 1
@@ -408,6 +425,7 @@ class ConnectionPool:
 
     def _open_new(self, generation: int) -> PooledConnection:
         """Open a connection in the slot just claimed; give the slot back if that fails."""
+        opening = _clock() if metrics.enabled else 0.0
         try:
             conn = open_pooled(
                 self.path,
@@ -423,6 +441,8 @@ class ConnectionPool:
                 self._connection_gone()
                 self._budget.give_back_slot()
             raise
+        if opening:
+            metrics.observe(metrics.CONNECT, _clock() - opening)
         identity = _file_identity(self.path)
         with self._lock:
             self._counts["opened"] += 1
@@ -571,14 +591,18 @@ class ConnectionPool:
 class _Checkout:
     """The context manager ``ConnectionPool.connection()`` returns."""
 
-    __slots__ = ("_conn", "_pool")
+    __slots__ = ("_conn", "_pool", "_since")
 
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
         self._conn: PooledConnection | None = None
+        self._since = 0.0  # when the caller got the connection (while metrics are on)
 
     def __enter__(self) -> Connection:
-        self._conn = self._pool._checkout()
+        asked = _clock()  # the pool's deadline starts here too: one clock read for both
+        self._conn = self._pool._checkout(asked)
+        if metrics.enabled:
+            self._since = asked
         return self._conn
 
     def __exit__(
@@ -589,7 +613,13 @@ class _Checkout:
     ) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            if self._since:
+                metrics.observe(metrics.POOL_USE, _clock() - self._since)
+                self._since = 0.0
             self._pool._checkin(conn, exc)
+
+
+_clock = time.monotonic  # bound once: read at every checkout, and at its end while metrics are on
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:
@@ -611,6 +641,37 @@ _live_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for pool in list(_live_pools):
         pool._after_fork_in_child()
+
+
+# -- metrics: the gauges of every pool of the process ------------------------------------
+
+
+class _PoolGauges:
+    """What the metrics' gauges read at collection: every budget and pool of the process.
+
+    A budget is a lone pool's or a whole group's (a registry's), so summing
+    budgets counts each connection once. Read without the budgets' locks:
+    numbers of a moment, as gauges are.
+    """
+
+    def connection_gauges(self) -> metrics.ConnectionGauges:
+        budgets = list(_live_budgets)
+        pools = list(_live_pools)
+        open_count = sum(budget.open_connections for budget in budgets)
+        used = sum(budget.busy_connections for budget in budgets)
+        return metrics.ConnectionGauges(
+            open=open_count,
+            idle=max(open_count - used, 0),
+            used=used,
+            pending=sum(budget.waiting for budget in budgets),
+            max=sum(budget.max_connections for budget in budgets),
+            databases=tuple(pool.path for pool in pools if pool.open_connections),
+            checkouts=checkouts_ever(),
+        )
+
+
+_GAUGES = _PoolGauges()
+metrics.track(_GAUGES)
 
 
 if hasattr(os, "register_at_fork"):
