@@ -32,10 +32,11 @@ test-pythons:
 	tools/test-other-pythons.sh
 
 # The suite again with the whole process on the SQLite bundled in pysqlite3 (the
-# bundled-sqlite extra, CF_DB_SQLITE=bundled; CI runs it after `make test`). The launcher
-# switches before pytest, its plugins and conftest.py import anything.
+# bundled-sqlite extra, CF_DB_SQLITE=bundled; CI runs it after `make test`). The package's
+# pytest plugin (entry point cf_db) imports it as pytest starts, so the switch comes before
+# conftest.py and the test modules import sqlite3; test_bundled_sqlite.py checks it did.
 test-bundled-sqlite: $(STAMP)
-	CF_DB_SQLITE=bundled $(BIN)/python -m circuitforge_core.db.bundled_sqlite -m pytest -p no:cacheprovider
+	CF_DB_SQLITE=bundled $(BIN)/pytest -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

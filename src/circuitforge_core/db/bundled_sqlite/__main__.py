@@ -1,7 +1,7 @@
 """python -m circuitforge_core.db.bundled_sqlite: run a program on the bundled SQLite.
 
     python -m circuitforge_core.db.bundled_sqlite -m uvicorn app.main:app --workers 4
-    python -m circuitforge_core.db.bundled_sqlite -m pytest
+    python -m circuitforge_core.db.bundled_sqlite -m pytest    # see docs/upgrading.md
     python -m circuitforge_core.db.bundled_sqlite -c "import sqlite3; print(sqlite3.sqlite_version)"
     python -m circuitforge_core.db.bundled_sqlite manage.py migrate   # a script, or a
                                                                       # console script on PATH
