@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import circuitforge_core.db
+
 pytest_plugins = ["pytester"]  # the cf_db plugin's own tests run inner pytest sessions
+
+#: The folder to put on PYTHONPATH so a child interpreter imports this package.
+SOURCE_ROOT = Path(circuitforge_core.db.__file__).parents[2]
 
 # Environment variables the library (or its later parts) may read; tests never
 # inherit them from the machine they run on.
@@ -71,6 +78,55 @@ def chdir_tmp(tmp_path: Path) -> Iterator[Path]:
         yield tmp_path
     finally:
         os.chdir(old)
+
+
+@pytest.fixture
+def run_as_nobody() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_as_nobody(script, *args)``: ``python -c script args`` as an unprivileged user."""
+    return _run_python_as_nobody
+
+
+def _run_python_as_nobody(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c script args`` as a user without privileges, with this package importable.
+
+    As root the child drops to ``nobody`` (root reads and writes everything, so
+    permission checks would be meaningless), which needs an interpreter and a
+    source tree that ``nobody`` can reach; otherwise the test is skipped. As
+    any other user the child runs as that user.
+    """
+    preexec = None
+    python = sys.executable
+    if os.geteuid() == 0:
+
+        def preexec() -> None:
+            os.setgid(65534)
+            os.setuid(65534)
+
+        python = next(
+            (p for p in (sys.executable, "/usr/bin/python3") if _reachable_by_others(Path(p))),
+            "",
+        )
+        if not python or not _reachable_by_others(SOURCE_ROOT):
+            pytest.skip("no interpreter and source tree that another user can reach")
+    return subprocess.run(
+        [python, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        preexec_fn=preexec,
+        # Another user's interpreter has no pysqlite3: the standard library's SQLite.
+        env={k: v for k, v in os.environ.items() if k != "CF_DB_SQLITE"}
+        | {"PYTHONPATH": str(SOURCE_ROOT)},
+        timeout=60,
+        check=False,
+    )
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """True if every folder above ``path`` lets other users through (and the file exists)."""
+    resolved = path.resolve()
+    if not resolved.exists():
+        return False
+    return all(parent.stat().st_mode & 0o001 for parent in resolved.parents)
 
 
 def pytest_report_header() -> str:

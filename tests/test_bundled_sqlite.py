@@ -114,12 +114,17 @@ def exercise(path):
         row = pooled.execute("SELECT email, photo FROM users").fetchone()
         with pooled.blobopen("users", "photo", 1, readonly=True) as blob:
             photo = blob.read()
-    return caught, row["email"], bytes(row["photo"]), photo
+    try:
+        get_db(path + ".missing", readonly=True)
+    except sqlite3.OperationalError as exc:  # OpenError is one, of the bundled module
+        missing = type(exc).__name__
+    return caught, row["email"], bytes(row["photo"]), photo, missing
 """
 
 
 def test_product_code_keeps_working_on_the_bundled_sqlite(tmp_path: Path) -> None:
-    """sqlite3.Row, sqlite3.IntegrityError and blobopen work with plain and pooled connections."""
+    """sqlite3.Row, sqlite3.IntegrityError, sqlite3.OperationalError (OpenError) and blobopen
+    work with plain and pooled connections."""
     (tmp_path / "product.py").write_text(PRODUCT_CODE, encoding="utf-8")
     script = tmp_path / "main.py"
     script.write_text(
@@ -128,7 +133,7 @@ def test_product_code_keeps_working_on_the_bundled_sqlite(tmp_path: Path) -> Non
     )
     result = run([*LAUNCHER, str(script)], env=child_env())
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["IntegrityError", "a@x", "b'abcd'", "b'abcd'"]
+    assert result.stdout.split() == ["IntegrityError", "a@x", "b'abcd'", "b'abcd'", "OpenError"]
 
 
 def test_switching_after_the_standard_sqlite3_was_imported_fails_clearly() -> None:

@@ -83,6 +83,24 @@ def test_get_connection_signature_and_timeout(tmp_path: Path) -> None:
         db.close()
 
 
+def test_open_failures_are_still_sqlite3_errors(tmp_path: Path) -> None:
+    """An unopenable path or a non-database file is caught by `except sqlite3.OperationalError`.
+
+    The old factory let SQLite's own errors out; products degrade gracefully
+    on them (snipe's API does), so OpenError must stay one of them.
+    """
+    folder = tmp_path / "a-folder.db"
+    folder.mkdir()
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not an SQLite database, just bytes" * 100)
+    for path in (folder, garbage):
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            get_connection(path)
+        assert isinstance(caught.value, package.OpenError)
+        assert isinstance(caught.value, sqlite3.DatabaseError)
+        assert str(path) in str(caught.value)
+
+
 def test_key_never_means_silent_plaintext(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A key that cannot be honoured raises and leaves no plaintext file behind."""
     monkeypatch.setitem(sys.modules, "sqlcipher3", None)  # as if the extra were not installed

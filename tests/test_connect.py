@@ -6,15 +6,14 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from circuitforge_core.db import Connection, OpenError, get_db
-from circuitforge_core.db import connect as connect_module
 
 
 def pragma(db: sqlite3.Connection, name: str) -> object:
@@ -256,7 +255,9 @@ def test_wrong_path_type() -> None:
     ("mode", "what"),
     [(0o600, "unreadable"), (0o644, "readable but not writable")],
 )
-def test_file_without_permission_names_the_path(mode: int, what: str) -> None:
+def test_file_without_permission_names_the_path(
+    mode: int, what: str, run_as_nobody: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     """An unreadable or write-protected file raises OpenError naming it, never a read-only handle.
 
     SQLite silently opens a write-protected file read-only; get_db refuses at
@@ -265,12 +266,14 @@ def test_file_without_permission_names_the_path(mode: int, what: str) -> None:
     # pytest's own temporary folders are private to root; this one must be traversable.
     folder = Path(tempfile.mkdtemp(prefix="cf-db-perm-"))
     try:
-        _check_permission_denied(folder, mode)
+        _check_permission_denied(folder, mode, run_as_nobody)
     finally:
         shutil.rmtree(folder)
 
 
-def _check_permission_denied(tmp_path: Path, mode: int) -> None:
+def _check_permission_denied(
+    tmp_path: Path, mode: int, run_as_nobody: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     path = tmp_path / "private.db"
     db = get_db(path)
     db.execute("CREATE TABLE t (x)")
@@ -288,32 +291,7 @@ def _check_permission_denied(tmp_path: Path, mode: int) -> None:
         "    print('reason:', exc.reason)\n"
         "    sys.exit(3)\n"
     )
-    preexec = None
-    python = sys.executable
-    src = Path(connect_module.__file__).parents[2]
-    if os.geteuid() == 0:
-        # Root reads everything; the child drops to 'nobody' so the check is real,
-        # which needs an interpreter and a source tree that 'nobody' can reach.
-        def preexec() -> None:
-            os.setgid(65534)
-            os.setuid(65534)
-
-        python = next(
-            (p for p in (sys.executable, "/usr/bin/python3") if _reachable_by_others(Path(p))),
-            "",
-        )
-        if not python or not _reachable_by_others(src):
-            pytest.skip("no interpreter and source tree that another user can reach")
-    result = subprocess.run(
-        [python, "-c", script, str(path)],
-        capture_output=True,
-        text=True,
-        preexec_fn=preexec,
-        # Another user's interpreter has no pysqlite3: the standard library's SQLite.
-        env={k: v for k, v in os.environ.items() if k != "CF_DB_SQLITE"} | {"PYTHONPATH": str(src)},
-        timeout=60,
-        check=False,
-    )
+    result = run_as_nobody(script, str(path))
     assert result.returncode == 3, result.stderr
     assert str(path) in result.stdout
     assert "permission denied" in result.stdout
@@ -332,14 +310,6 @@ def test_existing_rollback_journal_database_is_switched_to_wal(db_path: Path) ->
         assert pragma(db, "journal_mode") == "wal"
     finally:
         db.close()
-
-
-def _reachable_by_others(path: Path) -> bool:
-    """True if every folder above ``path`` lets other users through (and the file exists)."""
-    resolved = path.resolve()
-    if not resolved.exists():
-        return False
-    return all(parent.stat().st_mode & 0o001 for parent in resolved.parents)
 
 
 def test_create_false_opens_only_an_existing_file(db_path: Path) -> None:

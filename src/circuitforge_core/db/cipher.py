@@ -41,6 +41,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import wal_reset
 from .errors import EncryptionUnavailableError, OpenError, OpenReason
 from .open_errors import Access, open_failed, unopenable
 from .sqlite_facts import (
@@ -374,8 +375,6 @@ def _why_undecryptable(path: str, keyed: bool) -> tuple[OpenReason, str]:
 
 def _log_driver_once(db: Any, cipher_version: str) -> None:
     """Log SQLCipher's versions once, and warn (once) if its SQLite has the WAL-reset bug."""
-    from . import wal_reset  # here, not at the top: wal_reset -> settings -> this module
-
     if _driver_logged.is_set():
         return
     _driver_logged.set()

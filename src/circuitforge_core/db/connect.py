@@ -31,8 +31,8 @@ from typing import Any, cast
 
 from . import bundled_sqlite, cipher, sqlite_facts, wal_reset
 from .cipher import Key
-from .errors import OpenError, OpenReason
-from .open_errors import Access, open_failed, unopenable
+from .errors import OpenError
+from .open_errors import Access, cannot_create, open_failed, too_long, unopenable
 from .sqlite_facts import blob_through_open_blob
 
 logger = logging.getLogger("circuitforge_core.db")
@@ -383,7 +383,10 @@ def _mixins(factory: type[Connection]) -> tuple[type, ...]:
 
 
 def _prepare_path(path: str, *, access: Access) -> None:
-    """Refuse folders and missing files not to be created; create the missing folders."""
+    """Refuse names SQLite cannot take, folders, and missing files not to be made; make folders."""
+    refused = too_long(path)
+    if refused is not None:
+        raise refused
     if os.path.isdir(path):
         raise OpenError(
             path, f"{path} is a folder; pass the path of a database file.", reason="not_a_file"
@@ -401,20 +404,7 @@ def _prepare_path(path: str, *, access: Access) -> None:
         try:
             os.makedirs(parent, exist_ok=True)
         except OSError as exc:
-            raise OpenError(
-                path,
-                f"{path}: cannot create its folder {parent}: {exc.strerror or exc}.",
-                reason=_folder_failure(exc),
-            ) from exc
-
-
-def _folder_failure(exc: OSError) -> OpenReason:
-    """Why the database's folder could not be created."""
-    if isinstance(exc, PermissionError):
-        return "permission"
-    if isinstance(exc, FileExistsError | NotADirectoryError):
-        return "not_a_file"  # a file where a folder should be
-    return "other"
+            raise cannot_create(path, exc.filename or parent, exc) from exc
 
 
 _version_logged = threading.Event()

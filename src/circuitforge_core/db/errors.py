@@ -6,7 +6,8 @@ errors: we translate only at our own boundaries (opening a file, running a
 migration), always chaining the original with ``raise ... from exc``.
 
     DBError
-    ├── OpenError                  a database file cannot be opened as asked (.reason says why)
+    ├── OpenError                  (also sqlite3.OperationalError) a database file cannot be
+    │                              opened as asked (.reason says why)
     ├── EncryptionUnavailableError a key was given but encryption cannot be used
     ├── TransactionError           transaction() was misused (block ended it)
     ├── PoolTimeoutError           (also TimeoutError) no connection free in time
@@ -14,7 +15,8 @@ migration), always chaining the original with ``raise ... from exc``.
     │   └── QuiescedError              the file is quiesced (being moved, restored, compacted)
     ├── PlacedElsewhereError       (also LookupError) the user lives on another host
     ├── NoDatabaseError            (also LookupError) no request database and no default
-    ├── UnsafePathError            (also ValueError) a user id or sub-path could leave the root
+    ├── UnsafePathError            (also ValueError) a user id or sub-path could leave the root,
+    │                              or the whole path is too long for SQLite
     ├── SettingsError              (also ValueError) an environment variable cannot be used
     ├── SQLiteLibraryError         (also RuntimeError) the SQLite asked for cannot run this process
     ├── BackupError                a backup could not be written (DEST left as it was)
@@ -39,6 +41,7 @@ Each message says what happened, to which file, and what to do next.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Sequence
 from typing import Literal
 
@@ -48,6 +51,9 @@ OpenReason = Literal[
     "missing",  # the file, or the folder it should be in, does not exist
     "not_a_file",  # a folder (or no file name at all) where a database file was expected
     "permission",  # the service user may not read or write the file, or its folder
+    "read_only",  # the file system holding it is mounted read-only
+    "disk_full",  # no room left (or no inodes) on the file system holding it
+    "path_too_long",  # its full path is longer than SQLite (or the file system) takes
     "not_a_database",  # not an SQLite database; or encrypted, and no key was given
     "wrong_key",  # a key was given, and it does not decrypt the file
     "not_encrypted",  # a key was given for a plain (unencrypted) database
@@ -62,11 +68,14 @@ class DBError(Exception):
     """Base class of every error raised by circuitforge_core.db itself."""
 
 
-class OpenError(DBError):
+class OpenError(DBError, sqlite3.OperationalError):
     """A database file cannot be opened the way it was asked for.
 
     ``path`` is the file; ``reason`` (an ``OpenReason``) says why, for code
     that must tell a wrong key from a damaged file without reading the message.
+    Also an ``sqlite3.OperationalError`` (so a ``DatabaseError``), which is
+    what the first circuitforge_core.db raised here: products that degrade
+    gracefully with ``except sqlite3.OperationalError`` keep doing so.
     """
 
     def __init__(
@@ -133,6 +142,8 @@ class NoDatabaseError(DBError, LookupError):
 
 class UnsafePathError(DBError, ValueError):
     """A user id or product sub-path was refused: it could leave or confuse the data root.
+
+    Also a per-user path that SQLite could never open (longer than it takes).
 
     ``value`` is the refused text.
     """

@@ -30,10 +30,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from .cipher import MIN_SERVER_SECRET_BYTES
-from .errors import SettingsError
+if TYPE_CHECKING:
+    from .errors import SettingsError
+
+# Nothing of the package is imported at the top: the package's __init__ reads CF_DB_SQLITE
+# through here before any module has imported sqlite3, and errors.py (for SettingsError)
+# subclasses sqlite3.OperationalError, as cipher.py (MIN_SERVER_SECRET_BYTES) imports it.
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -93,26 +97,28 @@ class Settings:
         raw_root = env.get("CLOUD_DATA_ROOT", "")
         data_root = Path(raw_root) if raw_root else None
         if data_root is not None and not data_root.is_absolute():
-            raise SettingsError(
+            raise _refused(
                 f"CLOUD_DATA_ROOT={raw_root!r} is a relative path; set it to the absolute path "
                 f"of the folder holding the per-user databases."
             )
         if cloud_mode and data_root is None:
-            raise SettingsError(
+            raise _refused(
                 "CLOUD_MODE is on but CLOUD_DATA_ROOT is not set; set it to the absolute path "
                 "of the folder holding the per-user databases."
             )
         raw_db = env.get("CF_DB_PATH", "")
         secret = env.get("CF_SERVER_SECRET", "") or None
+        from .cipher import MIN_SERVER_SECRET_BYTES
+
         if secret is not None and len(secret.encode("utf-8")) < MIN_SERVER_SECRET_BYTES:
-            raise SettingsError(
+            raise _refused(
                 f"CF_SERVER_SECRET is shorter than {MIN_SERVER_SECRET_BYTES} bytes, too weak to "
                 f"derive database keys from; set it to 32 random bytes, e.g. the output of "
                 f'`python -c "import secrets; print(secrets.token_hex(32))"`.'
             )
         replica_url = env.get("CF_REPLICA_URL", "").strip() or None
         if replica_url is not None and "://" not in replica_url:
-            raise SettingsError(
+            raise _refused(
                 f"CF_REPLICA_URL={replica_url!r} is not a URL; set it to the replica's URL, "
                 f"e.g. s3://bucket/tenants or file:///srv/replicas, or unset it to turn "
                 f"replication off."
@@ -143,11 +149,18 @@ def sqlite_library_from_env(environ: Mapping[str, str] | None = None) -> SQLiteL
         return "stdlib"
     if raw == "bundled":
         return "bundled"
-    raise SettingsError(
+    raise _refused(
         f"CF_DB_SQLITE={env['CF_DB_SQLITE']!r} is not a SQLite library this package knows; "
         f"set it to 'bundled' (the SQLite inside pysqlite3: pip install "
         f"'circuitforge-core[bundled-sqlite]') or 'stdlib' (the default), or unset it."
     )
+
+
+def _refused(message: str) -> SettingsError:
+    """The ``SettingsError`` to raise (errors.py imported only now; see the imports)."""
+    from .errors import SettingsError
+
+    return SettingsError(message)
 
 
 def hand_sqlite_library_to_children(library: SQLiteLibrary) -> None:
@@ -163,7 +176,7 @@ def wal_reset_bug_accepted(environ: Mapping[str, str] | None = None) -> bool:
 def _flag(env: Mapping[str, str], name: str) -> bool:
     raw = env.get(name, "").strip().lower()
     if raw not in _TRUE | _FALSE:
-        raise SettingsError(
+        raise _refused(
             f"{name}={env[name]!r} is neither on nor off; set it to 1 or 0 "
             f"(true/false, yes/no and on/off also work)."
         )
@@ -175,9 +188,7 @@ def _absolute_path(env: Mapping[str, str], name: str, what: str) -> Path | None:
     if not raw:
         return None
     if not os.path.isabs(raw):
-        raise SettingsError(
-            f"{name}={raw!r} is a relative path; set it to the absolute path of {what}."
-        )
+        raise _refused(f"{name}={raw!r} is a relative path; set it to the absolute path of {what}.")
     return Path(raw)
 
 
@@ -278,7 +289,7 @@ class ToolDefaults:
                     continue
                 raw = table[key]
                 if not isinstance(raw, str) or not raw:
-                    raise SettingsError(
+                    raise _refused(
                         f"{path}: [tool.cf-db] {key} must be a non-empty string (a path, or a "
                         f"sub-path such as 'kiwi.db'), not {raw!r}."
                     )
@@ -286,7 +297,7 @@ class ToolDefaults:
                 origin[name] = f"{path} [tool.cf-db] {key}"
             unknown = sorted(set(table) - set(PYPROJECT_KEYS))
             if unknown:
-                raise SettingsError(
+                raise _refused(
                     f"{path}: [tool.cf-db] has unknown key{'s' if len(unknown) > 1 else ''} "
                     f"{', '.join(unknown)}; the keys are {', '.join(PYPROJECT_KEYS)}."
                 )
@@ -318,7 +329,7 @@ def _pyproject_table(start: Path) -> tuple[Path, dict[str, Any]] | None:
             with path.open("rb") as handle:
                 document = tomllib.load(handle)
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SettingsError(
+            raise _refused(
                 f"{path}: cannot read it for cf-db's defaults ({exc}); fix the file or pass "
                 f"every argument on the command line."
             ) from exc
@@ -326,6 +337,6 @@ def _pyproject_table(start: Path) -> tuple[Path, dict[str, Any]] | None:
         if table is None:
             return None
         if not isinstance(table, dict):
-            raise SettingsError(f"{path}: [tool.cf-db] must be a table.")
+            raise _refused(f"{path}: [tool.cf-db] must be a table.")
         return path, table
     return None

@@ -66,6 +66,10 @@ def is_broken(exc: BaseException) -> bool:
 HEADER = b"SQLite format 3\x00"
 #: What SQLite puts beside a database file.
 COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
+#: The longest full path (symbolic links resolved, in bytes) of a database file
+#: SQLite's unix VFS opens: it takes names of up to 512 bytes (``MAX_PATHNAME``)
+#: and its pager keeps 8 of them spare for the ``-journal`` and ``-wal`` names.
+MAX_DATABASE_PATH_BYTES = 504
 
 
 def quote_identifier(name: str) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .cipher import derive_user_key
 from .errors import NoDatabaseError, OpenError, SettingsError, UnsafePathError
+from .open_errors import cannot_create, path_length
 from .pool import (
     CLOUD_CONNECT_KWARGS,
     DEFAULT_MAX_CONNECTIONS,
@@ -36,6 +37,7 @@ from .pool import (
     RegistryStats,
 )
 from .settings import Settings
+from .sqlite_facts import MAX_DATABASE_PATH_BYTES
 
 __all__ = [  # its own names, and the registry and Settings at their old import path
     "CLOUD_CONNECT_KWARGS",
@@ -130,9 +132,11 @@ def user_db_path(
     may not start with ``.`` or ``-`` nor end with ``.``; anything else
     (empty, ``..``, separators of any platform, NUL and control characters,
     other characters) raises ``UnsafePathError``, as does a path that resolves
-    outside ``root`` through a symbolic link. ``root`` must exist. With
-    ``create``, missing folders are made 0700 and a missing database file
-    0600 (its -wal and -shm inherit that mode), whatever the umask.
+    outside ``root`` through a symbolic link or one longer than SQLite can open
+    (504 bytes, links resolved). ``root`` must exist. With ``create``, missing
+    folders are made 0700 and a missing database file 0600 (its -wal and -shm
+    inherit that mode), whatever the umask; what the system refuses (no
+    permission, a read-only or full file system) raises ``OpenError``.
     """
     root_given = os.fspath(root)
     cache_key = (root_given, user_id, product_path)
@@ -144,6 +148,7 @@ def user_db_path(
         root_path = os.path.abspath(root_given)
         names = _checked_names_of(user_id, product_path)
         levels = [os.path.join(root_path, *names[: n + 1]) for n in range(len(names))]
+        _check_length(root_path, levels[-1])
         cached = (root_path, names, levels, Path(levels[-1]))
         if _cacheable(cache_key):
             if len(_checked_names) >= _CHECKED_NAMES_MAX:
@@ -174,6 +179,19 @@ def _cacheable(key: tuple[str, object, object]) -> bool:
     """Exact str ids (a subclass could hash or compare oddly) under an absolute root."""
     root, user_id, product_path = key
     return type(user_id) is str and type(product_path) is str and os.path.isabs(root)
+
+
+def _check_length(root: str, path: str) -> None:
+    """Refuse a per-user path SQLite could never open: too long once links are resolved."""
+    length = path_length(path)
+    if length > MAX_DATABASE_PATH_BYTES:
+        raise UnsafePathError(
+            f"refusing the database path {path}: it is {length} bytes long (links resolved), "
+            f"and SQLite opens database files whose full path is at most "
+            f"{MAX_DATABASE_PATH_BYTES} bytes. Shorten the data root {root} or the product "
+            f"sub-path by {length - MAX_DATABASE_PATH_BYTES} bytes.",
+            value=path,
+        )
 
 
 def _checked_names_of(user_id: str, product_path: str) -> list[str]:
@@ -306,20 +324,24 @@ def _exists_inside(root: str, levels: list[str], user_id: str) -> bool:
 
 def _create_private(root: str, names: list[str]) -> None:
     """Create the missing folders (0700) and an empty database file (0600) under ``root``."""
+    database = os.path.join(root, *names)
     folder = root
-    for name in names[:-1]:
-        folder = os.path.join(folder, name)
+    try:
+        for name in names[:-1]:
+            folder = os.path.join(folder, name)
+            try:
+                os.mkdir(folder, 0o700)
+            except FileExistsError:
+                continue
+            os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         try:
-            os.mkdir(folder, 0o700)
+            fd = os.open(database, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
         except FileExistsError:
-            continue
-        os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(os.path.join(folder, names[-1]), flags | getattr(os, "O_CLOEXEC", 0), 0o600)
-    except FileExistsError:
-        return
-    try:
-        os.fchmod(fd, 0o600)  # os.open's mode is filtered by the umask too
-    finally:
-        os.close(fd)
+            return
+        try:
+            os.fchmod(fd, 0o600)  # os.open's mode is filtered by the umask too
+        finally:
+            os.close(fd)
+    except OSError as exc:  # no permission, a read-only or full file system
+        raise cannot_create(database, exc.filename or database, exc) from exc

@@ -17,7 +17,7 @@ starts a program with the switch made before its first import.
 Does not own reading the variable (settings.py), the differences between
 the two modules (connect.py and the pool adapt to what the module offers) or
 the WAL-reset warning (wal_reset.py). Imports nothing that imports
-``sqlite3``.
+``sqlite3`` (errors.py does: it is imported only to refuse).
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ import importlib
 import sys
 from importlib import metadata
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import SQLiteLibraryError
 from ..settings import hand_sqlite_library_to_children, sqlite_library_from_env
+
+if TYPE_CHECKING:
+    from ..errors import SQLiteLibraryError
 
 #: What to install for the switch; the extra carries pysqlite3 0.6.1 or newer (SQLite 3.53).
 INSTALL_HINT = "pip install 'circuitforge-core[bundled-sqlite]'"
@@ -62,7 +64,7 @@ def install() -> None:
     try:
         modules = {name: importlib.import_module(real) for name, real in _MODULES.items()}
     except ImportError as exc:
-        raise SQLiteLibraryError(
+        raise _refused(
             f"CF_DB_SQLITE=bundled asks for the SQLite bundled in pysqlite3, but pysqlite3 "
             f"cannot be imported ({exc}). Install it: {INSTALL_HINT}; or unset "
             f"CF_DB_SQLITE to run on the SQLite this Python links against."
@@ -100,7 +102,7 @@ def _refuse_if_too_late() -> None:
     if not loaded:
         return
     where = getattr(sys.modules[loaded[0]], "__file__", None) or "built in"
-    raise SQLiteLibraryError(
+    raise _refused(
         f"CF_DB_SQLITE=bundled asks for the SQLite bundled in pysqlite3, but {loaded[0]} "
         f"({where}) was imported before circuitforge_core.db, so the process would hold two "
         f"SQLite copies (their file locks do not see each other, and sqlite3.Row or "
@@ -109,6 +111,13 @@ def _refuse_if_too_late() -> None:
         f"with {LAUNCHER} -m MODULE ... (or SCRIPT ...), which switches first; or unset "
         f"CF_DB_SQLITE."
     )
+
+
+def _refused(message: str) -> SQLiteLibraryError:
+    """The error to raise; errors.py imports sqlite3, so it is imported only now, refusing."""
+    from ..errors import SQLiteLibraryError
+
+    return SQLiteLibraryError(message)
 
 
 # -- children started by multiprocessing ------------------------------------------------

@@ -2,7 +2,8 @@
 
 Owns what a pool does to a single connection. ``PooledConnection`` remembers
 every cursor and blob it handed out; ``open_pooled`` is the one place a pooled
-connection is opened; ``reset`` makes a returning one as good as new;
+connection is opened; ``reset`` makes a returning one as good as new (with
+connection_state.py, which owns the settings a block can change);
 ``is_broken`` and ``generation_of`` say when one must not be reused (a fatal
 error, or a file replaced since it was opened); ``close_well`` closes one the
 way SQLite advises; ``abandon`` keeps one inherited across ``fork()`` alive and
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 from ..cipher import Key
 from ..connect import Connection, get_db
 from ..sqlite_facts import is_broken as is_broken_error
+from .connection_state import WatchesState, put_back_callbacks, restore, watch
 
 logger = logging.getLogger("circuitforge_core.db")
 
@@ -36,6 +38,9 @@ _CursorT = TypeVar("_CursorT", bound=sqlite3.Cursor)
 RowFactory = Callable[[sqlite3.Cursor, tuple[Any, ...]], Any] | None
 
 _PRUNE_HANDLES_AT = 256
+
+#: What get_db pins ``autocommit`` to on Python 3.12+ (None before 3.12: no such attribute).
+_LEGACY_TRANSACTION_CONTROL = getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", None)
 
 
 if TYPE_CHECKING:
@@ -155,13 +160,14 @@ def _try_weak_blob(blob_type: type) -> bool:
         probe.close()
 
 
-class PooledConnection(_TracksHandles, Connection):
-    """A ``Connection`` that remembers the cursors and blobs it handed out.
+class PooledConnection(_TracksHandles, WatchesState, Connection):
+    """A ``Connection`` that remembers the cursors and blobs it handed out, and what it changed.
 
-    The pool closes them at check-in. ``execute`` and friends are redefined
-    because the C implementation makes its cursor without calling ``cursor()``.
-    With a key, the pool's connections are sqlcipher3 connections carrying
-    the same mixin instead (typed as this class).
+    The pool closes the handles at check-in and undoes the changes
+    (connection_state.py). ``execute`` and friends are redefined because the
+    C implementation makes its cursor without calling ``cursor()``. With a
+    key, the pool's connections are sqlcipher3 connections carrying the same
+    mixins instead (typed as this class).
     """
 
 
@@ -185,6 +191,11 @@ def open_pooled(
     assert isinstance(conn, _TracksHandles)  # a PooledConnection, or its encrypted twin
     conn.row_factory = row_factory
     conn._generation = generation
+    try:
+        watch(conn, connect_kwargs)
+    except BaseException:
+        conn.close()
+        raise
     return cast(PooledConnection, conn)
 
 
@@ -214,15 +225,22 @@ def reset(conn: PooledConnection, row_factory: RowFactory, *, block_failed: bool
     The check-in rules, in order: every cursor and blob it handed out is
     closed (an unfinished SELECT holds a read snapshot even outside a
     transaction, and a held snapshot stops checkpoints, so the WAL would grow
-    without bound); a transaction left open is rolled back, with a warning
+    without bound); an authorizer, progress handler, trace callback or limit
+    the block installed is removed (it could refuse the rollback); on Python
+    3.12+ ``autocommit`` goes back to the legacy transaction control
+    ``get_db`` pins; a transaction left open is rolled back, with a warning
     when the block ended normally (a code path forgot to commit);
     ``row_factory``, ``text_factory`` and ``isolation_level`` go back to what
-    the pool set, so one request's choices never leak into the next.
+    the pool set; then every setting the block changed is put back
+    (connection_state.py). Raises ``NotReusable`` when that cannot be done:
+    the pool closes the connection instead.
     """
     conn._close_handles()
+    put_back_callbacks(conn)
+    autocommit_was_off = _restore_transaction_control(conn)
     rolled_back = False
     if conn.in_transaction:
-        if not block_failed:
+        if not block_failed and not autocommit_was_off:  # autocommit=False is always in one
             logger.warning(
                 "%s: a connection came back to the pool with its transaction still open; "
                 "rolling it back. Commit (or use transaction()) before the block ends.",
@@ -236,7 +254,23 @@ def reset(conn: PooledConnection, row_factory: RowFactory, *, block_failed: bool
         conn.text_factory = str
     if conn.isolation_level != "IMMEDIATE":
         conn.isolation_level = "IMMEDIATE"
+    restore(conn)
     return rolled_back
+
+
+def _restore_transaction_control(conn: PooledConnection) -> bool:
+    """Python 3.12+: ``autocommit`` back to legacy control; True if the block had set it False.
+
+    First, so that the rollback after it ends the block's transaction for
+    good (with ``autocommit=False`` a rollback opens the next one).
+    """
+    if _LEGACY_TRANSACTION_CONTROL is None:
+        return False
+    autocommit = getattr(conn, "autocommit", _LEGACY_TRANSACTION_CONTROL)  # none on sqlcipher3
+    if autocommit == _LEGACY_TRANSACTION_CONTROL:
+        return False
+    cast(Any, conn).autocommit = _LEGACY_TRANSACTION_CONTROL  # typed for 3.11, which has none
+    return autocommit is False
 
 
 # -- closing ---------------------------------------------------------------------------

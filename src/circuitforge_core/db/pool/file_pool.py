@@ -52,6 +52,7 @@ from .connection import (
     opened_in_this_process,
     reset,
 )
+from .connection_state import NotReusable
 
 logger = logging.getLogger("circuitforge_core.db")
 
@@ -319,11 +320,15 @@ class ConnectionPool:
             assert self.migrations is not None
             conn = self._acquire(deadline)
             generation = generation_of(conn)
+            handed_over: PooledConnection | None = conn
             try:
                 applied = run_migrations(
                     conn, self.migrations, lock_timeout=self.migration_lock_timeout
                 )
                 reset(conn, self.row_factory, block_failed=False)
+            except NotReusable:  # migrated, but a file left what check-in cannot undo
+                self._checkin(conn, None)  # closes it; the caller gets another
+                handed_over = None
             except BaseException as exc:
                 self._checkin(conn, exc)
                 raise
@@ -335,7 +340,7 @@ class ConnectionPool:
                 self._migrated = generation == self._generation
             if applied:
                 logger.info("%s: applied %d migration(s)", self.path, len(applied))
-            return conn
+            return handed_over
         finally:
             self._migrate_lock.release()
 
@@ -486,6 +491,13 @@ class ConnectionPool:
         if keep:
             try:
                 rolled_back = reset(conn, self.row_factory, block_failed=exc is not None)
+            except NotReusable as why:
+                logger.info(
+                    "%s: closing a connection instead of reusing it: %s during the checkout.",
+                    self.path,
+                    why,
+                )
+                keep = False
             except (conn.Error, ValueError) as reset_error:  # sqlite3's or sqlcipher3's
                 logger.warning(
                     "%s: discarding a connection that failed to reset: %s", self.path, reset_error
