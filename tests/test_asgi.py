@@ -15,10 +15,12 @@ import pytest
 from fastapi import Depends, FastAPI, Request
 
 from circuitforge_core.db import (
+    AsyncConnection,
     Connection,
     DatabaseMiddleware,
     NoDatabaseError,
     PoolRegistry,
+    async_database_dependency,
     current_db_path,
     database_dependency,
     request_db,
@@ -273,6 +275,61 @@ def test_without_a_user_or_a_default_the_request_fails_loudly(
     with pytest.raises(NoDatabaseError):
         asyncio.run(get_all(app, [("/db", None)]))
     assert registry.stats().databases == 0
+
+
+# -- the async dependency ------------------------------------------------------------------
+
+
+def make_async_app(root: Path, registry: PoolRegistry) -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(DatabaseMiddleware, resolver=header_resolver(root))
+    ADb = Annotated[AsyncConnection, Depends(async_database_dependency(registry))]
+
+    @app.get("/hit")
+    async def hit(db: ADb) -> dict[str, Any]:
+        async with db.transaction():
+            await db.execute("CREATE TABLE IF NOT EXISTS hits (n INTEGER)")
+            await db.execute("INSERT INTO hits VALUES (1)")
+        await asyncio.sleep(random.random() / 200)
+        (count,) = await db.fetchone("SELECT count(*) FROM hits")
+        return {"path": db.path, "hits": count}
+
+    @app.get("/fail")
+    async def fail(db: ADb) -> None:
+        await db.execute("CREATE TABLE IF NOT EXISTS hits (n INTEGER)")
+        await db.commit()
+        await db.execute("INSERT INTO hits VALUES (1)")
+        raise RuntimeError("endpoint failed before committing")
+
+    @app.exception_handler(RuntimeError)
+    async def on_failure(request: Request, exc: RuntimeError) -> Any:
+        from fastapi.responses import PlainTextResponse
+
+        return PlainTextResponse("failed", 500)
+
+    return app
+
+
+def test_the_async_dependency_gives_each_request_its_own_database(
+    root: Path, registry: PoolRegistry
+) -> None:
+    """100 interleaved async requests of 10 users: each lands in its user's file; a failing
+    endpoint's uncommitted write is rolled back; nothing stays checked out."""
+    app = make_async_app(root, registry)
+    requests = [("/hit", f"user{n % 10}") for n in range(100)]
+    random.Random(5).shuffle(requests)
+    responses = asyncio.run(get_all(app, requests))
+    for (_, user), response in zip(requests, responses, strict=True):
+        assert response.status_code == 200, response.text
+        assert response.json()["path"] == str(root / user / "app.db")
+    (failed,) = asyncio.run(get_all(app, [("/fail", "user0")]))
+    assert failed.status_code == 500
+    (after,) = asyncio.run(get_all(app, [("/hit", "user0")]))
+    assert after.json()["hits"] == 11  # 10 earlier hits, this one; not the failed insert
+    assert registry.stats().busy == 0
+    assert registry.async_workers.in_use == 0
+    with pytest.raises(NoDatabaseError):
+        asyncio.run(get_all(app, [("/hit", None)]))
 
 
 # -- placement -------------------------------------------------------------------------

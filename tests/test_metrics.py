@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from circuitforge_core.db import (
 )
 from circuitforge_core.db.metrics import DURATION_BUCKETS, ConnectionGauges, snapshot
 from circuitforge_core.db.metrics_export import OpenTelemetryInstruments, PrometheusCollector
+from circuitforge_core.db.transaction import writer_lock_for
 
 
 @pytest.fixture(autouse=True)
@@ -204,34 +205,13 @@ def test_transaction_counts_its_waits_duration_and_failures(tmp_path: Path) -> N
     db.close()
 
 
-class SignallingLock:
-    """The per-file writer lock, telling the test when a thread starts waiting for it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.waiting = threading.Event()
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if not blocking:
-            return self._lock.acquire(blocking=False)
-        self.waiting.set()
-        return self._lock.acquire(timeout=timeout)
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def locked(self) -> bool:
-        return self._lock.locked()
-
-
-def test_a_contended_lock_wait_is_timed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_contended_lock_wait_is_timed(tmp_path: Path) -> None:
     """A writer that waits for another thread's block records a non-zero wait."""
-    transaction_module = importlib.import_module("circuitforge_core.db.transaction")
     path = tmp_path / "a.db"
     first, second = get_db(path), get_db(path)
     first.execute("CREATE TABLE t (x)")
-    lock = SignallingLock()
-    monkeypatch.setitem(transaction_module._writer_locks, first.path, lock)
+    lock = writer_lock_for(first)
+    assert lock is not None
     holding, release = threading.Event(), threading.Event()
 
     def holder() -> None:
@@ -247,7 +227,11 @@ def test_a_contended_lock_wait_is_timed(tmp_path: Path, monkeypatch: pytest.Monk
     threads[0].start()
     assert holding.wait(30)
     threads[1].start()
-    assert lock.waiting.wait(30)
+    for _ in range(30_000):  # bounded: the writer queues within moments
+        if lock.waiting:
+            break
+        time.sleep(0.001)
+    assert lock.waiting == 1
     release.set()
     for thread in threads:
         thread.join(30)
@@ -421,3 +405,50 @@ def test_opentelemetry_write_lock_waits_share_one_instrument() -> None:
         "process": 1,
         "sqlite": 2,
     }
+
+
+def test_an_async_writers_lock_wait_is_timed_too(tmp_path: Path) -> None:
+    """A coroutine that waits in the loop for another thread's block records its wait."""
+    import asyncio
+
+    from circuitforge_core.db import ConnectionPool
+
+    with ConnectionPool(tmp_path / "a.db", max_size=2) as pool:
+        with pool.connection() as db:
+            db.execute("CREATE TABLE t (x)")
+            db.commit()
+        holding, release = threading.Event(), threading.Event()
+
+        def holder() -> None:
+            with pool.connection() as db, transaction(db):
+                holding.set()
+                release.wait(30)
+
+        thread = threading.Thread(target=holder)
+        thread.start()
+        assert holding.wait(30)
+        metrics.reset()
+
+        async def main() -> None:
+            async def write() -> None:
+                async with pool.aconnection() as db, db.transaction():
+                    await db.execute("INSERT INTO t VALUES (1)")
+
+            task = asyncio.create_task(write())
+            with pool.connection() as db:
+                lock = writer_lock_for(db)
+            assert lock is not None
+            for _ in range(30_000):  # bounded: the coroutine queues within moments
+                if lock.waiting:
+                    break
+                await asyncio.sleep(0.001)
+            assert lock.waiting == 1
+            release.set()
+            await task
+
+        asyncio.run(main())
+        thread.join(30)
+        assert not thread.is_alive()
+    waits = snapshot().histograms["lock_wait"]
+    assert waits.count >= 1
+    assert waits.sum > 0

@@ -119,6 +119,35 @@ def test_many_users_at_once_each_see_only_their_own_notes(cloud: Server, root: P
         assert stat.S_IMODE(os.stat(folder / "notes.db").st_mode) == 0o600
 
 
+def test_async_endpoints_serve_the_same_notes_to_the_same_user_only(cloud: Server) -> None:
+    """Notes posted through the sync and the async endpoints land in the user's one file;
+    each user's async lists hold only their own; RETURNING ids come back; /pool counts."""
+    users = [f"async{n:02d}" for n in range(20)]
+
+    def post_and_read(user: str) -> tuple[str, list[str], list[str]]:
+        with httpx.Client(base_url=cloud.url, headers={"X-User": user}, timeout=30) as client:
+            made = client.post("/async/notes", json={"title": f"{user} a", "tags": ["x"]})
+            assert made.status_code == 201, made.text
+            assert client.get(f"/async/notes/{made.json()['id']}").json()["tags"] == ["x"]
+            client.post("/notes", json={"title": f"{user} s"})
+            listed = [n["title"] for n in client.get("/async/notes").json()]
+            tagged = [n["title"] for n in client.get("/async/notes", params={"tag": "x"}).json()]
+            return user, listed, tagged
+
+    with ThreadPoolExecutor(16) as executor:
+        results = list(executor.map(post_and_read, users))
+    for user, listed, tagged in results:
+        assert listed == [f"{user} a", f"{user} s"]
+        assert tagged == [f"{user} a"]
+    with httpx.Client(base_url=cloud.url, timeout=30) as client:
+        assert client.get("/async/notes").status_code == 401
+        assert client.get("/async/notes/999", headers={"X-User": users[0]}).status_code == 404
+        pool = client.get("/pool").json()
+    assert pool["databases"] == len(users)
+    assert pool["busy"] == pool["async_in_use"] == 0
+    assert pool["migrations_applied"] == 3 * len(users)
+
+
 def test_cloud_mode_refuses_hostile_or_missing_users(cloud: Server, root: Path) -> None:
     """A hostile X-User gets 400 and creates nothing; no X-User gets 401, never a shared file."""
     with httpx.Client(base_url=cloud.url, timeout=30) as client:
@@ -185,3 +214,28 @@ def test_create_app_reads_the_environment(
         assert client.get("/notes").status_code == 401
         assert client.get("/notes", headers={"X-User": "ivy"}).json() == []
     assert (root / "ivy" / "notes.db").exists()
+
+
+def test_make_demo_runs_both_modes_and_stops_by_itself(tmp_path: Path) -> None:
+    """examples/demo.py (a copy, so the repository's data folder is untouched): the local
+    part, then the notes app on loopback in cloud mode; each user sees only their notes."""
+    import shutil
+    import subprocess
+
+    examples = tmp_path / "examples"
+    shutil.copytree(APP_FILE.parent.parent, examples, ignore=shutil.ignore_patterns("data"))
+    done = subprocess.run(
+        [sys.executable, str(examples / "demo.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k not in ("CLOUD_MODE", "CLOUD_DATA_ROOT")},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "applied now: 001_initial.sql, 002_add_tags.sql, 003_add_search.sql" in out
+    for user in ("alice", "bob", "carol"):
+        assert f"{user:<6} sees 2 notes, only their own:" in out
+    assert "no user: 401" in out
+    assert "the pool: 3 databases" in out
+    assert "server stopped" in out

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from circuitforge_core.db import TransactionError, get_db, transaction
+from circuitforge_core.db.writer_lock import WriterLock, WriterLocks
 
 
 @pytest.fixture
@@ -200,19 +201,146 @@ def test_writer_queue_times_out_with_a_clear_error(db_path: Path) -> None:
     assert not thread.is_alive()
 
 
-def test_writer_locks_of_many_files_stay_bounded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_writer_locks_of_many_files_stay_bounded(tmp_path: Path) -> None:
     """Touching more files than the limit forgets idle locks instead of growing forever."""
-    module = importlib.import_module("circuitforge_core.db.transaction")  # not the function
-
-    monkeypatch.setattr(module, "_writer_locks", {})
-    monkeypatch.setattr(module, "_WRITER_LOCKS_KEPT", 8)
+    locks = WriterLocks(kept=8)
+    held = locks.for_path(str(tmp_path / "busy.db"))
+    assert held.acquire(timeout=1)
     for number in range(30):
-        db = get_db(tmp_path / f"user{number}.db")
+        locks.for_path(str(tmp_path / f"user{number}.db"))
+        assert len(locks) <= 8
+    assert locks.for_path(str(tmp_path / "busy.db")) is held  # a held lock is never forgotten
+    held.release()
+
+
+# -- the writer lock's fairness ----------------------------------------------------------
+
+
+def _line_up(lock: WriterLock, count: int) -> tuple[list[threading.Thread], list[int]]:
+    """Start ``count`` threads that wait for the held ``lock`` in a known order."""
+    order: list[int] = []
+
+    def wait_for_it(number: int) -> None:
+        assert lock.acquire(timeout=30)
+        order.append(number)
+        lock.release()
+
+    threads = []
+    for number in range(count):
+        thread = threading.Thread(target=wait_for_it, args=(number,))
+        thread.start()
+        threads.append(thread)
+        for _ in range(3000):  # bounded: this thread is queued within moments
+            if lock.waiting == number + 1:
+                break
+            time.sleep(0.001)
+        assert lock.waiting == number + 1
+    return threads, order
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+
+
+def test_with_no_grace_the_lock_is_handed_over_in_arrival_order() -> None:
+    """handoff_after=0: strict first-in first-out, and the releaser cannot barge back in."""
+    lock = WriterLock(handoff_after=0)
+    assert lock.acquire(timeout=1)
+    threads, order = _line_up(lock, 6)
+    lock.release()
+    assert not lock.acquire(timeout=0)  # handed to the first waiter, not free for us
+    _join(threads)
+    assert order == list(range(6))
+    assert not lock.locked()
+
+
+def test_a_short_wait_lets_a_newcomer_take_a_free_lock() -> None:
+    """While the longest wait is under the threshold, a release frees the lock for anyone."""
+    lock = WriterLock(handoff_after=60)
+    assert lock.acquire(timeout=1)
+    threads, order = _line_up(lock, 1)
+    lock.release()
+    assert lock.acquire(timeout=0)  # barged in: no thread switch needed
+    lock.release()
+    _join(threads)
+    assert order == [0]
+
+
+def test_a_waiter_past_the_threshold_gets_the_lock_from_the_release() -> None:
+    """Once the head waited longer than handoff_after, release() hands the lock to it."""
+    lock = WriterLock(handoff_after=0.05)
+    assert lock.acquire(timeout=1)
+    threads, order = _line_up(lock, 3)
+    time.sleep(0.06)  # let the waits pass the threshold (not an assertion on absence)
+    lock.release()
+    assert not lock.acquire(timeout=0)
+    _join(threads)
+    assert order == [0, 1, 2]
+
+
+def test_a_waiter_that_times_out_leaves_the_queue() -> None:
+    """acquire(timeout) gives up with False and is no longer counted as waiting."""
+    lock = WriterLock()
+    assert lock.acquire(timeout=1)
+    assert not lock.acquire(timeout=0.05)
+    assert lock.waiting == 0
+    lock.release()
+    assert not lock.locked()
+    with pytest.raises(RuntimeError, match="not held"):
+        lock.release()
+
+
+@pytest.mark.parametrize("handoff_after", [0.0, 0.0005, 60.0])
+def test_the_writer_lock_excludes_and_never_loses_a_wakeup(handoff_after: float) -> None:
+    """8 threads x 300 acquisitions with short timeouts mixed in: one holder at a time,
+    every thread finishes."""
+    lock = WriterLock(handoff_after=handoff_after)
+    inside = 0
+    most_inside = 0
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def work(number: int) -> None:
+        nonlocal inside, most_inside
         try:
-            with transaction(db):
-                db.execute("CREATE TABLE t (x)")
-        finally:
-            db.close()
-        assert len(module._writer_locks) <= 8
+            barrier.wait(10)
+            for attempt in range(300):
+                timeout = 0.0001 if (attempt + number) % 7 == 0 else 30
+                if not lock.acquire(timeout=timeout):
+                    assert timeout < 1
+                    continue
+                inside += 1
+                most_inside = max(most_inside, inside)
+                inside -= 1
+                lock.release()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    _join(threads)
+    assert errors == []
+    assert most_inside == 1
+    assert not lock.locked()
+
+
+def test_the_writer_lock_takes_threading_lock_arguments() -> None:
+    """acquire(blocking=False) tries once; acquire() with no timeout waits as long as it takes."""
+    lock = WriterLock()
+    assert lock.acquire(blocking=False)
+    assert not lock.acquire(blocking=False)
+    got: list[bool] = []
+    thread = threading.Thread(target=lambda: got.append(lock.acquire()))
+    thread.start()
+    for _ in range(3000):  # bounded: the thread queues within moments
+        if lock.waiting:
+            break
+        time.sleep(0.001)
+    lock.release()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert got == [True]
+    lock.release()

@@ -23,15 +23,15 @@ for the product's real session (a signed cookie or token checked by its auth
 layer): anyone can send any X-User, so never deploy this resolver as it is.
 The rest is what a product really does: a resolver maps the request to a
 database path with user_db_path(), DatabaseMiddleware sets it for the request,
-and endpoints take a pooled connection from database_dependency().
+sync endpoints take a pooled connection from database_dependency() and async
+ones (under /async/) an async connection from async_database_dependency();
+database_lifespan() checks the setup and migrates before the app serves.
 """
 
 # No `from __future__ import annotations`: FastAPI and pydantic read these
 # annotations at run time, even when the module is loaded by file path.
 import os
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,13 +40,17 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from circuitforge_core.db import (
+    AsyncConnection,
+    CancelOnDisconnect,
     Connection,
     DatabaseMiddleware,
     NoDatabaseError,
     PoolRegistry,
     Settings,
+    async_database_dependency,
     current_db_path,
     database_dependency,
+    database_lifespan,
     transaction,
     user_db_path,
 )
@@ -86,13 +90,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = PoolRegistry(migrations=MIGRATIONS, connect_kwargs={}, max_per_database=8)
         default = os.fspath(settings.db_path or DEFAULT_DB_PATH)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        registry.close()
-
+    # Before serving: the settings, the data root (or local file) and the migrations are
+    # checked, and the local file migrated, off the event loop; a bad setup stops the start
+    # with one StartupError naming each problem. At shutdown the registry is closed.
+    lifespan = database_lifespan(registry, settings=settings, local_db=default)
     app = FastAPI(title="notes", lifespan=lifespan)
     app.state.registry = registry
+    # A client that disconnects cancels its request: a query it left running is interrupted
+    # and its connection returned (uvicorn would let it run on).
+    app.add_middleware(CancelOnDisconnect)
 
     if settings.cloud_mode:
         root = settings.data_root
@@ -111,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": "send an X-User header (stand-in for a session)"}, 401)
 
     Db = Annotated[Connection, Depends(database_dependency(registry, default=default))]
+    ADb = Annotated[AsyncConnection, Depends(async_database_dependency(registry, default=default))]
 
     @app.post("/notes", status_code=201)
     def create_note(note: NoteIn, db: Db) -> NoteOut:
@@ -151,6 +158,56 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not deleted:
             raise HTTPException(404, f"no note {note_id}")
         return Response(status_code=204)
+
+    # -- the same notes from async endpoints: every wait is awaited, none blocks the loop --
+
+    @app.post("/async/notes", status_code=201)
+    async def create_note_async(note: NoteIn, db: ADb) -> NoteOut:
+        async with db.transaction():
+            # execute() fetches every row on the worker before it returns, so the
+            # RETURNING rows are complete before the commit by themselves.
+            cursor = await db.execute(
+                "INSERT INTO notes (title, body) VALUES (?, ?) RETURNING id",
+                (note.title, note.body),
+            )
+            [(note_id,)] = cursor.fetchall()
+            await db.executemany(
+                "INSERT OR IGNORE INTO tags (note_id, tag) VALUES (?, ?)",
+                [(note_id, tag) for tag in note.tags],
+            )
+        # A unit of several statements: plain sync code, one trip to the worker.
+        return await db.run(_get_note, note_id)
+
+    @app.get("/async/notes")
+    async def list_notes_async(db: ADb, tag: str | None = None) -> list[NoteOut]:
+        if tag:
+            rows = await db.fetchall(
+                "SELECT id FROM notes JOIN tags ON note_id = id WHERE tag = ? ORDER BY id", (tag,)
+            )
+        else:
+            rows = await db.fetchall("SELECT id FROM notes ORDER BY id")
+        return [await db.run(_get_note, note_id) for (note_id,) in rows]
+
+    @app.get("/async/notes/{note_id}")
+    async def get_note_async(note_id: int, db: ADb) -> NoteOut:
+        return await db.run(_get_note, note_id)
+
+    @app.get("/pool")
+    async def pool_stats() -> dict[str, Any]:
+        """What the connections did (counts only: no user's data)."""
+        stats = registry.stats()
+        workers = registry.async_workers
+        return {
+            "databases": stats.databases,
+            "open": stats.open,
+            "idle": stats.idle,
+            "busy": stats.busy,
+            "evictions": stats.evictions,
+            "migration_runs": stats.migration_runs,
+            "migrations_applied": stats.migrations_applied,
+            "async_in_use": workers.in_use,
+            "async_threads": workers.threads,
+        }
 
     @app.delete("/account", status_code=204)
     def delete_account() -> Response:

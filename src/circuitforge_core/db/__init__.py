@@ -14,7 +14,14 @@ from .bundled_sqlite import apply_setting as _apply_sqlite_setting
 _apply_sqlite_setting()  # CF_DB_SQLITE=bundled: pysqlite3 becomes the process's sqlite3
 
 # isort: split
-from .asgi import DatabaseMiddleware, database_dependency
+from .aio import AsyncConnection, AsyncTransaction, FetchedCursor
+from .asgi import (
+    CancelOnDisconnect,
+    DatabaseMiddleware,
+    async_database_dependency,
+    database_dependency,
+    database_lifespan,
+)
 from .base import get_connection
 from .cipher import derive_user_key
 from .connect import Connection, get_db
@@ -45,6 +52,7 @@ from .errors import (
     RestoreError,
     SettingsError,
     SQLiteLibraryError,
+    StartupError,
     TransactionError,
     UnsafePathError,
 )
@@ -95,14 +103,25 @@ from .placement import Placement
 from .pool import ConnectionPool, PoolRegistry
 from .replication import Replicator
 from .settings import Settings, ToolDefaults
-from .tenancy import current_db_path, request_db, use_db, user_db_path, user_key_resolver
+from .startup import check_startup
+from .tenancy import (
+    current_db_path,
+    request_aconnection,
+    request_db,
+    use_db,
+    user_db_path,
+    user_key_resolver,
+)
 from .transaction import transaction
 
 __all__ = [
+    "AsyncConnection",
+    "AsyncTransaction",
     "BackupError",
     "BackupResult",
     "BaselineRefusedError",
     "BaselineResult",
+    "CancelOnDisconnect",
     "CheckResult",
     "ChecksumAccepted",
     "ChecksumCheck",
@@ -115,6 +134,7 @@ __all__ = [
     "ExporterUnavailableError",
     "FanOutProgress",
     "FanOutResult",
+    "FetchedCursor",
     "ForeignKeyProblem",
     "ForeignKeyViolationError",
     "LintFinding",
@@ -150,18 +170,22 @@ __all__ = [
     "SchemaDrift",
     "Settings",
     "SettingsError",
+    "StartupError",
     "TenantDatabase",
     "TenantResult",
     "ToolDefaults",
     "TransactionError",
     "UnsafePathError",
     "accept_checksum",
+    "async_database_dependency",
     "backup_database",
     "baseline",
     "check_database",
     "check_migrations",
+    "check_startup",
     "current_db_path",
     "database_dependency",
+    "database_lifespan",
     "decrypt_database",
     "derive_user_key",
     "drift_all",
@@ -176,6 +200,7 @@ __all__ = [
     "new_migration",
     "plan_migrations",
     "rekey_database",
+    "request_aconnection",
     "request_db",
     "run_migrations",
     "schema_drift",

@@ -19,6 +19,7 @@ migration), always chaining the original with ``raise ... from exc``.
     │                              or the whole path is too long for SQLite
     ├── SettingsError              (also ValueError) an environment variable cannot be used
     ├── SQLiteLibraryError         (also RuntimeError) the SQLite asked for cannot run this process
+    ├── StartupError               check_startup found problems; .problems lists each
     ├── BackupError                a backup could not be written (DEST left as it was)
     ├── ExporterUnavailableError   (also ImportError) a metrics exporter's library is missing
     ├── ReplicationError           Litestream could not do what was asked
@@ -166,6 +167,22 @@ class SQLiteLibraryError(DBError, RuntimeError):
     ``ImportError``, so that no ``try: import ... except ImportError`` fallback
     hides it.
     """
+
+
+class StartupError(DBError):
+    """``check_startup`` found the database setup unusable; ``problems`` says each thing wrong.
+
+    The message lists them all, so one failed start shows everything to fix.
+    """
+
+    def __init__(self, problems: list[str] | tuple[str, ...]) -> None:
+        self.problems = tuple(problems)
+        count = len(self.problems)
+        listed = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(
+            f"the app cannot use its database setup ({count} problem{'s' if count != 1 else ''}); "
+            f"fix {'these' if count != 1 else 'this'} and start it again:\n{listed}"
+        )
 
 
 class BackupError(DBError):

@@ -79,6 +79,11 @@ def quote_identifier(name: str) -> str:
 
 # -- versions ------------------------------------------------------------------------
 
+#: The oldest SQLite the package works with: ``sqlite_schema`` (3.33) in the
+#: encryption and backup code, ``PRAGMA analysis_limit`` (3.32) when a pooled
+#: connection closes, and ``RETURNING`` (3.35), which the RETURNING rule is about.
+OLDEST_SUPPORTED_SQLITE = (3, 35, 0)
+
 #: SQLite releases before this one carry the WAL-reset bug, which can corrupt a
 #: WAL database when two connections write and checkpoint at the same moment.
 FIRST_SQLITE_WITHOUT_WAL_RESET_BUG = (3, 51, 3)

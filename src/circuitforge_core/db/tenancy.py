@@ -4,7 +4,8 @@ Owns two things products need when one process serves many per-user SQLite
 files:
 
 - the request context: ``request_db``, the ContextVar naming this request's
-  database file, with ``current_db_path()`` and ``use_db()``;
+  database file, with ``current_db_path()``, ``use_db()`` and
+  ``request_aconnection()`` (an async connection to that file);
 - per-user paths: ``user_db_path()`` joins a data root, a user id and the
   product's sub-path, refusing anything that could leave or confuse the root,
   and creates folders 0700 and the file 0600; ``user_key_resolver()`` maps
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from contextvars import ContextVar, Token
 from pathlib import Path
 
+from .aio import AsyncCheckout
 from .cipher import derive_user_key
 from .errors import NoDatabaseError, OpenError, SettingsError, UnsafePathError
 from .open_errors import cannot_create, path_length
@@ -49,6 +51,7 @@ __all__ = [  # its own names, and the registry and Settings at their old import 
     "RegistryStats",
     "Settings",
     "current_db_path",
+    "request_aconnection",
     "request_db",
     "use_db",
     "user_db_path",
@@ -82,6 +85,19 @@ def current_db_path(default: str | os.PathLike[str] | None = None) -> str:
         "that did not inherit the request's context) and no default was given. Pass the "
         "database path explicitly, or run the code inside `with use_db(path):`."
     )
+
+
+def request_aconnection(
+    registry: PoolRegistry, *, default: str | os.PathLike[str] | None = None
+) -> AsyncCheckout:
+    """``async with request_aconnection(registry, default=DB_PATH) as db:``: this request's file.
+
+    ``registry.aconnection(current_db_path(default))``: the database the
+    middleware chose for this request, else ``default``; with neither,
+    ``NoDatabaseError`` at once. Here rather than on the registry, which
+    lives as long as the app and knows nothing of requests.
+    """
+    return registry.aconnection(current_db_path(default))
 
 
 class use_db:  # lower case: used like a function, as contextlib's helpers are
@@ -138,6 +154,13 @@ def user_db_path(
     inherit that mode), whatever the umask; what the system refuses (no
     permission, a read-only or full file system) raises ``OpenError``.
     """
+    if root is None:  # Settings.data_root outside cloud mode, or a product's own None
+        raise SettingsError(
+            f"no data root to put user {_shown(str(user_id))}'s database in: the root is None "
+            f"(CLOUD_DATA_ROOT unset?). Set CLOUD_DATA_ROOT to the absolute path of the folder "
+            f"holding the per-user databases, or check the settings at start-up "
+            f"(check_startup)."
+        )
     root_given = os.fspath(root)
     cache_key = (root_given, user_id, product_path)
     try:  # only exact-str keys under an absolute root are ever stored (see _cacheable)

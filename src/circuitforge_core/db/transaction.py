@@ -10,20 +10,21 @@ a second writer wait on the busy timeout instead.
 Why a lock of our own: SQLite's busy handler polls with back-off and no
 queue, so under contention one writer can starve while others barge in.
 Threads of one process that write the same file through ``transaction()``
-first queue on an in-process lock, one per file, with the connection's busy
-timeout as the deadline; the busy handler is then left to waits across
-processes only. Lock order: this per-file lock, then SQLite's write lock.
+first queue on an in-process ``WriterLock`` (writer_lock.py), one per file,
+served close to arrival order, with the connection's busy timeout as the
+deadline; the busy handler is then left to waits across processes only.
+Lock order: this per-file lock, then SQLite's write lock.
 
-What it counts (metrics.py, while recording is on): the wait for that lock,
-the time in ``BEGIN IMMEDIATE`` (SQLite's own busy wait for other
-processes), the block's duration and its failures.
+What it counts (metrics.py, while recording is on): the wait for that lock
+(an async caller's wait in the event loop too), the time in ``BEGIN
+IMMEDIATE`` (SQLite's own busy wait for other processes), the block's
+duration and its failures.
 """
 
 from __future__ import annotations
 
 import itertools
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,42 +33,44 @@ from typing import TypeVar
 from . import metrics
 from .errors import TransactionError
 from .sqlite_facts import DEFAULT_BUSY_TIMEOUT
+from .writer_lock import WriterLock, WriterLocks
 
 ConnectionT = TypeVar("ConnectionT", bound=sqlite3.Connection)
 
 _clock = time.perf_counter  # bound once: it is read three times per block while counting
 _savepoint_numbers = itertools.count(1)
-_writer_locks: dict[str, threading.Lock] = {}
-_writer_locks_guard = threading.Lock()
-# Cloud mode touches thousands of files: past this many, locks nobody holds are
-# forgotten. Forgetting one that a thread is about to take only costs fairness
-# for a moment (SQLite's own lock still serialises the writers).
-_WRITER_LOCKS_KEPT = 1024
+_writer_locks = WriterLocks()
 
 
 @contextmanager
-def transaction(db: ConnectionT) -> Iterator[ConnectionT]:
+def transaction(db: ConnectionT, *, writer_lock_wait: float | None = None) -> Iterator[ConnectionT]:
     """Run the block in one ``BEGIN IMMEDIATE`` transaction.
 
     Commits when the block ends, rolls back if it raises. Inside an open
     transaction it becomes a savepoint instead: its failure undoes only its
     own work and the exception still propagates. Do not call ``commit()`` or
     ``rollback()`` inside the block; that raises ``TransactionError``.
+
+    ``writer_lock_wait``: set when the caller already holds
+    ``writer_lock_for(db)`` (the async API waits for it without holding a
+    thread), to the seconds it waited for it (0 when it was free, None for
+    not measured); the block counts that wait and releases the lock when it
+    ends, or at once if it becomes a savepoint.
     """
+    lock = _writer_lock(db)
+    held = writer_lock_wait is not None
     if db.in_transaction:
+        if held and lock is not None:
+            lock.release()
         with _savepoint(db):
             yield db
         return
     counting = metrics.enabled
-    lock = _writer_lock(db)
-    lock_wait: float | None = None  # granted at once, or not counting
-    if lock is not None and not lock.acquire(blocking=False):
+    lock_wait: float | None = writer_lock_wait or None  # granted at once, or not counting
+    if lock is not None and not held and not lock.acquire(blocking=False):
         asked = _clock()
         if not lock.acquire(timeout=_busy_timeout(db)):
-            raise db.OperationalError(  # sqlite3's or sqlcipher3's
-                f"database is locked: {getattr(db, 'path', '?')}: other threads of this "
-                f"process kept writing it for longer than the busy timeout"
-            )
+            raise locked_by_this_process(db)
         lock_wait = _clock() - asked
     try:
         granted = _clock() if counting else 0.0
@@ -128,19 +131,30 @@ def _savepoint(db: sqlite3.Connection) -> Iterator[None]:
     db.execute(f"RELEASE {name}")
 
 
-def _writer_lock(db: sqlite3.Connection) -> threading.Lock | None:
+def locked_by_this_process(db: sqlite3.Connection) -> sqlite3.OperationalError:
+    """The error for a writer that waited its busy timeout for the in-process writer lock."""
+    return db.OperationalError(  # sqlite3's or sqlcipher3's
+        f"database is locked: {getattr(db, 'path', '?')}: other threads of this process "
+        f"kept writing it for longer than the busy timeout"
+    )
+
+
+def writer_lock_for(db: sqlite3.Connection) -> WriterLock | None:
+    """The in-process writer lock ``transaction()`` takes for the file behind ``db``."""
+    return _writer_lock(db)
+
+
+def busy_timeout_of(db: sqlite3.Connection) -> float:
+    """Seconds ``db`` waits for a lock (get_db's ``busy_timeout``)."""
+    return _busy_timeout(db)
+
+
+def _writer_lock(db: sqlite3.Connection) -> WriterLock | None:
     """The in-process lock for the file behind ``db`` (None if unknown)."""
     path = getattr(db, "path", None)  # ours, plain or encrypted (not a sqlite3.Connection)
     if not isinstance(path, str):
         return None
-    lock = _writer_locks.get(path)
-    if lock is None:
-        with _writer_locks_guard:
-            if len(_writer_locks) >= _WRITER_LOCKS_KEPT:
-                for idle in [p for p, held in _writer_locks.items() if not held.locked()]:
-                    del _writer_locks[idle]
-            lock = _writer_locks.setdefault(path, threading.Lock())
-    return lock
+    return _writer_locks.for_path(path)
 
 
 def _busy_timeout(db: sqlite3.Connection) -> float:

@@ -32,9 +32,10 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import metrics
+from ..aio import AsyncCheckout, AsyncWorkers, run_checked_out
 from ..cipher import Key
 from ..connect import Connection
 from ..errors import PoolClosedError, PoolTimeoutError
@@ -58,6 +59,8 @@ logger = logging.getLogger("circuitforge_core.db")
 
 DEFAULT_POOL_SIZE = 8
 DEFAULT_POOL_TIMEOUT = 5.0
+
+_T = TypeVar("_T")
 
 #: A database key (see cipher.py), or a resolver: called with the file's path
 #: each time a connection is opened, returning its key (None: a plain file).
@@ -147,6 +150,7 @@ class ConnectionPool:
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._migrated = migrations is None
         self._closed = False
+        self._async: AsyncWorkers | None = None  # made at the first async checkout
         self._counts = dict.fromkeys(
             (
                 "opened",
@@ -179,6 +183,35 @@ class ConnectionPool:
         after the other): an async caller can run both in a worker thread.
         """
         return _Checkout(self)
+
+    def aconnection(self) -> AsyncCheckout:
+        """``async with pool.aconnection() as db:``: the async twin of ``connection()``.
+
+        ``db`` is an ``AsyncConnection``: its checkout, statements and check-in
+        run on worker threads (aio/), so waiting for a connection, a lock or
+        a statement never blocks the event loop. See docs/async.md.
+        """
+        return AsyncCheckout(self.connection, self.async_workers, path=self.path)
+
+    async def arun(self, function: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        """``function(connection, *args, **kwargs)`` on a pooled connection, in one worker trip."""
+        return await run_checked_out(self.connection, self.async_workers, function, args, kwargs)
+
+    @property
+    def async_workers(self) -> AsyncWorkers:
+        """This pool's async capacity limit: one slot per connection it may open."""
+        workers = self._async
+        if workers is None:
+            with self._lock:
+                if self._async is None:
+                    self._async = AsyncWorkers(
+                        self.max_size,
+                        timeout=self.timeout,
+                        describe=f"the pool of {self.path}",
+                        path=self.path,
+                    )
+                workers = self._async
+        return workers
 
     def close(self, *, timeout: float | None = None) -> None:
         """Close idle connections now, busy ones when they come back; refuse new checkouts.

@@ -30,6 +30,7 @@ a drop unregisters and erases it before anything is deleted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -39,8 +40,9 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..aio import AsyncCheckout, AsyncWorkers, run_checked_out
 from ..connect import Connection
 from ..errors import PoolClosedError, PoolTimeoutError, QuiescedError
 from ..files import fsync
@@ -168,6 +170,7 @@ class PoolRegistry:
             else FileLifecycle(replication, placement)
         )
         self._closed = False
+        self._async: AsyncWorkers | None = None  # made at the first async checkout
         _live_registries.add(self)
         _warn_if_too_few_file_descriptors(max_connections)
 
@@ -179,9 +182,54 @@ class PoolRegistry:
         The object returned may be entered and exited on any thread (one
         after the other): an async caller can run both in a worker thread.
         """
+        return _RegistryCheckout(self, self._key_of(path))
+
+    def aconnection(self, path: str | os.PathLike[str]) -> AsyncCheckout:
+        """``async with registry.aconnection(path) as db:``: the async twin of ``connection()``.
+
+        ``db`` is an ``AsyncConnection``: its checkout, statements and check-in
+        run on worker threads (aio/), so waiting for a connection, a lock or
+        a statement never blocks the event loop. Async checkouts wait for
+        room under the same caps, in the event loop. See docs/async.md.
+        """
+        key = self._key_of(path)
+        return AsyncCheckout(
+            functools.partial(self.connection, key), self.async_workers, path=key, key=key
+        )
+
+    async def arun(
+        self,
+        path: str | os.PathLike[str],
+        function: Callable[..., _T],
+        /,
+        *args: Any,
+        **kwargs: Any,
+    ) -> _T:
+        """``function(connection, *args, **kwargs)`` on a connection to ``path``, in one trip."""
+        key = self._key_of(path)
+        checkout = functools.partial(self.connection, key)
+        return await run_checked_out(checkout, self.async_workers, function, args, kwargs, key=key)
+
+    def _key_of(self, path: str | os.PathLike[str]) -> str:
         given = os.fspath(path)
         # A key of _pools is already absolute and normalised: skip abspath for it.
-        return _RegistryCheckout(self, given if given in self._pools else os.path.abspath(given))
+        return given if given in self._pools else os.path.abspath(given)
+
+    @property
+    def async_workers(self) -> AsyncWorkers:
+        """The async capacity limit: one slot per connection, per file and in all."""
+        workers = self._async
+        if workers is None:
+            with self._lock:
+                if self._async is None:
+                    self._async = AsyncWorkers(
+                        self.max_connections,
+                        timeout=self.timeout,
+                        describe="the pool registry",
+                        per_key_limit=self.max_per_database,
+                    )
+                workers = self._async
+        return workers
 
     @property
     def open_connections(self) -> int:
@@ -519,6 +567,7 @@ class PoolRegistry:
 
 
 _CHECKOUT_ATTEMPTS = 5
+_T = TypeVar("_T")
 
 
 class Quiesced:
