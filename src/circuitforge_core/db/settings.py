@@ -93,12 +93,12 @@ class Settings:
         # Made by hand (a test, a product's own config) as well as by from_env: a
         # cloud mode without a usable root fails here, not as a TypeError per request.
         if self.cloud_mode and self.data_root is None:
-            raise SettingsError(
+            raise _refused(
                 "cloud mode is on but there is no data root (CLOUD_DATA_ROOT); set it to the "
                 "absolute path of the folder holding the per-user databases."
             )
         if self.data_root is not None and not Path(self.data_root).is_absolute():
-            raise SettingsError(
+            raise _refused(
                 f"the data root {str(self.data_root)!r} (CLOUD_DATA_ROOT) is a relative path; "
                 f"set it to the absolute path of the folder holding the per-user databases."
             )
