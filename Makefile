@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-deep test-pythons lint typecheck pytest bench check-sdist export-core clean
+.PHONY: demo test test-fast test-deep test-pythons test-bundled-sqlite lint typecheck pytest bench check-sdist export-core clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ test-deep: $(STAMP)
 # The suite again on Python 3.12 and 3.13 where installed (CI runs it after `make test`).
 test-pythons:
 	tools/test-other-pythons.sh
+
+# The suite again with the whole process on the SQLite bundled in pysqlite3 (the
+# bundled-sqlite extra, CF_DB_SQLITE=bundled; CI runs it after `make test`). The package's
+# pytest plugin (entry point cf_db) imports it as pytest starts, so the switch comes before
+# conftest.py and the test modules import sqlite3; test_bundled_sqlite.py checks it did.
+test-bundled-sqlite: $(STAMP)
+	CF_DB_SQLITE=bundled $(BIN)/pytest -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -34,7 +34,7 @@ USERS = ("alice", "bob", "carol")
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="  log: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="  %(levelname)s: %(message)s")
     local_mode()
     cloud_mode()
 

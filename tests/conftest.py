@@ -51,11 +51,14 @@ SOURCE_ROOT = Path(circuitforge_core.db.__file__).parents[2]
 
 # Environment variables the library (or its later parts) may read; tests never
 # inherit them from the machine they run on.
+# CF_DB_SQLITE stays: it is acted on at import, and `make test-bundled-sqlite` sets it so that
+# the processes tests start run on the bundled SQLite too.
 LIBRARY_ENV_VARS = (
     "CLOUD_DATA_ROOT",
     "CLOUD_MODE",
     "CF_SERVER_SECRET",
     "CF_DB_PATH",
+    "CF_DB_ACCEPT_WAL_RESET_BUG",
     "CF_DB_MIGRATIONS",
     "CF_DB_PRODUCT_PATH",
     "CF_REPLICA_URL",
@@ -142,7 +145,9 @@ def _run_python_as_nobody(script: str, *args: str) -> subprocess.CompletedProces
         capture_output=True,
         text=True,
         preexec_fn=preexec,
-        env={**os.environ, "PYTHONPATH": str(SOURCE_ROOT)},
+        # Another user's interpreter has no pysqlite3: the standard library's SQLite.
+        env={k: v for k, v in os.environ.items() if k != "CF_DB_SQLITE"}
+        | {"PYTHONPATH": str(SOURCE_ROOT)},
         timeout=60,
         check=False,
     )
@@ -154,6 +159,14 @@ def _reachable_by_others(path: Path) -> bool:
     if not resolved.exists():
         return False
     return all(parent.stat().st_mode & 0o001 for parent in resolved.parents)
+
+
+def pytest_report_header() -> str:
+    """Which SQLite this run is on (`make test-bundled-sqlite`: pysqlite3's)."""
+    import circuitforge_core.db  # noqa: F401, I001 - first: it decides what sqlite3 is
+    import sqlite3
+
+    return f"sqlite3: {sqlite3.__name__}, SQLite {sqlite3.sqlite_version}"
 
 
 # The replication tests' real parts (a moto S3 server shared by the session, Litestream

@@ -1095,3 +1095,74 @@ def test_check_of_a_damaged_encrypted_database_exits_1(cf_db: CfDb, tmp_path: Pa
     assert backup.returncode == 1
     assert "error: the copy of the database fails integrity_check" in backup.stderr
     assert not (tmp_path / "copy.db").exists()
+
+
+# -- -q/--quiet and the library's warnings -------------------------------------------------
+
+# cf-db in a child whose SQLite reports an affected version, whatever this machine links.
+CF_DB_ON_AFFECTED_SQLITE = """
+import sys
+import circuitforge_core.db
+import sqlite3
+sqlite3.sqlite_version = "3.40.1"
+from circuitforge_core.db.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def cf_db_on_affected_sqlite(*args: object, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "CF_DB_ACCEPT_WAL_RESET_BUG"}
+    return subprocess.run(
+        [sys.executable, "-c", CF_DB_ON_AFFECTED_SQLITE, *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ | env,
+        check=False,
+    )
+
+
+def test_a_run_warns_once_and_says_how_to_hide_it(db_path: Path, migrations_dir: Path) -> None:
+    """One WAL-reset warning per run, followed by how -q hides it; the output is unchanged."""
+    (migrations_dir / "001_a.sql").write_text("CREATE TABLE a (x);", encoding="utf-8")
+    result = cf_db_on_affected_sqlite("migrate", db_path, migrations_dir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("WARNING: SQLite 3.40.1 (")
+    assert sum("WAL-reset bug" in line for line in lines) == 1
+    silence = lines.index(
+        "  To accept the risk and silence this warning, set CF_DB_ACCEPT_WAL_RESET_BUG=1."
+    )
+    assert lines[silence + 1] == "  (cf-db -q hides this and every other warning.)"
+    assert "001_a.sql" in result.stdout
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_hides_warnings_but_not_output_or_errors(
+    where: str, db_path: Path, migrations_dir: Path
+) -> None:
+    """-q/--quiet, before or after the command name: no warnings, same output, errors shown."""
+    (migrations_dir / "001_a.sql").write_text("CREATE TABLE a (x);", encoding="utf-8")
+    flag = "-q" if where == "before" else "--quiet"
+    command = [flag, "status"] if where == "before" else ["status", flag]
+    status = cf_db_on_affected_sqlite(*command, db_path, migrations_dir)
+    assert status.returncode == 1  # a migration is pending
+    assert status.stderr == ""
+    assert "001_a.sql" in status.stdout
+    failed = cf_db_on_affected_sqlite(*command, db_path, db_path.parent / "missing")
+    assert failed.returncode == 2
+    assert failed.stderr.startswith("error: ")
+    assert "WARNING" not in failed.stderr
+
+
+def test_quiet_and_verbose_cannot_be_combined(cf_db: CfDb, db_path: Path) -> None:
+    """-q -v is refused with an error, exit 2."""
+    assert_error(cf_db("-q", "check", db_path, "-v"), "-q/--quiet and -v/--verbose")
+
+
+def test_accepting_the_risk_silences_the_cli_too(db_path: Path, migrations_dir: Path) -> None:
+    """CF_DB_ACCEPT_WAL_RESET_BUG=1 silences that warning without hiding the others."""
+    result = cf_db_on_affected_sqlite(
+        "status", db_path, migrations_dir, CF_DB_ACCEPT_WAL_RESET_BUG="1"
+    )
+    assert "WAL-reset" not in result.stderr

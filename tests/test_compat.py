@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -138,12 +139,15 @@ def test_folder_copied_into_an_old_install_works(tmp_path: Path) -> None:
     old.close()
     script = tmp_path / "product.py"
     script.write_text(f"import sys; sys.path.insert(0, {str(site)!r})\n" + PRODUCT_CODE)
-    # -I -S: no site-packages, so only the copied folder can provide the package.
+    # -I -S: no site-packages, so only the copied folder can provide the package (and no
+    # pysqlite3: these children run on the standard library's SQLite whatever CF_DB_SQLITE says).
+    no_switch = {k: v for k, v in os.environ.items() if k != "CF_DB_SQLITE"}
     result = subprocess.run(
         [sys.executable, "-I", "-S", str(script), str(site), str(db_path), str(migrations)],
         capture_output=True,
         text=True,
         timeout=60,
+        env=no_switch,
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -161,6 +165,7 @@ def test_folder_copied_into_an_old_install_works(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        env=no_switch,
         check=False,
     )
     assert cli.returncode == 0, cli.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sqlite3
@@ -15,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from circuitforge_core.db import Connection, OpenError, get_db
-from circuitforge_core.db import connect as connect_module
 
 
 def pragma(db: sqlite3.Connection, name: str) -> object:
@@ -311,33 +309,6 @@ def _check_permission_denied(
     assert str(path) in result.stdout
     assert "permission denied" in result.stdout
     assert "reason: permission" in result.stdout
-
-
-def test_wal_reset_bug_warning_logged_once(
-    db_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The SQLite version is logged once per process, with a warning below 3.51.3."""
-    monkeypatch.setattr(connect_module, "_version_logged", threading.Event())
-    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 40, 1))
-    with caplog.at_level(logging.INFO, logger="circuitforge_core.db"):
-        get_db(db_path).close()
-        get_db(db_path).close()
-    infos = [r for r in caplog.records if r.getMessage().startswith("SQLite library ")]
-    warnings = [r for r in caplog.records if "WAL-reset bug" in r.getMessage()]
-    assert len(infos) == 1
-    assert len(warnings) == 1
-    assert warnings[0].levelno == logging.WARNING
-
-
-def test_no_warning_on_a_fixed_library(
-    db_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """No WAL-reset warning when the library is 3.51.3 or newer."""
-    monkeypatch.setattr(connect_module, "_version_logged", threading.Event())
-    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 51, 3))
-    with caplog.at_level(logging.INFO, logger="circuitforge_core.db"):
-        get_db(db_path).close()
-    assert not [r for r in caplog.records if "WAL-reset bug" in r.getMessage()]
 
 
 def test_existing_rollback_journal_database_is_switched_to_wal(db_path: Path) -> None:

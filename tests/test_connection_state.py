@@ -365,12 +365,21 @@ if hasattr(sqlite3.Connection, "enable_load_extension"):
     DISCARDED["extension loading"] = load_extensions
 
 
+def driver_class(setup: Setup) -> type:
+    """The driver's own connection class: sqlite3's (pysqlite3's on the bundled SQLite), or
+    sqlcipher3's."""
+    return sqlcipher3.Connection if setup.encrypted else sqlite3.Connection
+
+
 def applicable(
     changes: dict[str, Callable[[Any, Harness], object]],
     plain_only: dict[str, Callable[[Any, Harness], object]],
     setup: Setup,
 ) -> dict[str, Callable[[Any, Harness], object]]:
-    return changes if setup.encrypted else changes | plain_only
+    """``changes``, and those of ``plain_only`` whose method the driver has (pysqlite3, the
+    bundled SQLite, has no setlimit or deserialize either)."""
+    driver = driver_class(setup)
+    return changes | {name: change for name, change in plain_only.items() if hasattr(driver, name)}
 
 
 # -- one test per kind of setting ---------------------------------------------------------
@@ -381,7 +390,7 @@ def test_a_changed_setting_is_put_back_and_the_connection_kept(harness: Harness,
     """After a block changes it, the next checkout of the same connection sees get_db's value."""
     change = applicable(RESTORED, RESTORED_PLAIN_ONLY, harness.setup).get(name)
     if change is None:
-        pytest.skip("sqlcipher3 connections have no such call")
+        pytest.skip("this driver's connections have no such call")
     expected = harness.fresh()
     harness.change(change)
     seen, same_connection = harness.next_checkout()
@@ -397,7 +406,7 @@ def test_a_change_that_cannot_be_undone_discards_the_connection(
     """What check-in cannot put back closes the connection; the next checkout gets a fresh one."""
     change = applicable(DISCARDED, DISCARDED_PLAIN_ONLY, harness.setup).get(name)
     if change is None:
-        pytest.skip("sqlcipher3 connections have no such call")
+        pytest.skip("this driver's connections have no such call")
     expected = harness.fresh()
     with caplog.at_level(logging.INFO, logger="circuitforge_core.db"):
         harness.change(change)
@@ -559,13 +568,14 @@ def test_a_migration_that_leaves_what_cannot_be_undone_still_hands_out_a_connect
 
 def test_methods_a_driver_lacks_stay_missing(harness: Harness) -> None:
     """Watching Python's methods adds none: sqlcipher3 has no setlimit, sqlite3 no set_key."""
+    driver = driver_class(harness.setup)
     with harness.pool.connection() as db:
+        for name in ("setlimit", "deserialize", "set_busy_handler", "set_key"):
+            assert hasattr(db, name) == hasattr(driver, name), name
         if harness.setup.encrypted:
             assert not hasattr(db, "setlimit")
-            assert not hasattr(db, "deserialize")
             assert hasattr(db, "set_busy_handler")
-        else:
+        elif sqlite3.__name__ == "sqlite3":  # the standard library's (not pysqlite3's)
             assert not hasattr(db, "set_busy_handler")
-            assert not hasattr(db, "set_key")
             assert hasattr(db, "setlimit")
         assert db.create_function.__name__ == "create_function"

@@ -33,11 +33,15 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["
 
 
 def run(args: list[str | Path], *, cwd: Path | None = None, timeout: float = 120) -> str:
-    """Run a command offline, with none of this process's Python path; return its stdout."""
+    """Run a command offline, with none of this process's Python path; return its stdout.
+
+    Nor its CF_DB_SQLITE: the product's environment has no pysqlite3.
+    """
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV") and not key.startswith("PIP_")
+        if key not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CF_DB_SQLITE")
+        and not key.startswith("PIP_")
     }
     env |= {
         "PIP_CONFIG_FILE": os.devnull,  # no index or find-links from the machine's pip config
@@ -156,7 +160,10 @@ def test_sdist_carries_what_its_tests_read_and_they_run(tmp_path: Path) -> None:
     assert license_text.startswith("MIT License\n\nCopyright (c) 2026 CircuitForge\n")
 
     unpacked = tmp_path / "unpacked" / top
-    env = {**os.environ, "PYTHONPATH": str(unpacked / "src")}
+    # On the standard library's SQLite even under `make test-bundled-sqlite`: this is about
+    # what the sdist carries, and a bare `python -m pytest` cannot switch before conftest.
+    env = {k: v for k, v in os.environ.items() if k != "CF_DB_SQLITE"}
+    env["PYTHONPATH"] = str(unpacked / "src")
     where = subprocess.run(
         [sys.executable, "-c", "import circuitforge_core.db as m; print(m.__file__)"],
         cwd=unpacked,

@@ -334,6 +334,26 @@ def test_cursors_made_every_way_are_tracked(pool: ConnectionPool) -> None:
         blob.read()
 
 
+@pytest.mark.parametrize("key", [None, "passphrase"])
+def test_blobs_closed_by_their_user_check_in_cleanly(db_path: Path, key: str | None) -> None:
+    """blobopen on plain and encrypted pooled connections, closed in a with block, on every
+    driver (pysqlite3 and sqlcipher3 call it open_blob and cannot close a weakly held blob)."""
+    if key is not None:
+        pytest.importorskip("sqlcipher3")
+    with ConnectionPool(db_path, max_size=1, key=key) as pool:
+        with pool.connection() as db:
+            db.execute("CREATE TABLE b (data BLOB)")
+            db.execute("INSERT INTO b VALUES (zeroblob(4))")
+            db.commit()
+            with db.blobopen("b", "data", 1) as blob:
+                blob.write(b"1234")
+            left_open = db.blobopen("b", "data", 1, readonly=True)
+        with pool.connection() as db:
+            assert db.execute("SELECT data FROM b").fetchone()[0] == b"1234"
+        with pytest.raises(db.ProgrammingError):
+            left_open.read()
+
+
 def test_row_factory_and_text_factory_do_not_leak_between_checkouts(db_path: Path) -> None:
     """What one block set on the connection is put back to the pool's own choice."""
     with ConnectionPool(db_path, max_size=1, row_factory=sqlite3.Row) as pool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import types
 
+import pytest
+
 import circuitforge_core.db as package
 from circuitforge_core.db import (
     DBError,
@@ -49,20 +51,29 @@ def test_every_error_derives_from_the_base() -> None:
     assert all(issubclass(error, DBError) for error in exported_errors)
 
 
-def test_runtime_needs_only_the_standard_library() -> None:
-    """Importing the package pulls in no third-party module."""
+@pytest.mark.parametrize(("library", "expected"), [("stdlib", "[]"), ("bundled", "['pysqlite3']")])
+def test_runtime_needs_only_the_standard_library(library: str, expected: str) -> None:
+    """Importing the package pulls in no third-party module; pysqlite3 only when asked for."""
+    import os
     import subprocess
     import sys
 
+    if library == "bundled":
+        pytest.importorskip("pysqlite3")
     script = (
         "import sys; before = set(sys.modules)\n"
         "import circuitforge_core.db, circuitforge_core.db.cli\n"
         "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
         "third_party = sorted(m for m in new if m not in sys.stdlib_module_names "
-        "and m != 'circuitforge_core')\n"
+        "and m != 'circuitforge_core' and not m.startswith('__'))\n"  # __mp_main__: an alias
         "print(third_party)\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "CF_DB_SQLITE": library},
     )
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.strip() == expected

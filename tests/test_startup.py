@@ -206,8 +206,12 @@ def test_uvicorn_exits_at_start_with_the_message(tmp_path: Path) -> None:
         "CLOUD_MODE": "1",
         "CLOUD_DATA_ROOT": str(tmp_path / "missing"),
     }
+    # The example imports sqlite3 before circuitforge_core.db: on the bundled SQLite
+    # (make test-bundled-sqlite) it is served through the launcher, as its docstring says.
+    bundled = os.environ.get("CF_DB_SQLITE") == "bundled"
     command = [
         sys.executable,
+        *(["-m", "circuitforge_core.db.bundled_sqlite"] if bundled else []),
         "-m",
         "uvicorn",
         "--factory",

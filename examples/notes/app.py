@@ -11,6 +11,13 @@ Cloud mode, one database per user under CLOUD_DATA_ROOT (which must exist):
     curl -H 'X-User: alice' -d '{"title": "hi"}' -H 'content-type: application/json' \\
         localhost:8000/notes
 
+On the SQLite bundled in pysqlite3: this module imports sqlite3 before
+circuitforge_core.db, so CF_DB_SQLITE=bundled alone would be refused; the
+launcher switches before anything is imported:
+
+    python -m circuitforge_core.db.bundled_sqlite -m uvicorn --factory \\
+        --app-dir examples/notes app:create_app
+
 In cloud mode the user comes from the X-User header. That header is a stand-in
 for the product's real session (a signed cookie or token checked by its auth
 layer): anyone can send any X-User, so never deploy this resolver as it is.

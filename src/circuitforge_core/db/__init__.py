@@ -5,9 +5,15 @@
     with transaction(db):                 # BEGIN IMMEDIATE ... COMMIT
         ...
 
-Depends on the standard library only.
+Depends on the standard library only (pysqlite3 with ``CF_DB_SQLITE=bundled``).
 """
 
+# ruff: noqa: E402 - the SQLite library is chosen before any other import of the package.
+from .bundled_sqlite import apply_setting as _apply_sqlite_setting
+
+_apply_sqlite_setting()  # CF_DB_SQLITE=bundled: pysqlite3 becomes the process's sqlite3
+
+# isort: split
 from .aio import AsyncConnection, AsyncTransaction, FetchedCursor
 from .asgi import (
     CancelOnDisconnect,
@@ -45,6 +51,7 @@ from .errors import (
     ReplicationError,
     RestoreError,
     SettingsError,
+    SQLiteLibraryError,
     StartupError,
     TransactionError,
     UnsafePathError,
@@ -158,6 +165,7 @@ __all__ = [
     "ReplicationError",
     "Replicator",
     "RestoreError",
+    "SQLiteLibraryError",
     "SchemaDifference",
     "SchemaDrift",
     "Settings",

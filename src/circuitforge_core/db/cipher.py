@@ -21,8 +21,9 @@ A key is one of:
 * ``bytes``: a raw 256-bit key (exactly 32 bytes), used as it is; opening
   costs about as much as a plain file. ``derive_user_key`` makes these.
 
-Two copies of SQLite live in a process that uses this module: the standard
-library's and the one inside ``sqlcipher3``. Their file locks do not see each
+Two copies of SQLite live in a process that uses this module: the one
+``sqlite3`` is (the standard library's, or pysqlite3's with
+``CF_DB_SQLITE=bundled``) and the one inside ``sqlcipher3``. Their file locks do not see each
 other (https://sqlite.org/howtocorrupt.html, section 2.2.1), so a file is
 only ever opened through one of them at a time in one process.
 """
@@ -40,16 +41,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import wal_reset
 from .errors import EncryptionUnavailableError, OpenError, OpenReason
 from .open_errors import Access, open_failed, unopenable
 from .sqlite_facts import (
     DEFAULT_BUSY_TIMEOUT,
-    FIRST_SQLITE_WITHOUT_WAL_RESET_BUG,
     HEADER,
     SQLITE_NOTADB,
-    WAL_RESET_BUG_URL,
+    blob_through_open_blob,
     error_code,
-    has_wal_reset_bug,
 )
 
 if TYPE_CHECKING:  # imported lazily below (see __getattr__): conversions.py imports this module
@@ -216,18 +216,24 @@ def connection_class(driver: ModuleType, mixins: tuple[type, ...] = ()) -> type[
                 if mixins:
                     base = connection_class(driver)  # reentrant: the guard is an RLock
                 name = "".join(m.__name__.strip("_") for m in mixins) + "EncryptedConnection"
-                cls = type(
-                    name,
-                    (*mixins, base),
-                    {
-                        "__doc__": "A sqlcipher3 connection that remembers its file, like "
-                        "circuitforge_core.db.Connection.",
-                        "__module__": __name__,
-                        "__annotations__": {"path": str, "readonly": bool, "busy_timeout": float},
-                    },
-                )
+                namespace: dict[str, Any] = {
+                    "__doc__": "A sqlcipher3 connection that remembers its file, like "
+                    "circuitforge_core.db.Connection.",
+                    "__module__": __name__,
+                    "__annotations__": {"path": str, "readonly": bool, "busy_timeout": float},
+                }
+                if not mixins and not hasattr(base, "blobopen"):
+                    namespace["blobopen"] = _blobopen  # sqlcipher3 calls it open_blob
+                cls = type(name, (*mixins, base), namespace)
                 _connection_classes[cache_key] = cls
     return cls
+
+
+def _blobopen(
+    self: Any, table: str, column: str, row: int, /, *, readonly: bool = False, name: str = "main"
+) -> Any:
+    """The standard library's name for sqlcipher3's ``open_blob``."""
+    return blob_through_open_blob(self, table, column, row, readonly=readonly, name=name)
 
 
 # -- the keyed open ------------------------------------------------------------------
@@ -368,20 +374,13 @@ def _why_undecryptable(path: str, keyed: bool) -> tuple[OpenReason, str]:
 
 
 def _log_driver_once(db: Any, cipher_version: str) -> None:
+    """Log SQLCipher's versions once, and warn (once) if its SQLite has the WAL-reset bug."""
     if _driver_logged.is_set():
         return
     _driver_logged.set()
     sqlite_version = db.execute("SELECT sqlite_version()").fetchone()[0]
     logger.info("SQLCipher %s on SQLite %s (sqlcipher3)", cipher_version, sqlite_version)
-    if has_wal_reset_bug(sqlite_version):
-        logger.warning(
-            "the SQLite %s inside sqlcipher3 is older than %s and has the WAL-reset bug "
-            "(%s); upgrade: %s",
-            sqlite_version,
-            ".".join(map(str, FIRST_SQLITE_WITHOUT_WAL_RESET_BUG)),
-            WAL_RESET_BUG_URL,
-            INSTALL_HINT,
-        )
+    wal_reset.warn_once("sqlcipher3", sqlite_version, module_name="sqlcipher3")
 
 
 # -- the conversions' old import path ------------------------------------------------

@@ -8,7 +8,8 @@ of an encrypted file (cipher.py) or what an open failure is called
 
 Transaction control is pinned to the same behaviour on every supported
 Python: ``isolation_level="IMMEDIATE"`` with, on 3.12+, ``autocommit`` held at
-``LEGACY_TRANSACTION_CONTROL``. No transaction is open after connect (so
+``LEGACY_TRANSACTION_CONTROL`` (pysqlite3, the bundled SQLite, knows no
+other). No transaction is open after connect (so
 ``PRAGMA foreign_keys`` and the WAL switch work), and the implicit transaction
 that Python opens before an INSERT/UPDATE/DELETE is ``BEGIN IMMEDIATE``: it
 takes the write lock up front, so a second writer waits on the busy timeout
@@ -23,16 +24,16 @@ import functools
 import logging
 import os
 import sqlite3
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, cast
 
-from . import cipher, sqlite_facts
+from . import bundled_sqlite, cipher, sqlite_facts, wal_reset
 from .cipher import Key
 from .errors import OpenError
 from .open_errors import Access, cannot_create, open_failed, too_long, unopenable
+from .sqlite_facts import blob_through_open_blob
 
 logger = logging.getLogger("circuitforge_core.db")
 
@@ -40,11 +41,13 @@ DEFAULT_BUSY_TIMEOUT = sqlite_facts.DEFAULT_BUSY_TIMEOUT
 DEFAULT_CACHE_SIZE_KIB = 8192
 DEFAULT_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
-# On 3.12+ pin the legacy transaction control explicitly: its default is
-# announced to change, and autocommit=False would keep a transaction open from
-# connect on, silently ignoring PRAGMA foreign_keys and refusing WAL.
+# Where the module has it (the standard library's on 3.12+), pin the legacy
+# transaction control explicitly: its default is announced to change, and
+# autocommit=False would keep a transaction open from connect on, silently
+# ignoring PRAGMA foreign_keys and refusing WAL. pysqlite3 (the bundled SQLite)
+# has no autocommit at all: legacy control is its only mode.
 _TRANSACTION_CONTROL: dict[str, Any] = {}
-if sys.version_info >= (3, 12):
+if hasattr(sqlite3, "LEGACY_TRANSACTION_CONTROL"):
     _TRANSACTION_CONTROL["autocommit"] = sqlite3.LEGACY_TRANSACTION_CONTROL
 
 
@@ -53,12 +56,31 @@ class Connection(sqlite3.Connection):
 
     ``path`` is the absolute path of the database file, ``readonly`` whether it
     was opened read-only and ``busy_timeout`` the seconds a writer waits for
-    the lock. Everything else is the standard connection.
+    the lock. Everything else is the standard connection; on pysqlite3 (the
+    bundled SQLite), ``blobopen`` is added under the standard library's name.
     """
 
     path: str
     readonly: bool
     busy_timeout: float
+
+    if not hasattr(sqlite3.Connection, "blobopen"):  # pysqlite3 (the bundled SQLite)
+
+        def blobopen(
+            self,
+            table: str,
+            column: str,
+            row: int,
+            /,
+            *,
+            readonly: bool = False,
+            name: str = "main",
+        ) -> sqlite3.Blob:
+            """The standard library's name for pysqlite3's ``open_blob``."""
+            blob: sqlite3.Blob = blob_through_open_blob(
+                self, table, column, row, readonly=readonly, name=name
+            )
+            return blob
 
 
 def get_db(
@@ -389,18 +411,11 @@ _version_logged = threading.Event()
 
 
 def _log_library_version_once() -> None:
-    """Log the SQLite library in use, and warn once if it has the WAL-reset bug."""
+    """Log the SQLite library in use once, and warn (once) if it has the WAL-reset bug."""
     if _version_logged.is_set():
         return
     _version_logged.set()
-    logger.info("SQLite library %s (Python %s)", sqlite3.sqlite_version, sys.version.split()[0])
-    if sqlite3.sqlite_version_info < sqlite_facts.FIRST_SQLITE_WITHOUT_WAL_RESET_BUG:
-        wanted = ".".join(map(str, sqlite_facts.FIRST_SQLITE_WITHOUT_WAL_RESET_BUG))
-        logger.warning(
-            "SQLite %s is older than %s and has the WAL-reset bug, which can corrupt a WAL "
-            "database under concurrent writes and checkpoints "
-            "(%s). Upgrade the SQLite library.",
-            sqlite3.sqlite_version,
-            wanted,
-            sqlite_facts.WAL_RESET_BUG_URL,
-        )
+    logger.info(
+        "SQLite library %s, from %s", sqlite3.sqlite_version, bundled_sqlite.describe(sqlite3)
+    )
+    wal_reset.warn_once("sqlite3", sqlite3.sqlite_version, module_name=sqlite3.__name__)

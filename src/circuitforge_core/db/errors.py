@@ -18,6 +18,7 @@ migration), always chaining the original with ``raise ... from exc``.
     ├── UnsafePathError            (also ValueError) a user id or sub-path could leave the root,
     │                              or the whole path is too long for SQLite
     ├── SettingsError              (also ValueError) an environment variable cannot be used
+    ├── SQLiteLibraryError         (also RuntimeError) the SQLite asked for cannot run this process
     ├── StartupError               check_startup found problems; .problems lists each
     ├── BackupError                a backup could not be written (DEST left as it was)
     ├── ExporterUnavailableError   (also ImportError) a metrics exporter's library is missing
@@ -155,6 +156,17 @@ class UnsafePathError(DBError, ValueError):
 
 class SettingsError(DBError, ValueError):
     """An environment variable the package reads holds a value it cannot use."""
+
+
+class SQLiteLibraryError(DBError, RuntimeError):
+    """The SQLite library the process was asked to run on (``CF_DB_SQLITE``) cannot be used.
+
+    Raised while ``circuitforge_core.db`` is first imported: pysqlite3 is not
+    installed, or the standard library's ``sqlite3`` was imported before, so
+    switching now would leave two SQLite copies in the process. Not an
+    ``ImportError``, so that no ``try: import ... except ImportError`` fallback
+    hides it.
+    """
 
 
 class StartupError(DBError):

@@ -2,7 +2,8 @@
 
 Owns the names of the variables (``CLOUD_MODE``, ``CLOUD_DATA_ROOT``,
 ``CF_DB_PATH``, ``CF_SERVER_SECRET``, ``CF_DB_MIGRATIONS``,
-``CF_DB_PRODUCT_PATH``; for replication ``CF_REPLICA_URL``,
+``CF_DB_PRODUCT_PATH``, ``CF_DB_SQLITE``, ``CF_DB_ACCEPT_WAL_RESET_BUG``; for
+replication ``CF_REPLICA_URL``,
 ``CF_LITESTREAM_SOCKET``, ``CF_LITESTREAM``), how their values are spelled,
 and refusing values that cannot be used with a ``SettingsError`` that says
 what to set; and ``ToolDefaults``, what ``cf-db`` uses for arguments left
@@ -10,10 +11,15 @@ out: those variables, else the ``[tool.cf-db]`` table of the product's
 ``pyproject.toml``. Also the two readings replication needs beyond its settings:
 the environment handed on to the Litestream child process, and the object
 store credentials Litestream itself reads (so an erasure reaches the storage
-the way Litestream does). Does not act on any of them: paths are joined by
-tenancy.py, keys derived by cipher.py, Litestream run by replication/. (The
-CLI's ``--key-env NAME`` reads the variable its user names, which is the
+the way Litestream does), and the one writing: ``CF_DB_SQLITE`` handed on to
+child processes. Does not act on any of them: paths are joined by tenancy.py,
+keys derived by cipher.py, Litestream run by replication/, the SQLite library
+switched by bundled_sqlite/, the WAL-reset warning given by wal_reset.py.
+(The CLI's ``--key-env NAME`` reads the variable its user names, which is the
 user's choice, not a setting.)
+
+Imports nothing that imports ``sqlite3``: the package's ``__init__`` reads
+``CF_DB_SQLITE`` through here before any module has loaded a SQLite library.
 """
 
 from __future__ import annotations
@@ -24,13 +30,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from .cipher import MIN_SERVER_SECRET_BYTES
-from .errors import SettingsError
+if TYPE_CHECKING:
+    from .errors import SettingsError
+
+# Nothing of the package is imported at the top: the package's __init__ reads CF_DB_SQLITE
+# through here before any module has imported sqlite3, and errors.py (for SettingsError)
+# subclasses sqlite3.OperationalError, as cipher.py (MIN_SERVER_SECRET_BYTES) imports it.
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
+
+#: Which SQLite library the process runs on (``CF_DB_SQLITE``): the one the
+#: standard library's ``sqlite3`` links against, or the one bundled in pysqlite3.
+SQLiteLibrary = Literal["stdlib", "bundled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +68,13 @@ class Settings:
     ``migrations_dir`` (``CF_DB_MIGRATIONS``) and ``product_path``
     (``CF_DB_PRODUCT_PATH``, each user's file under the data root, such as
     ``kiwi.db``): what ``cf-db`` uses when a command line leaves them out.
+
+    The SQLite library (docs/upgrading.md): ``sqlite_library``
+    (``CF_DB_SQLITE``, ``stdlib`` or ``bundled``), the SQLite the whole process
+    runs on, acted on when the package is first imported (bundled_sqlite/);
+    ``accept_wal_reset_bug`` (``CF_DB_ACCEPT_WAL_RESET_BUG``, default off), the
+    operator knows the library has the WAL-reset bug and accepts the risk, so
+    the warning about it is not given.
     """
 
     cloud_mode: bool = False
@@ -65,56 +86,53 @@ class Settings:
     litestream: Path | None = None
     migrations_dir: Path | None = None
     product_path: str | None = None
+    sqlite_library: SQLiteLibrary = "stdlib"
+    accept_wal_reset_bug: bool = False
 
     def __post_init__(self) -> None:
         # Made by hand (a test, a product's own config) as well as by from_env: a
         # cloud mode without a usable root fails here, not as a TypeError per request.
         if self.cloud_mode and self.data_root is None:
-            raise SettingsError(
+            raise _refused(
                 "cloud mode is on but there is no data root (CLOUD_DATA_ROOT); set it to the "
                 "absolute path of the folder holding the per-user databases."
             )
         if self.data_root is not None and not Path(self.data_root).is_absolute():
-            raise SettingsError(
+            raise _refused(
                 f"the data root {str(self.data_root)!r} (CLOUD_DATA_ROOT) is a relative path; "
                 f"set it to the absolute path of the folder holding the per-user databases."
             )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read ``CLOUD_MODE``, ``CLOUD_DATA_ROOT``, ``CF_DB_PATH``, ``CF_SERVER_SECRET`` and
-        the replication variables."""
+        """Read every variable of the package (see the class docstring)."""
         env = os.environ if environ is None else environ
-        raw_mode = env.get("CLOUD_MODE", "").strip().lower()
-        if raw_mode not in _TRUE | _FALSE:
-            raise SettingsError(
-                f"CLOUD_MODE={env['CLOUD_MODE']!r} is neither on nor off; set it to 1 or 0 "
-                f"(true/false, yes/no and on/off also work)."
-            )
-        cloud_mode = raw_mode in _TRUE
+        cloud_mode = _flag(env, "CLOUD_MODE")
         raw_root = env.get("CLOUD_DATA_ROOT", "")
         data_root = Path(raw_root) if raw_root else None
         if data_root is not None and not data_root.is_absolute():
-            raise SettingsError(
+            raise _refused(
                 f"CLOUD_DATA_ROOT={raw_root!r} is a relative path; set it to the absolute path "
                 f"of the folder holding the per-user databases."
             )
         if cloud_mode and data_root is None:
-            raise SettingsError(
+            raise _refused(
                 "CLOUD_MODE is on but CLOUD_DATA_ROOT is not set; set it to the absolute path "
                 "of the folder holding the per-user databases."
             )
         raw_db = env.get("CF_DB_PATH", "")
         secret = env.get("CF_SERVER_SECRET", "") or None
+        from .cipher import MIN_SERVER_SECRET_BYTES
+
         if secret is not None and len(secret.encode("utf-8")) < MIN_SERVER_SECRET_BYTES:
-            raise SettingsError(
+            raise _refused(
                 f"CF_SERVER_SECRET is shorter than {MIN_SERVER_SECRET_BYTES} bytes, too weak to "
                 f"derive database keys from; set it to 32 random bytes, e.g. the output of "
                 f'`python -c "import secrets; print(secrets.token_hex(32))"`.'
             )
         replica_url = env.get("CF_REPLICA_URL", "").strip() or None
         if replica_url is not None and "://" not in replica_url:
-            raise SettingsError(
+            raise _refused(
                 f"CF_REPLICA_URL={replica_url!r} is not a URL; set it to the replica's URL, "
                 f"e.g. s3://bucket/tenants or file:///srv/replicas, or unset it to turn "
                 f"replication off."
@@ -132,7 +150,51 @@ class Settings:
             binary,
             Path(raw_migrations) if raw_migrations else None,
             env.get("CF_DB_PRODUCT_PATH", "") or None,
+            sqlite_library=sqlite_library_from_env(env),
+            accept_wal_reset_bug=wal_reset_bug_accepted(env),
         )
+
+
+def sqlite_library_from_env(environ: Mapping[str, str] | None = None) -> SQLiteLibrary:
+    """``CF_DB_SQLITE`` alone: read first, when the package is imported, before the rest."""
+    env = os.environ if environ is None else environ
+    raw = env.get("CF_DB_SQLITE", "").strip().lower()
+    if raw in ("", "stdlib"):
+        return "stdlib"
+    if raw == "bundled":
+        return "bundled"
+    raise _refused(
+        f"CF_DB_SQLITE={env['CF_DB_SQLITE']!r} is not a SQLite library this package knows; "
+        f"set it to 'bundled' (the SQLite inside pysqlite3: pip install "
+        f"'circuitforge-core[bundled-sqlite]') or 'stdlib' (the default), or unset it."
+    )
+
+
+def _refused(message: str) -> SettingsError:
+    """The ``SettingsError`` to raise (errors.py imported only now; see the imports)."""
+    from .errors import SettingsError
+
+    return SettingsError(message)
+
+
+def hand_sqlite_library_to_children(library: SQLiteLibrary) -> None:
+    """Set ``CF_DB_SQLITE`` for the processes this one starts, so they switch as it did."""
+    os.environ["CF_DB_SQLITE"] = library
+
+
+def wal_reset_bug_accepted(environ: Mapping[str, str] | None = None) -> bool:
+    """``CF_DB_ACCEPT_WAL_RESET_BUG`` alone: read when the warning is due, not at start."""
+    return _flag(os.environ if environ is None else environ, "CF_DB_ACCEPT_WAL_RESET_BUG")
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw not in _TRUE | _FALSE:
+        raise _refused(
+            f"{name}={env[name]!r} is neither on nor off; set it to 1 or 0 "
+            f"(true/false, yes/no and on/off also work)."
+        )
+    return raw in _TRUE
 
 
 def _absolute_path(env: Mapping[str, str], name: str, what: str) -> Path | None:
@@ -140,9 +202,7 @@ def _absolute_path(env: Mapping[str, str], name: str, what: str) -> Path | None:
     if not raw:
         return None
     if not os.path.isabs(raw):
-        raise SettingsError(
-            f"{name}={raw!r} is a relative path; set it to the absolute path of {what}."
-        )
+        raise _refused(f"{name}={raw!r} is a relative path; set it to the absolute path of {what}.")
     return Path(raw)
 
 
@@ -243,7 +303,7 @@ class ToolDefaults:
                     continue
                 raw = table[key]
                 if not isinstance(raw, str) or not raw:
-                    raise SettingsError(
+                    raise _refused(
                         f"{path}: [tool.cf-db] {key} must be a non-empty string (a path, or a "
                         f"sub-path such as 'kiwi.db'), not {raw!r}."
                     )
@@ -251,7 +311,7 @@ class ToolDefaults:
                 origin[name] = f"{path} [tool.cf-db] {key}"
             unknown = sorted(set(table) - set(PYPROJECT_KEYS))
             if unknown:
-                raise SettingsError(
+                raise _refused(
                     f"{path}: [tool.cf-db] has unknown key{'s' if len(unknown) > 1 else ''} "
                     f"{', '.join(unknown)}; the keys are {', '.join(PYPROJECT_KEYS)}."
                 )
@@ -283,7 +343,7 @@ def _pyproject_table(start: Path) -> tuple[Path, dict[str, Any]] | None:
             with path.open("rb") as handle:
                 document = tomllib.load(handle)
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SettingsError(
+            raise _refused(
                 f"{path}: cannot read it for cf-db's defaults ({exc}); fix the file or pass "
                 f"every argument on the command line."
             ) from exc
@@ -291,6 +351,6 @@ def _pyproject_table(start: Path) -> tuple[Path, dict[str, Any]] | None:
         if table is None:
             return None
         if not isinstance(table, dict):
-            raise SettingsError(f"{path}: [tool.cf-db] must be a table.")
+            raise _refused(f"{path}: [tool.cf-db] must be a table.")
         return path, table
     return None

@@ -7,9 +7,10 @@ lock. Imports nothing of this package, so every module may use it.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
@@ -97,6 +98,54 @@ def version_info(version: str) -> tuple[int, ...]:
 def has_wal_reset_bug(version: str) -> bool:
     """Whether the SQLite library of this version carries the WAL-reset bug."""
     return version_info(version) < FIRST_SQLITE_WITHOUT_WAL_RESET_BUG
+
+
+# -- driver differences --------------------------------------------------------------
+
+
+def blob_through_open_blob(
+    db: Any, table: str, column: str, row: int, *, readonly: bool, name: str
+) -> Any:
+    """``blobopen`` for the drivers that call it ``open_blob`` (pysqlite3, sqlcipher3).
+
+    They name the schema argument ``dbname``; the blob they return reads,
+    writes, seeks and closes like the standard library's.
+    """
+    return db.open_blob(table, column, row, readonly=readonly, dbname=name)
+
+
+_extended_codes_by_module: dict[str, bool] = {}
+
+
+def reports_extended_codes(exc: BaseException) -> bool:
+    """Whether the DB-API module that raised ``exc`` gives SQLite's extended result codes.
+
+    The standard library's does (2067, SQLITE_CONSTRAINT_UNIQUE); pysqlite3 and
+    sqlcipher3 give the primary code only (19), so an extended code cannot be
+    told apart there. Tried once per module, on a database in memory.
+    """
+    name = type(exc).__module__
+    known = _extended_codes_by_module.get(name)
+    if known is None:
+        known = _extended_codes_by_module[name] = _try_extended_codes(sys.modules.get(name))
+    return known
+
+
+def _try_extended_codes(module: Any) -> bool:
+    connect = getattr(module, "connect", None)
+    if connect is None:
+        return False
+    probe = connect(":memory:")
+    try:
+        probe.execute("CREATE TABLE t (x UNIQUE)")
+        probe.execute("INSERT INTO t VALUES (1)")
+        try:
+            probe.execute("INSERT INTO t VALUES (1)")
+        except module.IntegrityError as exc:
+            return (error_code(exc) or 0) > 0xFF
+        return False
+    finally:
+        probe.close()
 
 
 # -- defaults ------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Owns argument parsing, output and exit codes: 0 all is well, 1 something to
 act on (a migration pending, a lint error, a damaged database, ...), 2 an
 error (bad arguments, a file that cannot be read). Errors go to stderr as
-``error: ...``, with a traceback only under ``-v``. ``--json`` prints what a
+``error: ...``, with a traceback only under ``-v``; the library's warnings go
+there as ``WARNING: ...`` unless ``-q``. ``--json`` prints what a
 command would show as a table as one JSON document on stdout instead. The
 work itself is done by the library, through its public names only; nothing
 imports this package but ``__main__`` and the ``cf-db`` entry point.
@@ -70,10 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         print("error: no command given; pick one of the commands above", file=sys.stderr)
         return EXIT_ERROR
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s: %(message)s",
-    )
+    if args.verbose and args.quiet:
+        print("error: -q/--quiet and -v/--verbose cannot be combined", file=sys.stderr)
+        return EXIT_ERROR
+    _configure_logging(verbose=args.verbose, quiet=args.quiet)
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -92,6 +93,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def _configure_logging(*, verbose: bool, quiet: bool) -> None:
+    """The library's log on stderr: warnings, INFO too with -v, errors only with -q."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LogFormatter())
+    level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+class _LogFormatter(logging.Formatter):
+    """``LEVEL: message``; the first warning of a run also says how to hide warnings."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s: %(message)s")
+        self._hint_given = False
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno == logging.WARNING and not self._hint_given:
+            self._hint_given = True
+            text += "\n  (cf-db -q hides this and every other warning.)"
+        return text
+
+
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, sqlite3.Error):
         return f"SQLite says: {exc}"
@@ -108,12 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 ok, 1 something to act on, 2 error. Details: docs/cli.md.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress; tracebacks")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    # Also accepted after the command name; SUPPRESS keeps it from resetting the one above.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no warnings or progress logs; errors only"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # Also accepted after the command name; SUPPRESS keeps them from resetting the ones above.
+    common = argparse.ArgumentParser(add_help=False)
+    for short, long in (("-v", "--verbose"), ("-q", "--quiet")):
+        common.add_argument(
+            short, long, action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for add in COMMANDS:
         add(commands, common)

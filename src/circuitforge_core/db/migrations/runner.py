@@ -46,6 +46,7 @@ from ..sqlite_facts import (
     SQLITE_READONLY,
     error_code,
     primary_code,
+    reports_extended_codes,
 )
 from ..sqlsplit import Statement
 from . import connection_state, shortcut
@@ -249,6 +250,12 @@ def environment_advice(exc: BaseException) -> str | None:
         return (
             "SQLite could not create or grow the -shm file beside the database (the index of "
             "its -wal): the disk is probably full. Free space on it and run the migrations again."
+        )
+    if error_code(exc) == SQLITE_IOERR and not reports_extended_codes(exc):
+        return (  # pysqlite3 and sqlcipher3 do not say which I/O error it was
+            "SQLite reported an I/O error without saying which: the disk is probably full "
+            "(the -shm or -wal beside the database could not grow), or failing. Free space on "
+            "it, check it (dmesg), and run the migrations again."
         )
     code = primary_code(exc)
     return None if code is None else _ADVICE.get(code)

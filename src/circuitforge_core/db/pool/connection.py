@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
@@ -59,7 +60,7 @@ class _TracksHandles(_TrackingBase):
         super().__init__(*args, **kwargs)
         # Weak references (a cursor dropped by its user is finalized, and reset,
         # by Python); a plain list is cheaper than a WeakSet on every execute().
-        self._handles: list[weakref.ref[Any]] = []
+        self._handles: list[Callable[[], Any]] = []
         self._generation = 0
         self._pid = os.getpid()
 
@@ -85,7 +86,10 @@ class _TracksHandles(_TrackingBase):
         self, table: str, column: str, row: int, /, *, readonly: bool = False, name: str = "main"
     ) -> sqlite3.Blob:
         blob = super().blobopen(table, column, row, readonly=readonly, name=name)
-        self._track(blob)
+        if _blobs_survive_weak_references(type(blob)):
+            self._track(blob)
+        else:
+            self._handles.append(_Held(blob))
         return blob
 
     def _track(self, handle: Any) -> None:
@@ -99,8 +103,61 @@ class _TracksHandles(_TrackingBase):
         handles, self._handles = self._handles, []
         for ref in handles:
             handle = ref()
-            if handle is not None:
+            if handle is None:
+                continue
+            if isinstance(ref, _Held):
+                with contextlib.suppress(self.ProgrammingError):  # its user closed it already
+                    handle.close()
+            else:
                 handle.close()
+
+
+class _Held:
+    """A strong reference that reads like a weak one, for blobs (see below)."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def __call__(self) -> Any:
+        return self._handle
+
+
+_blob_types_weakly_tracked: dict[type, bool] = {}
+
+
+def _blobs_survive_weak_references(blob_type: type) -> bool:
+    """Whether a blob of this type can still be closed while a weak reference to it exists.
+
+    pysqlite3 0.6 and sqlcipher3 0.6 raise SystemError from ``close()`` then,
+    so their blobs are held strongly until check-in instead of weakly (a blob
+    dropped unclosed stays open until then). Tried once per driver, in memory.
+    """
+    known = _blob_types_weakly_tracked.get(blob_type)
+    if known is None:
+        known = _blob_types_weakly_tracked[blob_type] = _try_weak_blob(blob_type)
+    return known
+
+
+def _try_weak_blob(blob_type: type) -> bool:
+    module = sys.modules.get(blob_type.__module__)
+    probe = module.connect(":memory:") if module is not None else None
+    if probe is None:
+        return False
+    try:
+        probe.execute("CREATE TABLE t (b BLOB)")
+        probe.execute("INSERT INTO t VALUES (zeroblob(1))")
+        opened = probe.blobopen if hasattr(probe, "blobopen") else probe.open_blob
+        blob = opened("t", "b", 1)
+        ref = weakref.ref(blob)
+        try:
+            blob.close()  # 3.11 raises here; 3.12 leaves the error for the next call
+            return ref() is blob
+        except SystemError:
+            return False
+    finally:
+        probe.close()
 
 
 class PooledConnection(_TracksHandles, WatchesState, Connection):
