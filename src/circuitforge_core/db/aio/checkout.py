@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from ..connect import Connection
 from .connection import AsyncConnection
-from .loops import _running_loop, _Waiter
+from .loops import _Loop, _running_loop, _Waiter
 from .workers import AsyncWorkers, _Job, _Lane, _Skipped
 
 T = TypeVar("T")
@@ -44,7 +44,17 @@ class AsyncCheckout:
     abandoned at once: the worker returns the connection when it gets one.
     """
 
-    __slots__ = ("_checkout", "_connection", "_key", "_path", "_workers")
+    __slots__ = (
+        "_checkout",
+        "_connection",
+        "_context",
+        "_key",
+        "_lane",
+        "_loop",
+        "_path",
+        "_pending",
+        "_workers",
+    )
 
     def __init__(
         self, checkout: Checkout, workers: AsyncWorkers, *, path: str, key: str | None = None
@@ -54,17 +64,23 @@ class AsyncCheckout:
         self._path = path
         self._key = key
         self._connection: AsyncConnection | None = None
+        self._pending: _PendingCheckout | None = None
+        self._lane: _Lane | None = None
+        self._context: contextvars.Context | None = None
+        self._loop: _Loop | None = None
 
     async def __aenter__(self) -> AsyncConnection:
         loop = _running_loop()
         workers = self._workers
-        await workers._take_slot(loop, self._key)
+        await workers.take_slot(loop, self._key)
         context = contextvars.copy_context()
         lane = _Lane()
         pending = _PendingCheckout(self._checkout, workers, self._path, self._key)
         lane.submit(_Job(pending.enter, (), context, None, lane), workers)
         connection = AsyncConnection(self._path, pending, workers, lane, loop, context)
-        self._connection = connection
+        # Kept here too: the exit needs them, and they are the connection's own business.
+        self._connection, self._pending = connection, pending
+        self._lane, self._context, self._loop = lane, context, loop
         return connection
 
     async def __aexit__(
@@ -73,17 +89,15 @@ class AsyncCheckout:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        connection, self._connection = self._connection, None
-        if connection is None:
+        pending, lane, context, loop = self._pending, self._lane, self._context, self._loop
+        self._connection = self._pending = self._lane = self._context = self._loop = None
+        if pending is None or lane is None or context is None or loop is None:
             raise RuntimeError("__aexit__ without __aenter__ on an async checkout")
-        pending = connection._pending
         pending.closed = True  # refuse further use from now on, even while checking in
         if exc is not None and pending.abandon():
             return  # still waiting for a connection: not worth delaying the error for
-        loop = connection._loop
         waiter = _Waiter(loop)
-        lane = connection._lane
-        job = _Job(pending.exit, (exc,), connection._context, waiter, lane, always=True)
+        job = _Job(pending.exit, (exc,), context, waiter, lane, always=True)
         lane.submit(job, self._workers)
         cancelled = await loop.wait_shielded(waiter)
         job.outcome()
@@ -134,7 +148,7 @@ class _PendingCheckout:
         with self._lock:
             if self._abandoned:
                 self._entered = True
-                self._workers._release_slot(self.key)
+                self._workers.release_slot(self.key)
                 return
         try:
             block = self._open()
@@ -142,7 +156,7 @@ class _PendingCheckout:
         except BaseException as exc:
             self.error = exc  # raised by every statement of the block
             self._finish_entering()
-            self._workers._release_slot(self.key)
+            self._workers.release_slot(self.key)
             return
         self._block = block
         self.db = db
@@ -181,7 +195,7 @@ class _PendingCheckout:
         try:
             block.__exit__(type(exc) if exc is not None else None, exc, None)
         finally:
-            self._workers._release_slot(self.key)
+            self._workers.release_slot(self.key)
 
 
 # -- one unit of work in one trip -----------------------------------------------------------
@@ -203,11 +217,11 @@ async def run_checked_out(
     running, and waits for the check-in.
     """
     loop = _running_loop()
-    await workers._take_slot(loop, key)
+    await workers.take_slot(loop, key)
     unit = _UnitOfWork(checkout, workers, key, function, args, kwargs)
     waiter = _Waiter(loop)
     job = _Job(unit.run, (), contextvars.copy_context(), waiter)
-    workers._submit(job)
+    workers.submit(job)
     try:
         await loop.wait(waiter)
     except BaseException:
@@ -262,7 +276,7 @@ class _UnitOfWork:
                 finally:
                     self._db = None
         finally:
-            self._workers._release_slot(self._key)
+            self._workers.release_slot(self._key)
 
     def cancel(self) -> None:
         """From the cancelled coroutine (loop thread)."""

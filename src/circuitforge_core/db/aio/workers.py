@@ -138,7 +138,7 @@ class _Lane:
                 self._backlog.append(job)
                 return
             self._busy = True
-        workers._submit(job)
+        workers.submit(job)
 
     def next(self) -> _Job | None:
         with self._lock:
@@ -260,7 +260,7 @@ class AsyncWorkers:
             else:
                 del self._in_use_by_key[key]
 
-    async def _take_slot(self, loop: _Loop, key: str | None = None) -> None:
+    async def take_slot(self, loop: _Loop, key: str | None = None) -> None:
         """A slot for one checkout of ``key``; waits in arrival order up to ``timeout``.
 
         No coroutine that could use a slot is ever left waiting (a release
@@ -278,7 +278,7 @@ class AsyncWorkers:
             await loop.wait(waiter, self.timeout)
         except BaseException:
             if not self._stop_waiting(waiter):  # cancelled just as a slot was handed over
-                self._release_slot(key)
+                self.release_slot(key)
             raise
         if self._stop_waiting(waiter):
             raise self._timeout_error(key, time.monotonic() - started)
@@ -291,7 +291,7 @@ class AsyncWorkers:
             self._slot_waiters.remove(waiter)
             return True
 
-    def _release_slot(self, key: str | None = None) -> None:
+    def release_slot(self, key: str | None = None) -> None:
         """Give the slot back, and hand one to the first waiting coroutine that can use it."""
         with self._lock:
             self._count_out(key)
@@ -329,7 +329,8 @@ class AsyncWorkers:
 
     # -- threads ---------------------------------------------------------------------------
 
-    def _submit(self, job: _Job) -> None:
+    def submit(self, job: _Job) -> None:
+        """Queue ``job`` for a worker thread, starting one if none is idle."""
         new: list[_Thread] = []
         start_watcher = False
         with self._lock:
@@ -468,7 +469,7 @@ async def to_worker(function: Callable[..., T], /, *args: Any) -> T:
     loop = _running_loop()
     waiter = _Waiter(loop)
     job = _Job(function, args, contextvars.copy_context(), waiter)
-    workers._submit(job)
+    workers.submit(job)
     cancelled = await loop.wait_shielded(waiter)
     result: T = job.outcome()
     if cancelled:
