@@ -45,14 +45,14 @@ test-deep: $(STAMP)
 
 # The suite again on Python 3.12 and 3.13 where installed (CI runs it after `make test`).
 test-pythons:
-	tools/test-other-pythons.sh
+	PYTEST_WORKERS=$(PYTEST_WORKERS) tools/test-other-pythons.sh
 
 # The suite again with the whole process on the SQLite bundled in pysqlite3 (the
 # bundled-sqlite extra, CF_DB_SQLITE=bundled; CI runs it after `make test`). The package's
 # pytest plugin (entry point cf_db) imports it as pytest starts, so the switch comes before
 # conftest.py and the test modules import sqlite3; test_bundled_sqlite.py checks it did.
 test-bundled-sqlite: $(STAMP)
-	CF_DB_SQLITE=bundled $(BIN)/pytest -p no:cacheprovider
+	CF_DB_SQLITE=bundled $(BIN)/pytest -p no:cacheprovider $(PARALLEL)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

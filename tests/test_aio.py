@@ -386,6 +386,7 @@ def test_each_task_keeps_its_own_request_database(tmp_path: Path) -> None:
         asyncio.run(outside())
 
 
+@pytest.mark.slow
 def test_many_users_at_once_each_write_only_their_own_file(tmp_path: Path) -> None:
     """40 users x 15 requests, all at once through one registry with a small cap."""
     users = [f"user{n}" for n in range(40)]

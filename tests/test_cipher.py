@@ -10,7 +10,9 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -708,8 +710,24 @@ def test_rows_left_in_the_wal_by_a_crash_are_converted(db_path: Path) -> None:
     assert not Path(str(db_path) + "-wal").exists()
 
 
+def _encrypt_and_kill_when(db_path: Path, stage: Callable[[], bool]) -> None:
+    """Run encrypt_database in a child and SIGKILL it as soon as ``stage()`` holds (or it ends)."""
+    script = (
+        "from circuitforge_core.db import encrypt_database; "
+        f"encrypt_database({str(db_path)!r}, 'k')"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        while child.poll() is None and not stage():
+            time.sleep(0.0005)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+
+
+@pytest.mark.slow
 def test_sigkill_during_encrypt_leaves_old_or_new_database(db_path: Path) -> None:
-    """Killing the converter at any moment leaves either the whole plain or whole encrypted file."""
+    """Killed while its copy is built, or after the rename: the whole plain or encrypted file."""
     db = get_db(db_path)
     with transaction(db):
         db.execute("CREATE TABLE big (id INTEGER PRIMARY KEY, body TEXT)")
@@ -717,30 +735,36 @@ def test_sigkill_during_encrypt_leaves_old_or_new_database(db_path: Path) -> Non
             "INSERT INTO big (body) VALUES (?)", [(f"{KNOWN_PLAINTEXT} {i}",) for i in range(30000)]
         )
     db.close()
-    script = (
-        "from circuitforge_core.db import encrypt_database; "
-        f"encrypt_database({str(db_path)!r}, 'k')"
-    )
-    outcomes = set()
-    for delay in (0.05, 0.15, 0.3, 0.6):
-        child = subprocess.Popen([sys.executable, "-c", script])
-        try:
-            child.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            child.send_signal(signal.SIGKILL)
-        child.wait(timeout=60)
-        key = None if db_path.read_bytes()[:16] == b"SQLite format 3\x00" else "k"
-        outcomes.add(key)
-        check = get_db(db_path, key=key)
-        try:
-            assert check.execute("SELECT count(*) FROM big").fetchone() == (30000,)
-            assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        finally:
-            check.close()
-        if key is not None:
-            decrypt_database(db_path, "k")
-    assert outcomes  # at least one outcome checked (which ones depends on timing)
-    encrypt_database(db_path, "k")  # also removes copies the killed runs left
+
+    def copies() -> list[Path]:
+        return [p for p in db_path.parent.iterdir() if p.name.startswith(".app.db.cf-db-")]
+
+    def encrypted() -> bool:
+        with open(db_path, "rb") as f:
+            return f.read(16) != b"SQLite format 3\x00"
+
+    building, renamed = "while the copy is built", "after the rename"
+    stages = {building: copies, renamed: encrypted}
+    landed = dict.fromkeys(stages, False)
+    for _attempt in range(20):  # each stage is waited for, but the child may outrun the kill
+        for stage, reached in stages.items():
+            _encrypt_and_kill_when(db_path, reached)
+            key = "k" if encrypted() else None
+            left = copies()
+            assert key is None or not left, f"{left} left beside an already encrypted file"
+            landed[stage] |= bool(left) if stage == building else key == "k"
+            check = get_db(db_path, key=key)
+            try:
+                assert check.execute("SELECT count(*) FROM big").fetchone() == (30000,)
+                assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            finally:
+                check.close()
+            if key is not None:
+                decrypt_database(db_path, "k")  # also removes copies a killed run left
+        if all(landed.values()):
+            break
+    assert landed == {building: True, renamed: True}
+    encrypt_database(db_path, "k")
     assert sorted(p.name for p in db_path.parent.iterdir()) == ["app.db"]
 
 

@@ -194,6 +194,7 @@ def _thread_round(db_path: Path, folder: Path, threads_count: int) -> list[list[
     return applied_lists
 
 
+@pytest.mark.slow
 def test_threads_racing_on_a_new_file_apply_each_migration_once(
     tmp_path: Path, race_migrations: Path
 ) -> None:

@@ -120,6 +120,7 @@ def test_many_users_at_once_each_see_only_their_own_notes(cloud: Server, root: P
         assert stat.S_IMODE(os.stat(folder / "notes.db").st_mode) == 0o600
 
 
+@pytest.mark.slow
 def test_async_endpoints_serve_the_same_notes_to_the_same_user_only(cloud: Server) -> None:
     """Notes posted through the sync and the async endpoints land in the user's one file;
     each user's async lists hold only their own; RETURNING ids come back; /pool counts."""
@@ -217,6 +218,7 @@ def test_create_app_reads_the_environment(
     assert (root / "ivy" / "notes.db").exists()
 
 
+@pytest.mark.slow
 def test_make_demo_runs_both_modes_and_stops_by_itself(tmp_path: Path) -> None:
     """examples/demo.py (a copy, so the repository's data folder is untouched): the local
     part, then the notes app on loopback in cloud mode; each user sees only their notes."""

@@ -136,6 +136,7 @@ def _build_sdist(tmp_path: Path) -> Path:
     return out / name
 
 
+@pytest.mark.slow
 def test_sdist_carries_what_its_tests_read_and_they_run(tmp_path: Path) -> None:
     """Every tracked file is in the sdist, its metadata is complete, and its suite runs there."""
     sdist = _build_sdist(tmp_path)
@@ -373,6 +374,7 @@ def _wheel(project: Path, out: Path) -> Path:
     return wheel
 
 
+@pytest.mark.slow
 def test_export_gives_a_product_the_new_db_and_keeps_its_other_subpackages(
     tmp_path: Path,
 ) -> None:

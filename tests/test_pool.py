@@ -11,6 +11,7 @@ import sqlite3
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -596,13 +597,16 @@ def test_a_leaked_pool_warns(db_path: Path) -> None:
 
 def test_a_closed_or_unused_pool_does_not_warn(db_path: Path) -> None:
     """No warning for a pool that was closed, or that never opened anything."""
-    unused = ConnectionPool(db_path)
-    closed = ConnectionPool(db_path)
-    with closed.connection():
-        pass
-    closed.close()
-    del unused, closed
-    gc.collect()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        unused = ConnectionPool(db_path)
+        closed = ConnectionPool(db_path)
+        with closed.connection():
+            pass
+        closed.close()
+        del unused, closed
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 # -- fork ------------------------------------------------------------------------------
@@ -648,6 +652,7 @@ def test_a_forked_child_never_uses_or_closes_inherited_connections(db_path: Path
             assert db.execute("PRAGMA quick_check").fetchone() == ("ok",)
 
 
+@pytest.mark.slow
 def test_stress_random_holds_keep_the_counts_consistent(db_path: Path) -> None:
     """Random hold times, failures and timeouts: afterwards nothing is busy and counts add up."""
     with ConnectionPool(db_path, max_size=2, timeout=0.05) as pool:

@@ -43,6 +43,7 @@ def test_a_suite_that_does_not_use_it_sees_nothing(pytester: pytest.Pytester) ->
     assert sorted(p.name for p in pytester.path.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_the_plugin_is_loaded_through_its_entry_point(pytester: pytest.Pytester) -> None:
     """A fresh interpreter finds it by the pytest11 entry point and lists its fixtures."""
     result = pytester.runpytest_subprocess("--fixtures")

@@ -306,7 +306,7 @@ HOSTILE_TEXT = st.text(
 )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(user_id=st.one_of(HOSTILE_TEXT, SAFE_NAME))
 @example(user_id="..")
 @example(user_id="../" * 50)

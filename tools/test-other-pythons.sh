@@ -30,5 +30,5 @@ for version in 3.12 3.13; do
         touch "$venv/.installed"
     fi
     echo "== pytest on $("$venv/bin/python" --version)"
-    "$venv/bin/python" -m pytest -q -p no:cacheprovider
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-auto}" --dist worksteal
 done

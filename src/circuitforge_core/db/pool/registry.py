@@ -471,13 +471,16 @@ class PoolRegistry:
         Under replication Litestream's read lock keeps ``journal_size_limit``
         from shrinking the WAL; files whose last connection closes are
         compacted by the replicator on their own, this is for a busy one.
-        True if the WAL was emptied (another process reading it prevents that).
+        Waits up to ``timeout`` (the registry's by default) for readers of
+        the file to leave. True if the WAL was emptied (another process still
+        reading it prevents that).
         """
         replication = self._replication_or_none()
         if replication is None:
             raise ValueError("compact is for replicated files: make the registry with replication=")
+        wait = self.timeout if timeout is None else timeout
         with self.quiesce(path, timeout=timeout) as key:
-            return replication.truncate_wal(key)
+            return replication.truncate_wal(key, timeout=wait)
 
     def _replication_or_none(self) -> FileReplication | None:
         return None if self._lifecycle is None else self._lifecycle.replication

@@ -266,9 +266,9 @@ class Replicator:
         shutil.rmtree(state)
         return [state]
 
-    def truncate_wal(self, path: str) -> bool:
+    def truncate_wal(self, path: str, *, timeout: float = 0.0) -> bool:
         """Fold ``path``'s WAL into the database and empty it, if nothing reads it."""
-        return truncate_wal(path)
+        return truncate_wal(path, timeout=timeout)
 
     def flush(self, timeout: float) -> bool:
         """Wait until every wish so far is applied (or ``timeout``); True if all were."""
