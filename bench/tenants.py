@@ -288,10 +288,10 @@ def bench_metrics(base: Path) -> None:
 
         try:
             reads = per_call(
-                {"on": switched(read, True), "off": switched(read, False)}, batch=200, rounds=61
+                {"on": switched(read, True), "off": switched(read, False)}, batch=200, rounds=201
             )
             writes = per_call(
-                {"on": switched(write, True), "off": switched(write, False)}, batch=40, rounds=41
+                {"on": switched(write, True), "off": switched(write, False)}, batch=40, rounds=201
             )
         finally:
             metrics.set_enabled(True)
@@ -300,8 +300,30 @@ def bench_metrics(base: Path) -> None:
         (writes, "pooled write request in transaction()"),
     ):
         on, off = median(samples["on"]), median(samples["off"])
-        ratio_line(label, on, off, "<= 1.05x", on <= 1.05 * off)
+        # The goal is judged on the ratio within each round (both sides ran back to
+        # back), so a neighbour's burst or a checkpoint lands on one round, not one side.
+        paired = median([a / b for a, b in zip(samples["on"], samples["off"], strict=True)])
+        ratio_line(label, on, off, "<= 1.05x", paired <= 1.05)
+        note(f"median of the 201 per-round ratios: {paired:.3f}x")
+    recording = _recording_cost()
     note(
         "on: per checkout the use time (one more clock read) and, when it waited, the wait; "
         "per transaction the lock wait, BEGIN IMMEDIATE wait and duration"
     )
+    note(
+        f"the recording itself, timed alone: {recording * 1e6:.2f} us per transaction "
+        f"(three clock reads and one observe_transaction), "
+        f"{recording / median(writes['off']):.1%} of a write request"
+    )
+
+
+def _recording_cost() -> float:
+    """Seconds per transaction of what recording adds, without the transaction around it."""
+    clock = time.perf_counter
+
+    def record() -> None:
+        granted = clock()
+        begun = clock()
+        metrics.observe_transaction(None, begun - granted, clock() - begun, False)
+
+    return median(per_call({"record": record}, batch=10_000, rounds=21)["record"])
