@@ -224,8 +224,11 @@ def host_loss(folder: Path, base: str) -> None:
     windows, commits_lost, lost_confirmed, confirmed_total = [], [], 0, 0
     for trial in range(LOSS_TRIALS):
         root = _root(folder / f"loss-{trial}")
-        plain = _new_user(root, "plain", rows=0)
-        critical = _new_user(root, "critical", rows=0)
+        # Names of their own per trial: a replica is keyed by the user's path under the
+        # root, so reusing one would restore over an earlier trial's lineage.
+        names = {"plain": f"plain-{trial}", "critical": f"critical-{trial}"}
+        plain = _new_user(root, names["plain"], rows=0)
+        critical = _new_user(root, names["critical"], rows=0)
         socket = folder / f"loss-{trial}.sock"
         process = _start_sidecar(root, base, socket)
         writer = _child_writer(root, base, socket, plain, critical)
@@ -238,7 +241,7 @@ def host_loss(folder: Path, base: str) -> None:
         other = _root(folder / f"loss-{trial}-b")
         restored = {}
         for user in ("plain", "critical"):
-            target = user_file(other, f"{user}/kiwi.db")
+            target = user_file(other, f"{names[user]}/kiwi.db")
             restore_database(target, replica_url_for(base, target))
             db = sqlite3.connect(target.path)
             restored[user] = {row[0] for row in db.execute("SELECT title FROM notes")}
