@@ -3,7 +3,7 @@
 Static checks of the source (no imports run): every module is in the picture's
 layers and every name in it is a module; a module's top-level imports reach only
 its own layer or the ones above; nothing imports ``cli/`` or the pytest plugin;
-no module imports another package's private names or reaches into private
+no module imports another module's private names or reaches into private
 members its own module does not define.
 """
 
@@ -117,34 +117,18 @@ def test_nothing_imports_the_command_line_or_the_pytest_plugin() -> None:
     assert offenders == [], f"imports of the command line or the pytest plugin: {offenders}"
 
 
-def package_of(name: str, known: dict[str, Path]) -> str:
-    """The package a module belongs to ("pool" for pool.registry and pool/__init__), or ""."""
-    if "." in name or (name in known and known[name].name == "__init__.py"):
-        return name.split(".")[0]
-    return ""
-
-
-def test_no_module_imports_another_packages_private_names() -> None:
-    """``from X import _name`` only between modules of one package."""
-    known = modules()
+def test_no_module_imports_another_modules_private_names() -> None:
+    """``from X import _name`` nowhere: modules of one package share names without an underscore."""
     offenders = []
-    for name, path in known.items():
-        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    for name, path in modules().items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if not isinstance(node, ast.ImportFrom) or not node.level:
-                continue
-            base = here[: len(here) - (node.level - 1)] if node.level > 1 else here
-            target = ".".join([*base, *([node.module] if node.module else [])])
-            same_package = package_of(name, known) != "" and package_of(name, known) == package_of(
-                target, known
-            )
-            offenders += [
-                f"{name}: from {target} import {alias.name}"
-                for alias in node.names
-                if alias.name.startswith("_") and not alias.name.startswith("__")
-                if not same_package
-            ]
-    assert offenders == [], f"private names imported from another package: {offenders}"
+            if isinstance(node, ast.ImportFrom) and node.level:
+                offenders += [
+                    f"{name}: from {'.' * node.level}{node.module or ''} import {alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    assert offenders == [], f"private names imported from another module: {offenders}"
 
 
 def test_no_module_reaches_into_private_members_it_does_not_define() -> None:

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 from ..connect import Connection
 from .connection import AsyncConnection
-from .loops import _Loop, _running_loop, _Waiter
-from .workers import AsyncWorkers, _Job, _Lane, _Skipped
+from .loops import Loop, Waiter, running_loop
+from .workers import AsyncWorkers, Job, Lane, Skipped
 
 T = TypeVar("T")
 
@@ -64,19 +64,19 @@ class AsyncCheckout:
         self._path = path
         self._key = key
         self._connection: AsyncConnection | None = None
-        self._pending: _PendingCheckout | None = None
-        self._lane: _Lane | None = None
+        self._pending: PendingCheckout | None = None
+        self._lane: Lane | None = None
         self._context: contextvars.Context | None = None
-        self._loop: _Loop | None = None
+        self._loop: Loop | None = None
 
     async def __aenter__(self) -> AsyncConnection:
-        loop = _running_loop()
+        loop = running_loop()
         workers = self._workers
         await workers.take_slot(loop, self._key)
         context = contextvars.copy_context()
-        lane = _Lane()
-        pending = _PendingCheckout(self._checkout, workers, self._path, self._key)
-        lane.submit(_Job(pending.enter, (), context, None, lane), workers)
+        lane = Lane()
+        pending = PendingCheckout(self._checkout, workers, self._path, self._key)
+        lane.submit(Job(pending.enter, (), context, None, lane), workers)
         connection = AsyncConnection(self._path, pending, workers, lane, loop, context)
         # Kept here too: the exit needs them, and they are the connection's own business.
         self._connection, self._pending = connection, pending
@@ -96,8 +96,8 @@ class AsyncCheckout:
         pending.closed = True  # refuse further use from now on, even while checking in
         if exc is not None and pending.abandon():
             return  # still waiting for a connection: not worth delaying the error for
-        waiter = _Waiter(loop)
-        job = _Job(pending.exit, (exc,), context, waiter, lane, always=True)
+        waiter = Waiter(loop)
+        job = Job(pending.exit, (exc,), context, waiter, lane, always=True)
         lane.submit(job, self._workers)
         cancelled = await loop.wait_shielded(waiter)
         job.outcome()
@@ -105,7 +105,7 @@ class AsyncCheckout:
             raise loop.cancelled()
 
 
-class _PendingCheckout:
+class PendingCheckout:
     """The sync checkout behind one ``async with``, as the worker threads see it.
 
     ``enter`` runs on a worker, pipelined; ``abandon()`` comes from the
@@ -216,11 +216,11 @@ async def run_checked_out(
     of a worker thread per request. Cancellation interrupts the statement
     running, and waits for the check-in.
     """
-    loop = _running_loop()
+    loop = running_loop()
     await workers.take_slot(loop, key)
     unit = _UnitOfWork(checkout, workers, key, function, args, kwargs)
-    waiter = _Waiter(loop)
-    job = _Job(unit.run, (), contextvars.copy_context(), waiter)
+    waiter = Waiter(loop)
+    job = Job(unit.run, (), contextvars.copy_context(), waiter)
     workers.submit(job)
     try:
         await loop.wait(waiter)
@@ -270,7 +270,7 @@ class _UnitOfWork:
             with self._checkout() as db:
                 self._db = db
                 if self._cancelled:
-                    raise _Skipped()
+                    raise Skipped()
                 try:
                     return self._function(db, *self._args, **self._kwargs)
                 finally:

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..connect import Connection
 from ..transaction import busy_timeout_of, locked_by_this_process, transaction, writer_lock_for
 from ..writer_lock import WriterLock
-from .loops import _Loop, _Waiter, _wake_quietly
-from .workers import AsyncWorkers, _Job, _Lane
+from .loops import Loop, Waiter, wake_quietly
+from .workers import AsyncWorkers, Job, Lane
 
 if TYPE_CHECKING:
-    from .checkout import _PendingCheckout
+    from .checkout import PendingCheckout
 
 T = TypeVar("T")
 
@@ -150,10 +150,10 @@ class AsyncConnection:
     def __init__(
         self,
         path: str,
-        pending: _PendingCheckout,
+        pending: PendingCheckout,
         workers: AsyncWorkers,
-        lane: _Lane,
-        loop: _Loop,
+        lane: Lane,
+        loop: Loop,
         context: contextvars.Context,
     ) -> None:
         self.path = path
@@ -231,7 +231,7 @@ class AsyncConnection:
     def _pipeline(self, function: Callable[..., Any], *args: Any) -> None:
         """Queue ``function(pending, *args)`` without waiting for it (see the class docstring)."""
         self._check_usable()
-        job = _Job(function, (self._pending, *args), self._context, None, self._lane)
+        job = Job(function, (self._pending, *args), self._context, None, self._lane)
         self._lane.submit(job, self._workers)
 
     async def _call(
@@ -239,8 +239,8 @@ class AsyncConnection:
     ) -> Any:
         self._check_usable()
         pending = self._pending
-        waiter = _Waiter(self._loop)
-        job = _Job(_on_connection, (pending, function, args), self._context, waiter, self._lane)
+        waiter = Waiter(self._loop)
+        job = Job(_on_connection, (pending, function, args), self._context, waiter, self._lane)
         self._lane.submit(job, self._workers)
         try:
             await self._loop.wait(waiter)
@@ -258,7 +258,7 @@ class AsyncConnection:
 
     async def _run_shielded(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run ``function(pending, *args)`` to its end, even when cancelled meanwhile."""
-        job = _Job(function, (self._pending, *args), self._context, _Waiter(self._loop), self._lane)
+        job = Job(function, (self._pending, *args), self._context, Waiter(self._loop), self._lane)
         self._lane.submit(job, self._workers)
         cancelled = await self._loop.wait_shielded(job.waiter)  # type: ignore[arg-type]
         result = job.outcome()
@@ -272,7 +272,7 @@ class AsyncConnection:
 
 
 def _on_connection(
-    pending: _PendingCheckout, function: Callable[..., Any], args: tuple[Any, ...]
+    pending: PendingCheckout, function: Callable[..., Any], args: tuple[Any, ...]
 ) -> Any:
     return function(pending.connection(), *args)
 
@@ -296,7 +296,7 @@ class _OpenTransaction:
 
     __slots__ = ("block", "lane", "lock", "lock_given", "lock_wait")
 
-    def __init__(self, lane: _Lane) -> None:
+    def __init__(self, lane: Lane) -> None:
         self.lane = lane
         self.lock: WriterLock | None = None  # taken by the coroutine, without a thread
         self.lock_wait = 0.0  # how long that took, for transaction()'s metrics
@@ -359,13 +359,13 @@ def _noop(db: Connection) -> None:
     return None
 
 
-async def _take_writer_lock(lock: WriterLock, loop: _Loop, db: Connection) -> float:
+async def _take_writer_lock(lock: WriterLock, loop: Loop, db: Connection) -> float:
     """Wait for ``lock`` in the loop, up to ``db``'s busy timeout, as transaction() would.
 
     Returns the seconds waited (0 for a free lock, which reads no clock).
     """
-    waiter = _Waiter(loop)
-    ticket = lock.enqueue(functools.partial(_wake_quietly, waiter))
+    waiter = Waiter(loop)
+    ticket = lock.enqueue(functools.partial(wake_quietly, waiter))
     if ticket is None:
         return 0.0
     deadline = ticket.arrived + busy_timeout_of(db)
@@ -384,7 +384,7 @@ async def _take_writer_lock(lock: WriterLock, loop: _Loop, db: Connection) -> fl
     return time.monotonic() - ticket.arrived
 
 
-def _enter_transaction(pending: _PendingCheckout, opened: _OpenTransaction) -> None:
+def _enter_transaction(pending: PendingCheckout, opened: _OpenTransaction) -> None:
     db = pending.connection()
     opened.lock_given = True  # from here on transaction() releases it, whatever happens
     block = transaction(db, writer_lock_wait=opened.lock_wait if opened.lock else None)
@@ -393,7 +393,7 @@ def _enter_transaction(pending: _PendingCheckout, opened: _OpenTransaction) -> N
 
 
 def _exit_transaction(
-    pending: _PendingCheckout,
+    pending: PendingCheckout,
     opened: _OpenTransaction,
     exc_type: type[BaseException] | None,
     exc: BaseException | None,

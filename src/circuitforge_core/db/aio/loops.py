@@ -1,7 +1,7 @@
 """The running event loop, asyncio or trio, as the rest of aio/ needs it.
 
 Owns how a coroutine waits for a worker thread and is woken by it (a
-``_Waiter`` per wait), with a timeout, or shielded from cancellation; and
+``Waiter`` per wait), with a timeout, or shielded from cancellation; and
 finding the running loop without importing trio unless the program runs it.
 """
 
@@ -12,18 +12,18 @@ import sys
 from typing import Any
 
 
-class _Waiter:
+class Waiter:
     """One wait of a coroutine for a worker thread: the thread marks it done, then wakes it."""
 
     __slots__ = ("done", "future", "loop")
 
-    def __init__(self, loop: _Loop) -> None:
+    def __init__(self, loop: Loop) -> None:
         self.loop = loop
         self.done = False
         self.future: Any = loop.new_future()
 
 
-class _Loop:
+class Loop:
     """What this module needs of the running event loop; one subclass per library."""
 
     cancelled: type[BaseException]
@@ -31,25 +31,25 @@ class _Loop:
     def new_future(self) -> Any:
         raise NotImplementedError
 
-    def wake(self, waiter: _Waiter) -> None:
+    def wake(self, waiter: Waiter) -> None:
         """Called from a worker thread, after ``waiter.done`` was set."""
         raise NotImplementedError
 
-    async def wait(self, waiter: _Waiter, timeout: float | None = None) -> None:
+    async def wait(self, waiter: Waiter, timeout: float | None = None) -> None:
         """Until ``waiter`` is done (or ``timeout`` passed); cancellable."""
         raise NotImplementedError
 
-    async def wait_shielded(self, waiter: _Waiter) -> bool:
+    async def wait_shielded(self, waiter: Waiter) -> bool:
         """Until ``waiter`` is done, whatever cancellations arrive; True if one arrived."""
         raise NotImplementedError
 
-    def rearm(self, waiter: _Waiter) -> None:
+    def rearm(self, waiter: Waiter) -> None:
         """In the loop's thread: make ``waiter`` wait for its next wake-up."""
         waiter.done = False
         waiter.future = self.new_future()
 
 
-class _AsyncioLoop(_Loop):
+class _AsyncioLoop(Loop):
     cancelled = asyncio.CancelledError
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -58,10 +58,10 @@ class _AsyncioLoop(_Loop):
     def new_future(self) -> Any:
         return self.loop.create_future()
 
-    def wake(self, waiter: _Waiter) -> None:
+    def wake(self, waiter: Waiter) -> None:
         self.loop.call_soon_threadsafe(_resolve, waiter)
 
-    async def wait(self, waiter: _Waiter, timeout: float | None = None) -> None:
+    async def wait(self, waiter: Waiter, timeout: float | None = None) -> None:
         if timeout is None:
             await waiter.future
             return
@@ -71,7 +71,7 @@ class _AsyncioLoop(_Loop):
         finally:
             timer.cancel()
 
-    async def wait_shielded(self, waiter: _Waiter) -> bool:
+    async def wait_shielded(self, waiter: Waiter) -> bool:
         interrupted = False
         while not waiter.done:
             # A cancellation cancels the future awaited; the thread resolves
@@ -85,7 +85,7 @@ class _AsyncioLoop(_Loop):
         return interrupted
 
 
-def _resolve(waiter: _Waiter) -> None:
+def _resolve(waiter: Waiter) -> None:
     _resolve_future(waiter.future)
 
 
@@ -94,7 +94,7 @@ def _resolve_future(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-class _TrioLoop(_Loop):
+class _TrioLoop(Loop):
     def __init__(self, trio: Any) -> None:
         self.trio = trio
         self.token = trio.lowlevel.current_trio_token()
@@ -103,27 +103,27 @@ class _TrioLoop(_Loop):
     def new_future(self) -> Any:
         return self.trio.Event()
 
-    def wake(self, waiter: _Waiter) -> None:
+    def wake(self, waiter: Waiter) -> None:
         self.token.run_sync_soon(_set_event, waiter)
 
-    async def wait(self, waiter: _Waiter, timeout: float | None = None) -> None:
+    async def wait(self, waiter: Waiter, timeout: float | None = None) -> None:
         if timeout is None:
             await waiter.future.wait()
             return
         with self.trio.move_on_after(timeout):
             await waiter.future.wait()
 
-    async def wait_shielded(self, waiter: _Waiter) -> bool:
+    async def wait_shielded(self, waiter: Waiter) -> bool:
         with self.trio.CancelScope(shield=True):
             await waiter.future.wait()
         return False  # trio delivers the cancellation again at the next checkpoint
 
 
-def _set_event(waiter: _Waiter) -> None:
+def _set_event(waiter: Waiter) -> None:
     waiter.future.set()  # the event current when this runs, in trio's thread
 
 
-def _running_loop() -> _Loop:
+def running_loop() -> Loop:
     """The loop this coroutine runs on, or a RuntimeError saying which loops work."""
     try:
         return _AsyncioLoop(asyncio.get_running_loop())
@@ -141,7 +141,7 @@ def _running_loop() -> _Loop:
     )
 
 
-def _wake_quietly(waiter: _Waiter) -> bool:
+def wake_quietly(waiter: Waiter) -> bool:
     """Wake ``waiter``'s coroutine; False when its loop has ended (nobody will ever read it)."""
     try:
         waiter.loop.wake(waiter)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..errors import PoolTimeoutError
-from .loops import _Loop, _running_loop, _Waiter, _wake_quietly
+from .loops import Loop, Waiter, running_loop, wake_quietly
 
 T = TypeVar("T")
 
@@ -38,7 +38,7 @@ EAGER_THREADS = max(2, min(4, os.cpu_count() or 2))
 STUCK_AFTER = 0.02
 
 
-class _Job:
+class Job:
     """One call for a worker thread, run in the coroutine's context; ``run`` returns the next.
 
     A job with a ``waiter`` is awaited; one without is pipelined (the checkout,
@@ -64,8 +64,8 @@ class _Job:
         function: Callable[..., Any],
         args: tuple[Any, ...],
         context: contextvars.Context,
-        waiter: _Waiter | None,
-        lane: _Lane | None = None,
+        waiter: Waiter | None,
+        lane: Lane | None = None,
         *,
         always: bool = False,
     ) -> None:
@@ -79,18 +79,18 @@ class _Job:
         self.result: Any = None
         self.error: BaseException | None = None
 
-    def run(self) -> _Job | None:
+    def run(self) -> Job | None:
         lane = self.lane
         earlier = lane.failure if lane is not None and not self.always else None
         if self.skip:
-            self.error = _Skipped()
+            self.error = Skipped()
         elif earlier is not None:
             if self.waiter is not None:  # report the pipelined job's error here, once
                 assert lane is not None
                 lane.failure = None
                 self.error = earlier
             else:
-                self.error = _Skipped()
+                self.error = Skipped()
         else:
             try:
                 self.result = self.context.run(self.function, *self.args)
@@ -101,7 +101,7 @@ class _Job:
         waiter = self.waiter
         if waiter is not None:
             waiter.done = True
-            _wake_quietly(waiter)
+            wake_quietly(waiter)
         return lane.next() if lane is not None else None
 
     def outcome(self) -> Any:
@@ -111,11 +111,11 @@ class _Job:
         return self.result
 
 
-class _Skipped(Exception):
+class Skipped(Exception):
     """A job that did not run: its coroutine was cancelled, or a job before it failed."""
 
 
-class _Lane:
+class Lane:
     """The jobs of one checkout, one at a time in submission order, on whichever thread is free.
 
     Any worker thread may run a checkout's next job (SQLite connections may
@@ -129,10 +129,10 @@ class _Lane:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._busy = False
-        self._backlog: collections.deque[_Job] = collections.deque()
+        self._backlog: collections.deque[Job] = collections.deque()
         self.failure: BaseException | None = None  # a pipelined job's, not reported yet
 
-    def submit(self, job: _Job, workers: AsyncWorkers) -> None:
+    def submit(self, job: Job, workers: AsyncWorkers) -> None:
         with self._lock:
             if self._busy:
                 self._backlog.append(job)
@@ -140,7 +140,7 @@ class _Lane:
             self._busy = True
         workers.submit(job)
 
-    def next(self) -> _Job | None:
+    def next(self) -> Job | None:
         with self._lock:
             if self._backlog:
                 return self._backlog.popleft()
@@ -155,10 +155,10 @@ class _Thread:
         self.started = 0.0  # when its current job started (read unlocked by the watcher)
 
 
-class _SlotWaiter(_Waiter):
+class _SlotWaiter(Waiter):
     __slots__ = ("key",)
 
-    def __init__(self, loop: _Loop, key: str | None) -> None:
+    def __init__(self, loop: Loop, key: str | None) -> None:
         super().__init__(loop)
         self.key = key
 
@@ -207,7 +207,7 @@ class AsyncWorkers:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # idle threads wait here for jobs
         self._watch = threading.Condition(self._lock)  # the watcher parks here
-        self._queue: collections.deque[_Job] = collections.deque()
+        self._queue: collections.deque[Job] = collections.deque()
         self._threads: set[_Thread] = set()
         self._running: set[_Thread] = set()
         self._idle = 0
@@ -260,7 +260,7 @@ class AsyncWorkers:
             else:
                 del self._in_use_by_key[key]
 
-    async def take_slot(self, loop: _Loop, key: str | None = None) -> None:
+    async def take_slot(self, loop: Loop, key: str | None = None) -> None:
         """A slot for one checkout of ``key``; waits in arrival order up to ``timeout``.
 
         No coroutine that could use a slot is ever left waiting (a release
@@ -306,7 +306,7 @@ class AsyncWorkers:
                 self._slot_waiters.remove(waiter)
                 self._count_in(waiter.key)
                 waiter.done = True
-                if not _wake_quietly(waiter):  # its loop is gone: the slot goes on
+                if not wake_quietly(waiter):  # its loop is gone: the slot goes on
                     self._count_out(waiter.key)
                     self._hand_on()
                 return
@@ -329,7 +329,7 @@ class AsyncWorkers:
 
     # -- threads ---------------------------------------------------------------------------
 
-    def submit(self, job: _Job) -> None:
+    def submit(self, job: Job) -> None:
         """Queue ``job`` for a worker thread, starting one if none is idle."""
         new: list[_Thread] = []
         start_watcher = False
@@ -382,7 +382,7 @@ class AsyncWorkers:
                             self._threads.discard(me)
                             return
                         continue
-                job: _Job | None = self._queue.popleft()
+                job: Job | None = self._queue.popleft()
                 self._running.add(me)
                 lock.release()
                 try:
@@ -466,9 +466,9 @@ async def to_worker(function: Callable[..., T], /, *args: Any) -> T:
         if _spare_workers is None:
             _spare_workers = AsyncWorkers(4, timeout=float("inf"), describe="spare workers")
         workers = _spare_workers
-    loop = _running_loop()
-    waiter = _Waiter(loop)
-    job = _Job(function, args, contextvars.copy_context(), waiter)
+    loop = running_loop()
+    waiter = Waiter(loop)
+    job = Job(function, args, contextvars.copy_context(), waiter)
     workers.submit(job)
     cancelled = await loop.wait_shielded(waiter)
     result: T = job.outcome()

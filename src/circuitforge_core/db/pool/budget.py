@@ -205,6 +205,11 @@ def _retire_checkouts(tally: list[int]) -> None:
     _retired_checkouts[0] += tally[0]
 
 
+def live_budgets() -> list[ConnectionBudget]:
+    """Every budget of this process still in use, for the gauges (a copy: safe to iterate)."""
+    return list(_live_budgets)
+
+
 def checkouts_ever() -> int:
     """Checkouts handed out by every budget of this process since it started (or forked)."""
     return _retired_checkouts[0] + sum(budget._checkouts[0] for budget in list(_live_budgets))

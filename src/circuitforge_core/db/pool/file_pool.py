@@ -40,7 +40,7 @@ from ..cipher import Key
 from ..connect import Connection
 from ..errors import PoolClosedError, PoolTimeoutError
 from ..migrations import DEFAULT_LOCK_TIMEOUT, MigrationsDir, run_migrations
-from .budget import ConnectionBudget, _live_budgets, checkouts_ever
+from .budget import ConnectionBudget, checkouts_ever, live_budgets
 from .connection import (
     PooledConnection,
     RowFactory,
@@ -700,7 +700,7 @@ class _PoolGauges:
     """
 
     def connection_gauges(self) -> metrics.ConnectionGauges:
-        budgets = list(_live_budgets)
+        budgets = live_budgets()
         pools = list(_live_pools)
         open_count = sum(budget.open_connections for budget in budgets)
         used = sum(budget.busy_connections for budget in budgets)
