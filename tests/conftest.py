@@ -80,6 +80,14 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def db(db_path: Path) -> Iterator[circuitforge_core.db.Connection]:
+    """A ``get_db`` connection to ``db_path``, closed after the test (test modules may override)."""
+    connection = circuitforge_core.db.get_db(db_path)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
 def migrations_dir(tmp_path: Path) -> Path:
     """An empty migrations folder."""
     folder = tmp_path / "migrations"

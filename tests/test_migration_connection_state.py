@@ -8,7 +8,7 @@ application's next statement on the connection behaves.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,13 +22,6 @@ from circuitforge_core.db import (
 )
 
 Write = Callable[[str, "str | bytes"], Path]
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = get_db(db_path)
-    yield connection
-    connection.close()
 
 
 def schema(db: sqlite3.Connection) -> list[tuple[str, str]]:

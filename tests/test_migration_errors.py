@@ -12,7 +12,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,13 +27,6 @@ from circuitforge_core.db import (
 )
 
 Write = Callable[[str, "str | bytes"], Path]
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = get_db(db_path)
-    yield connection
-    connection.close()
 
 
 def tables(db: sqlite3.Connection) -> set[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,6 @@ from circuitforge_core.db import (
     MigrationNameError,
     MigrationSourceError,
     NewMigration,
-    get_db,
     lint_report,
     migration_status,
     new_migration,
@@ -23,13 +22,6 @@ from circuitforge_core.db import (
 from circuitforge_core.db.migrations import read_migrations
 
 Write = Callable[[str, "str | bytes"], Path]
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = get_db(db_path)
-    yield connection
-    connection.close()
 
 
 # -- one listing ---------------------------------------------------------------------

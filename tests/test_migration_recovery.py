@@ -18,7 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,13 +33,6 @@ from circuitforge_core.db import (
 
 Write = Callable[[str, "str | bytes"], Path]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = get_db(db_path)
-    yield connection
-    connection.close()
 
 
 def columns(db: sqlite3.Connection, table: str) -> list[str]:

@@ -9,7 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,13 +31,6 @@ from circuitforge_core.db import (
 )
 
 Write = Callable[[str, "str | bytes"], Path]
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = get_db(db_path)
-    yield connection
-    connection.close()
 
 
 def migrated(db_path: Path, migrations_dir: Path) -> None:

@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,13 +28,6 @@ from circuitforge_core.db import (
 from circuitforge_core.db.migrations import shortcut as migrations_module
 
 Write = Callable[[str, "str | bytes"], Path]
-
-
-@pytest.fixture
-def db(db_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = get_db(db_path)
-    yield connection
-    connection.close()
 
 
 def tables(db: sqlite3.Connection) -> set[str]:
