@@ -21,7 +21,7 @@ from typing import Any
 from .cipher import Key, attach_keyed, check_key, load_driver, open_keyed
 from .errors import DBError, OpenError
 from .files import fsync, remove_quietly
-from .sqlite_facts import DEFAULT_BUSY_TIMEOUT, quote_identifier
+from .sqlite_facts import DEFAULT_BUSY_TIMEOUT, companion_files, quote_identifier
 
 logger = logging.getLogger("circuitforge_core.db")
 
@@ -108,7 +108,7 @@ def _convert(
                 fsync(temp)
                 os.replace(temp, fspath)
             except BaseException:
-                remove_quietly(temp, temp + "-wal", temp + "-shm", temp + "-journal")
+                remove_quietly(temp, *companion_files(temp))
                 _release(holder, restore_wal=was_wal)
                 raise
             # The holder's file is unlinked now; ending its transaction touches nothing.
@@ -243,7 +243,7 @@ def _finish(temp: str, new_key: Key | None, timeout: float, wal: bool) -> None:
     for suffix in ("-wal", "-journal"):
         if os.path.exists(temp + suffix) and os.path.getsize(temp + suffix) > 0:
             raise DBError(f"{temp}{suffix} was left behind; nothing was changed.")
-    remove_quietly(temp + "-wal", temp + "-shm", temp + "-journal")
+    remove_quietly(*companion_files(temp))
 
 
 def _copy_ownership(source: str, target: str) -> None:

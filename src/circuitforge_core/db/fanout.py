@@ -49,7 +49,7 @@ from .migrations import (
     run_migrations,
     schema_drift,
 )
-from .sqlite_facts import COMPANION_SUFFIXES, HEADER
+from .sqlite_facts import COMPANION_SUFFIXES, HEADER, MIGRATION_LOCK_SUFFIX
 from .tenancy import user_db_path
 
 logger = logging.getLogger("circuitforge_core.db")
@@ -153,7 +153,7 @@ def _by_pattern(root: str, pattern: str) -> list[TenantDatabase]:
     real_root = os.path.realpath(root)
     found = []
     for match in sorted(Path(root).glob(pattern)):
-        if match.name.endswith((*COMPANION_SUFFIXES, ".migrate-lock")) or match.is_dir():
+        if match.name.endswith((*COMPANION_SUFFIXES, MIGRATION_LOCK_SUFFIX)) or match.is_dir():
             continue
         relative = match.relative_to(root)
         tenant = relative.parts[0]

@@ -19,8 +19,11 @@ def fsync(path: str) -> None:
         os.close(fd)
 
 
-def remove_quietly(*paths: str) -> None:
-    """Remove each of ``paths`` that exists."""
+def remove_quietly(*paths: str) -> list[str]:
+    """Remove each of ``paths`` that exists, in order; the ones that were removed."""
+    removed = []
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
+            removed.append(path)
+    return removed

@@ -41,7 +41,7 @@ from .files import fsync, remove_quietly
 from .migrations import ChecksumCheck as ChecksumCheck  # the old import path of verify
 from .migrations import ChecksumState as ChecksumState
 from .migrations import verify_migrations as verify_migrations
-from .sqlite_facts import DEFAULT_BUSY_TIMEOUT, HEADER, quote_identifier
+from .sqlite_facts import DEFAULT_BUSY_TIMEOUT, HEADER, companion_files, quote_identifier
 
 try:  # POSIX only; elsewhere copies left by a killed backup stay until removed by hand
     import fcntl
@@ -153,7 +153,7 @@ _TEMP_SUFFIX = ".cf-db-backup"
 
 
 def _with_companions(path: str) -> tuple[str, ...]:
-    return (path, path + "-journal", path + "-wal", path + "-shm")
+    return (path, *companion_files(path))
 
 
 def _lock(fd: int) -> None:
@@ -220,7 +220,7 @@ def _backup_target(source: str, dest: str, key: Key | None) -> str:
             f"cannot back up to {dest}: its folder {folder} does not exist. Create it first.",
             path=dest,
         )
-    companions = {source + suffix for suffix in ("", "-wal", "-shm", "-journal")}
+    companions = {source, *companion_files(source)}
     if os.path.realpath(dest) in {os.path.realpath(p) for p in companions} or (
         os.path.exists(dest) and os.path.samefile(dest, source)
     ):

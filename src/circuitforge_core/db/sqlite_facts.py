@@ -66,10 +66,27 @@ def is_broken(exc: BaseException) -> bool:
 HEADER = b"SQLite format 3\x00"
 #: What SQLite puts beside a database file.
 COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
+#: The migration runner's lock file beside a database (no-transaction files take it).
+MIGRATION_LOCK_SUFFIX = ".migrate-lock"
 #: The longest full path (symbolic links resolved, in bytes) of a database file
 #: SQLite's unix VFS opens: it takes names of up to 512 bytes (``MAX_PATHNAME``)
 #: and its pager keeps 8 of them spare for the ``-journal`` and ``-wal`` names.
 MAX_DATABASE_PATH_BYTES = 504
+
+
+def companion_files(path: str) -> tuple[str, ...]:
+    """The ``-wal``, ``-shm`` and ``-journal`` names beside the database at ``path``."""
+    return tuple(path + suffix for suffix in COMPANION_SUFFIXES)
+
+
+def database_files(path: str) -> tuple[str, ...]:
+    """Every file a database at ``path`` may have, in the order to delete them.
+
+    The companions go first (a -wal left beside a deleted database would be
+    replayed into a new file of that name), then the database, then the
+    runner's lock file.
+    """
+    return (*companion_files(path), path, path + MIGRATION_LOCK_SUFFIX)
 
 
 def quote_identifier(name: str) -> str:

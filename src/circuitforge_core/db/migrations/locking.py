@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 
 from ..errors import MigrationError
-from ..sqlite_facts import is_busy, retry_while_busy
+from ..sqlite_facts import MIGRATION_LOCK_SUFFIX, is_busy, retry_while_busy
 
 try:  # POSIX only; elsewhere no-transaction files are not serialised across processes
     import fcntl
@@ -75,7 +75,7 @@ def file_lock(db_path: str | None, deadline: float, name: str | None = None) -> 
         yield
         return
     # Private like the database beside it (0600), whatever the umask.
-    descriptor = os.open(db_path + ".migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    descriptor = os.open(db_path + MIGRATION_LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
     with open(descriptor, "r+b") as handle:
         while True:
             try:

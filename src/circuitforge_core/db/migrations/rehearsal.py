@@ -39,7 +39,8 @@ from typing import Literal
 
 from ..connect import Connection, get_db
 from ..errors import ForeignKeyViolationError, MigrationError
-from ..sqlite_facts import quote_identifier
+from ..files import remove_quietly
+from ..sqlite_facts import companion_files, quote_identifier
 from ..sqlsplit import split_sql
 from .drift import (
     ColumnModel,
@@ -360,9 +361,7 @@ def _run_prefix(db: Connection, statements: list[str]) -> bool:
 
 
 def _remove_database(path: Path) -> None:
-    for name in (str(path), *(str(path) + suffix for suffix in ("-wal", "-shm", "-journal"))):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(name)
+    remove_quietly(str(path), *companion_files(str(path)))
 
 
 def _reason(exc: BaseException) -> str:

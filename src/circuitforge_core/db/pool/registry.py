@@ -45,8 +45,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..aio import AsyncCheckout, AsyncWorkers, run_checked_out
 from ..connect import Connection
 from ..errors import PoolClosedError, PoolTimeoutError, QuiescedError
-from ..files import fsync
+from ..files import fsync, remove_quietly
 from ..migrations import DEFAULT_LOCK_TIMEOUT, MigrationsDir
+from ..sqlite_facts import database_files
 from .budget import ConnectionBudget
 from .connection import RowFactory
 from .file_pool import DEFAULT_POOL_TIMEOUT, ConnectionPool, KeySource
@@ -623,13 +624,7 @@ def _remove_database_files(path: str) -> list[str]:
     The place to hang "before a drop": every connection of this process to
     the file is closed by now, and nothing is deleted yet.
     """
-    removed = []
-    for name in (path + "-wal", path + "-shm", path + "-journal", path, path + ".migrate-lock"):
-        try:
-            os.remove(name)
-        except FileNotFoundError:
-            continue
-        removed.append(name)
+    removed = remove_quietly(*database_files(path))
     with contextlib.suppress(OSError):  # make the removal durable; not possible everywhere
         fsync(os.path.dirname(path))
     logger.info("dropped database %s (%d files removed)", path, len(removed))

@@ -20,7 +20,8 @@ import shutil
 from dataclasses import dataclass
 
 from ..errors import ReplicationError
-from ..files import fsync
+from ..files import fsync, remove_quietly
+from ..sqlite_facts import database_files
 from .exclusive import DEFAULT_LOCK_WAIT, held_alone
 from .restore import litestream_state_folder
 from .s3 import delete_prefix
@@ -74,10 +75,6 @@ def erase_replica(file: UserFile, base_url: str) -> ErasureResult:
     return result
 
 
-#: What SQLite and the migration runner keep beside a database, deleted before it.
-_SIDE_FILES = ("-wal", "-shm", "-journal")
-
-
 def erase_database(
     file: UserFile, base_url: str, *, lock_wait: float = DEFAULT_LOCK_WAIT
 ) -> ErasureResult:
@@ -93,13 +90,7 @@ def erase_database(
         return erase_replica(file, base_url)  # erased here before, or never on this host
     with held_alone(path, doing="erased", error=ReplicationError, wait=lock_wait):
         replica = erase_replica(file, base_url)
-        removed = []
-        for name in [*(path + suffix for suffix in _SIDE_FILES), path, path + ".migrate-lock"]:
-            try:
-                os.remove(name)
-            except FileNotFoundError:
-                continue
-            removed.append(name)
+        removed = remove_quietly(*database_files(path))
     fsync(os.path.dirname(path))
     result = ErasureResult(
         path, replica.replica_url, replica.replica_objects, (*replica.local_state, *removed)

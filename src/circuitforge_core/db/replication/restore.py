@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from ..errors import ReplicaNotFoundError, RestoreError
 from ..files import fsync, remove_quietly
 from ..migrations import MigrationsDir, migration_status
+from ..sqlite_facts import companion_files
 from .binary import find_litestream, litestream_environment
 from .exclusive import DEFAULT_LOCK_WAIT, held_alone
 from .urls import UserFile, redact
@@ -40,7 +41,6 @@ from .urls import UserFile, redact
 logger = logging.getLogger("circuitforge_core.db")
 
 DEFAULT_RESTORE_TIMEOUT = 600.0
-_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +242,7 @@ def _check_copy(
         ) from exc
     finally:
         conn.close()  # the last connection: its -wal and -shm go with it
-    remove_quietly(*(copy + suffix for suffix in _SIDE_FILES))
+    remove_quietly(*companion_files(copy))
     return names, pending
 
 
@@ -254,8 +254,7 @@ def _fill_absent(target: str, copy: str) -> None:
             f"serving the user while restoring (the registry's restore-on-miss does).",
             path=target,
         )
-    for suffix in _SIDE_FILES:
-        side = target + suffix
+    for side in companion_files(target):
         if _size(side) is not None:
             # Nothing is open on an absent or empty file; a stray -wal would be replayed
             # into the restored file.

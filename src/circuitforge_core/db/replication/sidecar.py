@@ -12,7 +12,6 @@ and its exit code is the service's. Does not register files (agent.py).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import stat
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from ..errors import ControlSocketError, ReplicationError
+from ..files import remove_quietly
 from .binary import (
     BREAKING_VARIABLES,
     check_version,
@@ -243,7 +243,6 @@ def _write_private(path: str, config: SidecarConfig) -> str:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
+        remove_quietly(temporary)
         raise
     return path
