@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,16 +76,6 @@ def root(tmp_path: Path, v1: Path) -> Path:
     for user in ("ann", "bob", "cid"):
         run_migrations(user_db_path(path, user, "kiwi.db"), v1)
     return path
-
-
-@pytest.fixture
-def chdir(tmp_path: Path) -> Iterator[Path]:
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        yield tmp_path
-    finally:
-        os.chdir(old)
 
 
 # -- migrate --all ---------------------------------------------------------------------
@@ -316,38 +306,38 @@ def test_defaults_from_the_environment(cf_db, root: Path, v2: Path, tmp_path: Pa
     assert cf_db("diff", "--all", env=env).returncode == 0
 
 
-def test_defaults_from_pyproject(cf_db, chdir: Path, v2: Path) -> None:
+def test_defaults_from_pyproject(cf_db, chdir_tmp: Path, v2: Path) -> None:
     """[tool.cf-db] in the working folder's (or a parent's) pyproject.toml, paths relative to it."""
-    (chdir / "pyproject.toml").write_text(
+    (chdir_tmp / "pyproject.toml").write_text(
         '[project]\nname = "kiwi"\n\n[tool.cf-db]\ndatabase = "data/app.db"\nmigrations = "v2"\n',
         encoding="utf-8",
     )
-    sub = chdir / "app"
+    sub = chdir_tmp / "app"
     sub.mkdir()
     os.chdir(sub)
     result = cf_db("migrate")
     assert result.returncode == 0, result.stderr
-    assert (chdir / "data" / "app.db").exists()
+    assert (chdir_tmp / "data" / "app.db").exists()
     assert cf_db("status").returncode == 0
     assert cf_db("diff").returncode == 0
-    other = chdir / "other.db"
+    other = chdir_tmp / "other.db"
     assert cf_db("migrate", other).returncode == 0  # the command line wins
     assert other.exists()
-    env_wins = cf_db("status", env={"CF_DB_PATH": str(chdir / "nope.db")})
+    env_wins = cf_db("status", env={"CF_DB_PATH": str(chdir_tmp / "nope.db")})
     assert "does not exist yet" in env_wins.stdout
 
 
-def test_bad_or_missing_defaults_say_what_to_do(cf_db, chdir: Path) -> None:
+def test_bad_or_missing_defaults_say_what_to_do(cf_db, chdir_tmp: Path) -> None:
     """Nothing configured, an unknown key, a value of the wrong type: exit 2, one clear line."""
     missing = cf_db("status")
     assert missing.returncode == 2
     assert "no database given: pass it on the command line, set $CF_DB_PATH, or set database" in (
         missing.stderr
     )
-    (chdir / "pyproject.toml").write_text('[tool.cf-db]\ndatabse = "x.db"\n', encoding="utf-8")
+    (chdir_tmp / "pyproject.toml").write_text('[tool.cf-db]\ndatabse = "x.db"\n', encoding="utf-8")
     typo = cf_db("status")
     assert "[tool.cf-db] has unknown key databse" in typo.stderr
-    (chdir / "pyproject.toml").write_text("[tool.cf-db]\ndatabase = 3\n", encoding="utf-8")
+    (chdir_tmp / "pyproject.toml").write_text("[tool.cf-db]\ndatabase = 3\n", encoding="utf-8")
     assert "must be a non-empty string" in cf_db("status").stderr
 
 
