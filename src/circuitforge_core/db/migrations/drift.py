@@ -36,7 +36,9 @@ from ..connect import get_db
 from ..sqlite_facts import quote_identifier
 from .folder import MigrationsDir, read_migrations
 from .locking import database_path
+from .plan import short
 from .records import recorded_in_order
+from .statements import fold
 
 #: Names of tables that tools, not migrations, put in a database (``fnmatch`` patterns,
 #: matched without regard to case). ``sqlite_*`` covers sqlite_sequence and sqlite_stat1.
@@ -57,12 +59,6 @@ _TOKEN = re.compile(
       | (?P<operator>\|\||<<|>>|<=|>=|==|!=|<>|->>|->|\S)""",
     re.DOTALL | re.VERBOSE,
 )
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def fold(name: str) -> str:
-    """A name as SQLite compares names: ASCII letters without case."""
-    return name.translate(_ASCII_LOWER)
 
 
 def _unquoted(token: str) -> str:
@@ -96,10 +92,9 @@ def sql_tokens(sql: str | None) -> tuple[str, ...]:
     return tuple(tokens)
 
 
-def _shown(sql: str | None, limit: int = 200) -> str:
-    """SQL for a message: whitespace collapsed, bounded."""
-    flat = " ".join((sql or "").split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+def _shown(sql: str | None) -> str:
+    """SQL for a difference: on one line, bounded."""
+    return short(sql or "", 200)
 
 
 def _without_outer_parentheses(tokens: tuple[str, ...]) -> tuple[str, ...]:

@@ -47,13 +47,13 @@ from .drift import (
     SchemaModel,
     TableModel,
     compare_schemas,
-    fold,
     read_schema,
     sql_tokens,
 )
 from .folder import MigrationFile, MigrationsDir, read_migrations
 from .plan import wraps_whole_file
 from .runner import run_migrations
+from .statements import fold
 
 RerunScope = Literal["all", "no-transaction", "off"]
 CheckName = Literal["empty", "rows", "lost rows", "foreign keys", "rerun"]
