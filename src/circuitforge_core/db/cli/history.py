@@ -22,7 +22,7 @@ from .options import (
     json_option,
     key,
     key_options,
-    positive_seconds,
+    lock_timeout_option,
 )
 from .output import EXIT_ACTION, EXIT_OK, plural, print_json
 from .tenants import diff_every_tenant, tenant_options
@@ -111,7 +111,7 @@ def _add_repair(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     database_argument(parser, "database file (must exist)")
     folder_argument(parser)
     parser.add_argument("name", metavar="NAME", help="the applied migration file, e.g. 003_x.sql")
-    _lock_timeout_option(parser)
+    lock_timeout_option(parser)
     key_options(parser)
     parser.set_defaults(handler=_repair)
 
@@ -161,7 +161,7 @@ def _add_baseline(commands: Subcommands, common: argparse.ArgumentParser) -> Non
         action="store_true",
         help="do not compare the schema with what the files build first",
     )
-    _lock_timeout_option(parser)
+    lock_timeout_option(parser)
     key_options(parser)
     parser.set_defaults(handler=_baseline)
 
@@ -184,16 +184,6 @@ def _baseline(args: argparse.Namespace) -> int:
     else:
         print(f"nothing to mark: every file up to {result.up_to} is recorded in {args.db}")
     return EXIT_OK
-
-
-def _lock_timeout_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--lock-timeout",
-        type=positive_seconds,
-        default=600.0,
-        metavar="SECONDS",
-        help="how long to wait for another process's migration (default 600)",
-    )
 
 
 #: This group's commands, in the order ``--help`` lists them.

@@ -37,7 +37,7 @@ from .options import (
     json_option,
     key,
     key_options,
-    positive_seconds,
+    lock_timeout_option,
 )
 from .output import (
     EXIT_ACTION,
@@ -94,13 +94,7 @@ def _add_migrate(commands: Subcommands, common: argparse.ArgumentParser) -> None
         help="with --dry-run: only judge the files by the runner's rules, make no copy of DB "
         "(for a database too big to copy)",
     )
-    parser.add_argument(
-        "--lock-timeout",
-        type=positive_seconds,
-        default=600.0,
-        metavar="SECONDS",
-        help="how long to wait for another process's migration (default 600)",
-    )
+    lock_timeout_option(parser)
     json_option(parser)
     key_options(parser)
     parser.set_defaults(handler=_migrate)

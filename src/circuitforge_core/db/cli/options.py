@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TypeAlias
 
 from .. import ToolDefaults
+from ..migrations import DEFAULT_LOCK_TIMEOUT
 
 Handler = Callable[[argparse.Namespace], int]
 # argparse's type for the object add_subparsers() returns (private, but typed by typeshed).
@@ -44,6 +45,17 @@ def command(
 
 def json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document instead")
+
+
+def lock_timeout_option(parser: argparse.ArgumentParser) -> None:
+    """``--lock-timeout SECONDS``: how long a command waits for another process's migration."""
+    parser.add_argument(
+        "--lock-timeout",
+        type=positive_seconds,
+        default=DEFAULT_LOCK_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long to wait for another process's migration (default {DEFAULT_LOCK_TIMEOUT:g})",
+    )
 
 
 def positive_seconds(text: str) -> float:
