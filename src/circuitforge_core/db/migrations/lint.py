@@ -215,8 +215,9 @@ def lint_report(migrations_dir: MigrationsDir, *, ignore: Collection[str] = ()) 
             if file is None:
                 replay.stop()
                 continue
-            _check_file(file, add)
-            replay.run(file, add)
+            statements = split_sql(file.text)  # once, for the checks and the replay
+            _check_file(file, statements, add)
+            replay.run(file, statements, add)
     finally:
         replay.close()
     ignored = set(ignore)
@@ -355,8 +356,7 @@ def _read(entry: Traversable, folder: Traversable, add: Add) -> MigrationFile | 
         return None
 
 
-def _check_file(file: MigrationFile, add: Add) -> None:
-    statements = split_sql(file.text)
+def _check_file(file: MigrationFile, statements: list[Statement], add: Add) -> None:
     if not statements:
         add("warning", file.name, None, "empty", f"{file.name} holds no statement")
         return
@@ -518,8 +518,8 @@ class _Replay:
     def close(self) -> None:
         self._db.close()
 
-    def run(self, file: MigrationFile, add: Add) -> None:
-        for statement in split_sql(file.text):
+    def run(self, file: MigrationFile, statements: list[Statement], add: Add) -> None:
+        for statement in statements:
             keyword = statement.head(1)[0]
             pragma = pragma_setting(statement) if keyword == "PRAGMA" else None
             if pragma is not None and pragma[0] in _NEVER_REPLAYED:

@@ -24,7 +24,7 @@ from ..errors import OpenError
 from .dry_run import Rehearsal, rehearse, scratch_copy
 from .folder import MigrationsDir, read_migrations
 from .locking import database_path
-from .plan import Comparison, Verdict, compare, examine, named, out_of_order
+from .plan import Comparison, FilePlan, Verdict, compare, examine, named, out_of_order
 from .records import Record, read_records
 from .runner import label as runner_label
 
@@ -221,12 +221,18 @@ def plan_migrations(
         raise TypeError("key= goes with a database path, not a connection")
     where = _label(db)
     if not execute:
-        return _judged(compare(files, _recorded(db, key)), None, where)
+        comparisons = compare(files, _recorded(db, key))
+        return _judged(comparisons, _pending_plans(comparisons), None, where)
     with scratch_copy(db, key, where) as scratch:
         comparisons = compare(files, read_records(scratch.db)[0])
-        plans = [examine(c.file) for c in comparisons if c.state == "pending" and c.file]
-        rehearsal = rehearse(scratch, files, plans)
-    return _judged(comparisons, rehearsal, where)
+        plans = _pending_plans(comparisons)
+        rehearsal = rehearse(scratch, files, plans.values())
+    return _judged(comparisons, plans, rehearsal, where)
+
+
+def _pending_plans(comparisons: list[Comparison]) -> dict[str, FilePlan]:
+    """Each pending file's plan, by name, in the order they would run."""
+    return {c.name: examine(c.file) for c in comparisons if c.state == "pending" and c.file}
 
 
 def _label(db: DatabaseOrPath) -> str:
@@ -236,7 +242,10 @@ def _label(db: DatabaseOrPath) -> str:
 
 
 def _judged(
-    comparisons: list[Comparison], rehearsal: Rehearsal | None, where: str
+    comparisons: list[Comparison],
+    plans: dict[str, FilePlan],
+    rehearsal: Rehearsal | None,
+    where: str,
 ) -> MigrationPlan:
     """The plan from the comparison, with what the rehearsal found when there was one."""
     problems = [
@@ -258,7 +267,7 @@ def _judged(
     for comparison in comparisons:
         if comparison.state != "pending" or comparison.file is None:
             continue
-        plan = examine(comparison.file)
+        plan = plans[comparison.name]
         problem = None
         seconds = None
         if plan.refusals:
