@@ -205,11 +205,12 @@ class _Checker:
                     _line(exc),
                 )
                 return False
-            after_counts = row_counts(seeded)
+            after = read_schema(seeded)
+            after_counts = row_counts(seeded, after)
             self._check_rows(file, before_counts, after_counts)
             self._check_foreign_keys(file, seeded)
             if snapshot is not None:
-                self._check_rerun(file, snapshot, read_schema(seeded), after_counts)
+                self._check_rerun(file, snapshot, after, after_counts)
         finally:
             if snapshot is not None:
                 _remove_database(snapshot)
@@ -304,11 +305,12 @@ class _Checker:
     def _rerun_differences(
         self, db: Connection, expected: SchemaModel, counts: dict[str, int]
     ) -> str | None:
-        differences = compare_schemas(expected, read_schema(db))
+        schema = read_schema(db)
+        differences = compare_schemas(expected, schema)
         if differences:
             shown = "; ".join(str(d) for d in differences[:3])
             return f"leaves a different schema than a clean run: {shown}"
-        rerun_counts = row_counts(db)
+        rerun_counts = row_counts(db, schema)
         changed = [
             f"{table} holds {rerun_counts.get(table, 0)} rows instead of {count}"
             for table, count in counts.items()
@@ -390,10 +392,13 @@ def _line(exc: BaseException) -> int | None:
 # -- counting and seeding rows -------------------------------------------------------
 
 
-def row_counts(db: sqlite3.Connection) -> dict[str, int]:
-    """Rows per table (lower-cased name), tool tables and virtual tables' shadows left out."""
+def row_counts(db: sqlite3.Connection, schema: SchemaModel | None = None) -> dict[str, int]:
+    """Rows per table (lower-cased name), tool tables and virtual tables' shadows left out.
+
+    ``schema`` is ``db``'s, when the caller has just read it.
+    """
     counts = {}
-    for key, table in read_schema(db).tables.items():
+    for key, table in (read_schema(db) if schema is None else schema).tables.items():
         try:
             (count,) = db.execute(f"SELECT count(*) FROM {quote_identifier(table.name)}").fetchone()
         except sqlite3.Error:  # a virtual table whose module is not loaded here
