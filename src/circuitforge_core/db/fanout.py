@@ -43,11 +43,12 @@ from .connect import Connection, get_db
 from .errors import MigrationError, OpenError, UnsafePathError
 from .migrations import (
     DEFAULT_LOCK_TIMEOUT,
+    MigrationFile,
     MigrationsDir,
     SchemaDrift,
+    drift_from,
     read_migrations,
     run_migrations,
-    schema_drift,
 )
 from .sqlite_facts import COMPANION_SUFFIXES, HEADER, MIGRATION_LOCK_SUFFIX
 from .tenancy import user_db_path
@@ -365,11 +366,11 @@ def drift_all(
     migration history share one scratch build, so each costs little more
     than reading its schema.
     """
-    read_migrations(migrations_dir)
+    files = read_migrations(migrations_dir)  # once: every tenant is held to the same folder
     tenants = find_tenant_databases(root, product_path=product_path, pattern=pattern)
 
     def operation(tenant: TenantDatabase) -> TenantResult:
-        return _drift_one(tenant, migrations_dir, key, ignore)
+        return _drift_one(tenant, files, migrations_dir, key, ignore)
 
     return _fan_out(
         "drift", tenants, operation, jobs=jobs, canary=0, max_failures=None, on_progress=on_progress
@@ -427,14 +428,18 @@ def _migrate_one(
 
 
 def _drift_one(
-    tenant: TenantDatabase, migrations_dir: MigrationsDir, key: KeySource, ignore: Sequence[str]
+    tenant: TenantDatabase,
+    files: list[MigrationFile],
+    migrations_dir: MigrationsDir,
+    key: KeySource,
+    ignore: Sequence[str],
 ) -> TenantResult:
     started = time.perf_counter()
     opened = _open_tenant(tenant, key, readonly=True)
     if isinstance(opened, TenantResult):
         return opened
     try:
-        drift = schema_drift(opened, migrations_dir, ignore=ignore)
+        drift = drift_from(opened, files, migrations_dir, ignore=ignore)
     except Exception as exc:  # isolation, as above
         return _failed(tenant, started, exc, [])
     finally:

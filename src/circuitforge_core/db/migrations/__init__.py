@@ -27,7 +27,7 @@ gains ``checksum`` and ``duration_ms`` columns in place. The names below
 are the package's public surface; the modules' other names are its own.
 """
 
-from .drift import SchemaDifference, SchemaDrift, schema_drift
+from .drift import SchemaDifference, SchemaDrift, drift_from, schema_drift
 from .folder import (
     NO_TRANSACTION_MARKER,
     MigrationFile,
@@ -83,6 +83,7 @@ __all__ = [
     "accept_checksum",
     "baseline",
     "check_migrations",
+    "drift_from",
     "lint_migrations",
     "lint_report",
     "migration_status",

@@ -34,7 +34,7 @@ from typing import Literal
 from ..cipher import Key
 from ..connect import get_db
 from ..sqlite_facts import quote_identifier
-from .folder import MigrationsDir, read_migrations
+from .folder import MigrationFile, MigrationsDir, read_migrations
 from .locking import database_path
 from .plan import short
 from .records import recorded_in_order
@@ -623,7 +623,19 @@ def schema_drift(
     it must exist. Builds of the same history are reused, so checking many
     files with one history costs one build.
     """
-    files = {file.name: file for file in read_migrations(migrations_dir)}
+    return drift_from(db, read_migrations(migrations_dir), migrations_dir, ignore=ignore, key=key)
+
+
+def drift_from(
+    db: sqlite3.Connection | str | os.PathLike[str],
+    migration_files: Sequence[MigrationFile],
+    migrations_dir: MigrationsDir,
+    *,
+    ignore: Sequence[str] = (),
+    key: Key | None = None,
+) -> SchemaDrift:
+    """``schema_drift`` with the folder's files already read (``migrations_dir`` names it)."""
+    files = {file.name: file for file in migration_files}
     with _reading(db, key) as connection:
         history = recorded_in_order(connection)
         found = read_schema(connection, ignore=ignore)

@@ -37,8 +37,8 @@ from .drift import (
     SchemaDrift,
     build_schema,
     compare_schemas,
+    drift_from,
     read_schema,
-    schema_drift,
 )
 from .folder import MigrationFile, MigrationsDir, read_migrations
 from .locking import DEFAULT_LOCK_TIMEOUT, database_path, immediate
@@ -133,7 +133,7 @@ def accept_checksum(
             )
         else:
             logger.info("migration %s in %s already has its file's checksum", name, where)
-        drift = schema_drift(connection, migrations_dir)
+        drift = drift_from(connection, files, migrations_dir)
     return ChecksumAccepted(where, name, old, file.checksum, changed, drift)
 
 
