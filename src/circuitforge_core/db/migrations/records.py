@@ -34,13 +34,18 @@ class Record:
     checksum: str | None
 
 
+def _columns(db: sqlite3.Connection) -> set[str]:
+    """The column names of ``_migrations``; empty when there is no such table."""
+    return {row[1] for row in db.execute("PRAGMA table_info(_migrations)")}
+
+
 def read_records(db: sqlite3.Connection) -> tuple[dict[str, Record], bool]:
     """The rows of ``_migrations`` whatever its layout, and whether it has our columns.
 
     A missing table reads as no rows and no columns. Only reads, so it works
     on a read-only connection.
     """
-    columns = {row[1] for row in db.execute("PRAGMA table_info(_migrations)")}
+    columns = _columns(db)
     if not columns:
         return {}, False
     selected = ", ".join(
@@ -61,7 +66,7 @@ def recorded_in_order(db: sqlite3.Connection) -> list[tuple[str, str | None]]:
     (``VACUUM`` may renumber rowids, but keeps their order). The old layout
     reads with no checksums; a missing table as no rows.
     """
-    columns = {row[1] for row in db.execute("PRAGMA table_info(_migrations)")}
+    columns = _columns(db)
     if not columns:
         return []
     checksum = "checksum" if "checksum" in columns else "NULL"
@@ -93,7 +98,7 @@ def adopt(db: sqlite3.Connection, files: Iterable[MigrationFile], deadline: floa
             "name TEXT PRIMARY KEY, applied_at TEXT DEFAULT CURRENT_TIMESTAMP, "
             "checksum TEXT, duration_ms REAL)"
         )
-        columns = {row[1] for row in db.execute("PRAGMA table_info(_migrations)")}
+        columns = _columns(db)
         for column, sql_type in BOOKKEEPING_COLUMNS.items():
             if column not in columns:
                 db.execute(f"ALTER TABLE _migrations ADD COLUMN {column} {sql_type}")
@@ -109,10 +114,10 @@ def already_applied(db: sqlite3.Connection, file: MigrationFile, label: str) -> 
     Raises ``MigrationModifiedError`` when it was recorded from other text;
     ``label`` names the database in that message.
     """
-    row = db.execute("SELECT checksum FROM _migrations WHERE name = ?", (file.name,)).fetchone()
-    if row is None:
+    recorded, checksum = recorded_checksum(db, file.name)
+    if not recorded:
         return False
-    if row[0] is not None and row[0] != file.checksum:
+    if checksum is not None and checksum != file.checksum:
         raise MigrationModifiedError(
             f"migration {file.name} was applied to {label} by another process from a different "
             f"version of the file. Make every process run the same migrations folder.",
