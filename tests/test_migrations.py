@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import fcntl
 import logging
 import os
 import sqlite3
@@ -401,6 +402,19 @@ def test_no_transaction_lock_file_is_private(
     finally:
         os.umask(old_umask)
     assert (Path(str(db_path) + ".migrate-lock").stat().st_mode & 0o777) == 0o600
+
+
+def test_a_no_transaction_file_waits_for_the_lock_file_then_gives_up_naming_it(
+    db: sqlite3.Connection, migrations_dir: Path, write_migration: Write, db_path: Path
+) -> None:
+    """Another holder of <db>.migrate-lock past lock_timeout: MigrationError, nothing applied."""
+    write_migration("001_v.sql", "-- cf-db: no-transaction\nCREATE TABLE t (x);\n")
+    with open(str(db_path) + ".migrate-lock", "a+b") as held:  # another open file: flock conflicts
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(MigrationError, match=r"gave up waiting for .*app\.db\.migrate-lock"):
+            run_migrations(db, migrations_dir, lock_timeout=0.05)
+    assert "t" not in tables(db)
+    assert run_migrations(db, migrations_dir) == ["001_v.sql"]  # free again: it runs
 
 
 def test_shortcut_memory_stays_bounded(

@@ -181,6 +181,7 @@ def retry_while_busy(
     *,
     interval: float = 0.01,
     on_first_wait: Callable[[], None] | None = None,
+    busy: Callable[[BaseException], bool] = is_busy,
 ) -> _T:
     """Run ``action`` again while it fails with SQLITE_BUSY/LOCKED, until ``deadline``.
 
@@ -188,14 +189,16 @@ def retry_while_busy(
     mode of a file others are opening, ``BEGIN IMMEDIATE`` past the busy
     timeout). Past ``deadline`` (``time.monotonic()``) the last busy error is
     raised; any other error at once. ``on_first_wait`` runs once, before the
-    first retry (to log that we wait).
+    first retry (to log that we wait). ``busy`` says which errors mean "try
+    again" (SQLite's busy and locked codes by default; a lock file's
+    ``BlockingIOError`` for the runner's).
     """
     waited = False
     while True:
         try:
             return action()
         except Exception as exc:  # sqlite3's or sqlcipher3's OperationalError
-            if not is_busy(exc) or time.monotonic() >= deadline:
+            if not busy(exc) or time.monotonic() >= deadline:
                 raise
             if not waited and on_first_wait is not None:
                 on_first_wait()

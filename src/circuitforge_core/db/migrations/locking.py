@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import sqlite3
-import time
 from collections.abc import Iterator
 
 from ..errors import MigrationError
@@ -77,19 +76,19 @@ def file_lock(db_path: str | None, deadline: float, name: str | None = None) -> 
     # Private like the database beside it (0600), whatever the umask.
     descriptor = os.open(db_path + MIGRATION_LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
     with open(descriptor, "r+b") as handle:
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise MigrationError(
-                        f"gave up waiting for {db_path}.migrate-lock to apply {name}: another "
-                        f"process kept running a no-transaction migration past the lock "
-                        f"timeout; nothing was applied.",
-                        name=name,
-                    ) from None
-                time.sleep(0.01)
+        try:
+            retry_while_busy(
+                lambda: fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB),
+                deadline,
+                busy=lambda exc: isinstance(exc, BlockingIOError),
+            )
+        except BlockingIOError:
+            raise MigrationError(
+                f"gave up waiting for {db_path}{MIGRATION_LOCK_SUFFIX} to apply {name}: another "
+                f"process kept running a no-transaction migration past the lock timeout; "
+                f"nothing was applied.",
+                name=name,
+            ) from None
         try:
             yield
         finally:
