@@ -277,6 +277,13 @@ class ToolDefaults:
     product_path: str | None = None
     origin: Mapping[str, str] = field(default_factory=dict)
 
+    @staticmethod
+    def sources(name: str) -> tuple[str, str]:
+        """Where ``name`` (``database``, ``migrations``, ``data_root``, ``product_path``) comes
+        from: its environment variable and its key under ``[tool.cf-db]``."""
+        key = next(key for key, field_name in PYPROJECT_KEYS.items() if field_name == name)
+        return _FROM_ENVIRONMENT[name], key
+
     @classmethod
     def load(
         cls, environ: Mapping[str, str] | None = None, start: str | os.PathLike[str] | None = None

@@ -17,6 +17,7 @@ from .options import (
     Subcommands,
     command,
     database_argument,
+    default_source,
     fill_defaults,
     folder_argument,
     json_option,
@@ -51,7 +52,7 @@ def _add_diff(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "--all",
         action="store_true",
         help="compare every tenant file under the data root given as DB "
-        "(default: $CLOUD_DATA_ROOT or [tool.cf-db] data-root)",
+        f"(default: {default_source('data_root')})",
     )
     parser.add_argument(
         "--ignore",

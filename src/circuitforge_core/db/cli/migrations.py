@@ -32,6 +32,7 @@ from .options import (
     Subcommands,
     command,
     database_argument,
+    default_source,
     fill_defaults,
     folder_argument,
     json_option,
@@ -79,7 +80,7 @@ def _add_migrate(commands: Subcommands, common: argparse.ArgumentParser) -> None
         "--all",
         action="store_true",
         help="migrate every tenant file under the data root given as DB "
-        "(default: $CLOUD_DATA_ROOT or [tool.cf-db] data-root)",
+        f"(default: {default_source('data_root')})",
     )
     tenant_options(parser, canary=True)
     parser.add_argument(

@@ -122,20 +122,17 @@ def required_key(args: argparse.Namespace, *, new: bool = False) -> str:
 
 # -- arguments that may come from the environment or pyproject.toml --------------------
 
-#: Where each default comes from: (environment variable, key of [tool.cf-db]).
-_SOURCES = {
-    "database": ("CF_DB_PATH", "database"),
-    "migrations": ("CF_DB_MIGRATIONS", "migrations"),
-    "data_root": ("CLOUD_DATA_ROOT", "data-root"),
-    "product_path": ("CF_DB_PRODUCT_PATH", "product-path"),
-}
-_DEFAULT_SOURCES = {name: f"${env} or [tool.cf-db] {key}" for name, (env, key) in _SOURCES.items()}
+
+def default_source(name: str) -> str:
+    """``$CF_DB_PATH or [tool.cf-db] database``: where ``name``'s default comes from, for help."""
+    env, key = ToolDefaults.sources(name)
+    return f"${env} or [tool.cf-db] {key}"
 
 
 def database_argument(parser: argparse.ArgumentParser, what: str) -> None:
     """An optional ``DB`` positional whose default is ``CF_DB_PATH`` or ``[tool.cf-db]``."""
     parser.add_argument(
-        "db", metavar="DB", nargs="?", help=f"{what} (default: {_DEFAULT_SOURCES['database']})"
+        "db", metavar="DB", nargs="?", help=f"{what} (default: {default_source('database')})"
     )
 
 
@@ -145,7 +142,7 @@ def folder_argument(parser: argparse.ArgumentParser) -> None:
         "dir",
         metavar="DIR",
         nargs="?",
-        help=f"folder of NNN_name.sql migrations (default: {_DEFAULT_SOURCES['migrations']})",
+        help=f"folder of NNN_name.sql migrations (default: {default_source('migrations')})",
     )
 
 
@@ -175,7 +172,7 @@ def fill_defaults(args: argparse.Namespace, *names: str) -> None:
                 "data_root": "no data root given",
                 "product_path": "no tenant files named (--product-path or --pattern)",
             }[name]
-            env, key = _SOURCES[name]
+            env, key = ToolDefaults.sources(name)
             raise ValueError(
                 f"{what}: pass it on the command line, set ${env}, or set {key} under "
                 f"[tool.cf-db] in the product's pyproject.toml."

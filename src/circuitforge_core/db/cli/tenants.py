@@ -24,7 +24,7 @@ from .. import (
     migrate_all,
     user_key_resolver,
 )
-from .options import fill_defaults, key
+from .options import default_source, fill_defaults, key
 from .output import EXIT_ACTION, EXIT_OK, StatusLine, count, duration, print_json
 
 
@@ -35,7 +35,7 @@ def tenant_options(parser: argparse.ArgumentParser, *, canary: bool) -> None:
         "--product-path",
         metavar="SUBPATH",
         help="each user's file under ROOT, e.g. kiwi.db or snipe/user.db, laid out as "
-        "user_db_path does (default: $CF_DB_PRODUCT_PATH or [tool.cf-db] product-path)",
+        f"user_db_path does (default: {default_source('product_path')})",
     )
     which.add_argument(
         "--pattern", metavar="GLOB", help="the tenant files as a glob under ROOT, e.g. '*/kiwi.db'"
