@@ -14,6 +14,8 @@ from .bundled_sqlite import apply_setting as _apply_sqlite_setting
 _apply_sqlite_setting()  # CF_DB_SQLITE=bundled: pysqlite3 becomes the process's sqlite3
 
 # isort: split
+from typing import TYPE_CHECKING, Any
+
 from .aio import AsyncConnection, AsyncTransaction, FetchedCursor
 from .asgi import (
     CancelOnDisconnect,
@@ -101,7 +103,6 @@ from .migrations import (
 )
 from .placement import Placement
 from .pool import ConnectionPool, PoolRegistry
-from .replication import Replicator
 from .settings import Settings, ToolDefaults
 from .startup import check_startup
 from .tenancy import (
@@ -113,6 +114,19 @@ from .tenancy import (
     user_key_resolver,
 )
 from .transaction import transaction
+
+if TYPE_CHECKING:
+    from .replication import Replicator
+
+
+def __getattr__(name: str) -> Any:
+    """``Replicator``, imported at first use: replication/ loads only where it is switched on."""
+    if name == "Replicator":
+        from .replication import Replicator
+
+        return Replicator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AsyncConnection",

@@ -25,7 +25,6 @@ Imports nothing that imports ``sqlite3``: the package's ``__init__`` reads
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,6 +345,8 @@ def _pyproject_table(start: Path) -> tuple[Path, dict[str, Any]] | None:
         path = candidate / "pyproject.toml"
         if not path.is_file():
             continue
+        import tomllib  # only cf-db reads pyproject.toml: not on every import of the package
+
         try:
             with path.open("rb") as handle:
                 document = tomllib.load(handle)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from importlib import metadata
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +83,8 @@ def describe(module: ModuleType) -> str:
     """Which DB-API module ``module`` is, for the log: its name, and the distribution behind it."""
     if module.__name__ != "pysqlite3":
         return f"the {module.__name__} module of Python {sys.version.split()[0]}"
+    from importlib import metadata  # here: it costs more to import than the rest of start-up
+
     for name in _DISTRIBUTIONS:
         try:
             return f"{name} {metadata.version(name)} (bundled, for the whole process)"
