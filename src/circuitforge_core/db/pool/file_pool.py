@@ -283,12 +283,12 @@ class ConnectionPool:
 
     # -- checkout --------------------------------------------------------------------
 
-    def _checkout(self, asked: float | None = None) -> PooledConnection:
+    def _checkout(self, asked: float) -> PooledConnection:
         """Every checkout starts here: the connection for the caller, or an error.
 
-        ``asked`` is when the caller asked (``time.monotonic()``), if it read the clock.
+        ``asked`` is when the caller asked (``time.monotonic()``).
         """
-        deadline = (time.monotonic() if asked is None else asked) + self.timeout
+        deadline = asked + self.timeout
         self._notice_replacement()
         if not self._migrated:
             conn = self._migrate(deadline)
@@ -521,6 +521,7 @@ class ConnectionPool:
             abandon(conn)  # opened by the parent before fork(): never touch it here
             return
         keep = not is_broken(conn, exc)
+        rolled_back = False
         if keep:
             try:
                 rolled_back = reset(conn, self.row_factory, block_failed=exc is not None)
@@ -536,11 +537,9 @@ class ConnectionPool:
                     "%s: discarding a connection that failed to reset: %s", self.path, reset_error
                 )
                 keep = False
-            else:
-                if rolled_back:
-                    with self._lock:
-                        self._counts["rollbacks_on_return"] += 1
         with self._lock:
+            if rolled_back:
+                self._counts["rollbacks_on_return"] += 1
             self._busy -= 1
             self._budget.checked_in()
             stale = generation_of(conn) != self._generation

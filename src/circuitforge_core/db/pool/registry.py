@@ -344,7 +344,7 @@ class PoolRegistry:
         Use before replacing the file (a restore) or moving it. The next use
         opens it afresh and checks its migrations again.
         """
-        key = os.path.abspath(os.fspath(path))
+        key = self._key_of(path)
         with self._lock:
             pool = self._pools.pop(key, None)
         self._take_out(pool, timeout)
@@ -372,7 +372,7 @@ class PoolRegistry:
         closed theirs. A quiesced file may be dropped (the end of a move); it
         is not quiesced afterwards.
         """
-        key = os.path.abspath(os.fspath(path))
+        key = self._key_of(path)
         with self._lock:
             if key not in self._quiesced:
                 self._check_open(key)
@@ -404,7 +404,7 @@ class PoolRegistry:
         replication = self._replication_or_none()
         if replication is None:
             return None
-        return replication.sync(os.path.abspath(os.fspath(path)), timeout=timeout)
+        return replication.sync(self._key_of(path), timeout=timeout)
 
     def quiesce(
         self,
@@ -423,7 +423,7 @@ class PoolRegistry:
         file is resumed: retry). The first step of a move, a restore over a
         live file, and ``compact``.
         """
-        key = os.path.abspath(os.fspath(path))
+        key = self._key_of(path)
         with self._lock:
             self._check_open(key)
             self._quiesced.add(key)
@@ -440,7 +440,7 @@ class PoolRegistry:
     def resume(self, path: str | os.PathLike[str]) -> None:
         """Hand out connections to a quiesced ``path`` again (it is registered at first use)."""
         with self._lock:
-            self._quiesced.discard(os.path.abspath(os.fspath(path)))
+            self._quiesced.discard(self._key_of(path))
 
     def restore(
         self,
