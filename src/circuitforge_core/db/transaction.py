@@ -57,7 +57,7 @@ def transaction(db: ConnectionT, *, writer_lock_wait: float | None = None) -> It
     not measured); the block counts that wait and releases the lock when it
     ends, or at once if it becomes a savepoint.
     """
-    lock = _writer_lock(db)
+    lock = writer_lock_for(db)
     held = writer_lock_wait is not None
     if db.in_transaction:
         if held and lock is not None:
@@ -69,7 +69,7 @@ def transaction(db: ConnectionT, *, writer_lock_wait: float | None = None) -> It
     lock_wait: float | None = writer_lock_wait or None  # granted at once, or not counting
     if lock is not None and not held and not lock.acquire(blocking=False):
         asked = _clock()
-        if not lock.acquire(timeout=_busy_timeout(db)):
+        if not lock.acquire(timeout=busy_timeout_of(db)):
             raise locked_by_this_process(db)
         lock_wait = _clock() - asked
     try:
@@ -140,22 +140,16 @@ def locked_by_this_process(db: sqlite3.Connection) -> sqlite3.OperationalError:
 
 
 def writer_lock_for(db: sqlite3.Connection) -> WriterLock | None:
-    """The in-process writer lock ``transaction()`` takes for the file behind ``db``."""
-    return _writer_lock(db)
+    """The in-process writer lock ``transaction()`` takes for the file behind ``db``.
 
-
-def busy_timeout_of(db: sqlite3.Connection) -> float:
-    """Seconds ``db`` waits for a lock (get_db's ``busy_timeout``)."""
-    return _busy_timeout(db)
-
-
-def _writer_lock(db: sqlite3.Connection) -> WriterLock | None:
-    """The in-process lock for the file behind ``db`` (None if unknown)."""
-    path = getattr(db, "path", None)  # ours, plain or encrypted (not a sqlite3.Connection)
+    None when the file is unknown (a plain ``sqlite3.Connection`` has no ``path``).
+    """
+    path = getattr(db, "path", None)  # ours, plain or encrypted
     if not isinstance(path, str):
         return None
     return _writer_locks.for_path(path)
 
 
-def _busy_timeout(db: sqlite3.Connection) -> float:
+def busy_timeout_of(db: sqlite3.Connection) -> float:
+    """Seconds ``db`` waits for a lock (get_db's ``busy_timeout``)."""
     return float(getattr(db, "busy_timeout", DEFAULT_BUSY_TIMEOUT))
