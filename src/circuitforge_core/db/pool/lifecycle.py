@@ -154,8 +154,7 @@ class FileLifecycle:
             return []
         if not erase_replica:
             return self.replication.forget_local_state(path)
-        result = self.replication.erase(path)
-        logger.info("erased %s", result.describe())
+        result = self.replication.erase(path)  # it logs what it erased
         return [*result.replica_objects, *result.local_state]
 
 

@@ -23,7 +23,7 @@ from ..errors import ReplicationError
 from ..files import fsync, remove_quietly
 from ..sqlite_facts import database_files
 from .exclusive import DEFAULT_LOCK_WAIT, held_alone
-from .restore import litestream_state_folder
+from .restore import remove_litestream_state
 from .s3 import delete_prefix
 from .urls import UserFile, file_replica_folder, redact, replica_url_for
 
@@ -65,11 +65,7 @@ def erase_replica(file: UserFile, base_url: str) -> ErasureResult:
             f"storage's own tools.",
             path=file.path,
         )
-    state = litestream_state_folder(file.path)
-    local: list[str] = []
-    if os.path.isdir(state):
-        shutil.rmtree(state)
-        local.append(state)
+    local = remove_litestream_state(file.path)
     result = ErasureResult(file.path, redact(url), tuple(objects), tuple(local))
     logger.info("erased %s", result.describe())
     return result

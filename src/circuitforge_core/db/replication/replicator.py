@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import shutil
 import threading
 import time
 import weakref
@@ -37,7 +36,11 @@ from ..settings import Settings
 from .config import check_socket_path, default_socket_path
 from .control import DEFAULT_SYNC_TIMEOUT, DEFAULT_TIMEOUT, ControlClient, SyncResult
 from .erasure import ErasureResult, erase_replica
-from .restore import RestoreResult, litestream_state_folder, restore_database
+from .restore import (
+    RestoreResult,
+    remove_litestream_state,
+    restore_database,
+)
 from .urls import check_replica_url, redact, replica_url_for, user_file
 from .wal import truncate_wal
 
@@ -260,11 +263,7 @@ class Replicator:
 
     def forget_local_state(self, path: str) -> list[str]:
         """Remove Litestream's state beside ``path`` (released first); the folders removed."""
-        state = litestream_state_folder(path)
-        if not os.path.isdir(state):
-            return []
-        shutil.rmtree(state)
-        return [state]
+        return remove_litestream_state(path)
 
     def truncate_wal(self, path: str, *, timeout: float = 0.0) -> bool:
         """Fold ``path``'s WAL into the database and empty it, if nothing reads it."""

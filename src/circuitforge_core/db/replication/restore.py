@@ -148,6 +148,15 @@ def litestream_state_folder(path: str) -> str:
     return os.path.join(folder, f".{name}-litestream")
 
 
+def remove_litestream_state(path: str, *, ignore_errors: bool = False) -> list[str]:
+    """Delete Litestream's state folder beside ``path``; the folders removed (none or one)."""
+    state = litestream_state_folder(path)
+    if not os.path.isdir(state):
+        return []
+    shutil.rmtree(state, ignore_errors=ignore_errors)
+    return [state]
+
+
 # -- steps -------------------------------------------------------------------------------
 
 
@@ -254,12 +263,10 @@ def _fill_absent(target: str, copy: str) -> None:
             f"serving the user while restoring (the registry's restore-on-miss does).",
             path=target,
         )
-    for side in companion_files(target):
-        if _size(side) is not None:
-            # Nothing is open on an absent or empty file; a stray -wal would be replayed
-            # into the restored file.
-            logger.warning("removing %s, left over beside a missing database", side)
-            remove_quietly(side)
+    # Nothing is open on an absent or empty file; a stray -wal would be replayed into the
+    # restored file.
+    for side in remove_quietly(*companion_files(target)):
+        logger.warning("removed %s, left over beside a missing database", side)
     os.replace(copy, target)
 
 
@@ -275,9 +282,7 @@ def _replace_unused(target: str, copy: str, lock_wait: float) -> None:
 
 
 def _remove_litestream_state(target: str) -> None:
-    state = litestream_state_folder(target)
-    if os.path.isdir(state):
-        shutil.rmtree(state, ignore_errors=True)
+    for state in remove_litestream_state(target, ignore_errors=True):
         logger.info("removed Litestream's state for the old file: %s", state)
 
 
