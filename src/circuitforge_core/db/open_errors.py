@@ -200,13 +200,17 @@ def _unreadable(path: str) -> OpenError | None:
     )
 
 
+def on_read_only_mount(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` is on a file system mounted read-only (False when that is unknown)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):  # not POSIX, or gone meanwhile
+        return False
+
+
 def _read_only_file_system(path: str, access: Access) -> OpenError | None:
     folder = _nearest_folder(path)
-    try:
-        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError:
-        return None
-    if not read_only:
+    if not on_read_only_mount(folder):
         return None
     mount = _mount_point(folder)
     if access == "ro":

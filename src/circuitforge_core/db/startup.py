@@ -24,6 +24,7 @@ from pathlib import Path
 from .cipher import Key, load_driver
 from .errors import DBError, EncryptionUnavailableError, SettingsError, StartupError
 from .migrations import MigrationsDir, plan_migrations
+from .open_errors import on_read_only_mount
 from .settings import Settings
 from .sqlite_facts import OLDEST_SUPPORTED_SQLITE
 
@@ -101,18 +102,11 @@ def _local_database_problems(database: Path) -> list[str]:
 
 
 def _writable_folder_problems(folder: Path, where: str) -> list[str]:
-    if _read_only_mount(folder):
+    if on_read_only_mount(folder):  # else os.access below decides
         return [f"{where} is on a read-only file system; mount it read-write."]
     if not os.access(folder, os.W_OK | os.X_OK):
         return [f"{where} cannot be written by this user; fix its owner or mode."]
     return []
-
-
-def _read_only_mount(folder: Path) -> bool:
-    try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except (AttributeError, OSError):  # not POSIX, or gone meanwhile: os.access decides
-        return False
 
 
 def _encryption_problems() -> list[str]:
