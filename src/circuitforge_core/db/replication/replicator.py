@@ -477,13 +477,22 @@ class Replicator:
                 self._dirty[path] = None  # picked up again once the watch loop reaches it
             # A refusal (a bad replica URL, a file Litestream cannot open) is retried by
             # the watch loop every check_interval, and logged once a minute.
-            if now - self._last_logged.get(key, -_LOG_EVERY) < _LOG_EVERY:
+            if not self._log_due(key, now):
                 return
-            self._last_logged[key] = now
         if down:
             logger.warning("replication paused, Litestream unreachable: %s", exc)
         else:
             logger.error("Litestream refused %s: %s", path, exc)
+
+    def _log_due(self, key: str, now: float) -> bool:
+        """Lock held: whether a message about ``key`` ("" for the daemon) may be logged now.
+
+        At most one a minute per key; a True answer counts as logging it.
+        """
+        if now - self._last_logged.get(key, -_LOG_EVERY) < _LOG_EVERY:
+            return False
+        self._last_logged[key] = now
+        return True
 
     def _watch(self) -> None:
         """Every ``check_interval``: notice a restarted or recovered daemon, re-register files."""
@@ -505,11 +514,8 @@ class Replicator:
         except ControlSocketError as exc:
             with self._lock:
                 was_up, self._daemon_up = self._daemon_up, False
-                now = time.monotonic()
-                quiet = now - self._last_logged.get("", -_LOG_EVERY) < _LOG_EVERY
-                if was_up and not quiet:
-                    self._last_logged[""] = now
-            if was_up and not quiet:
+                due = was_up and self._log_due("", time.monotonic())
+            if due:
                 logger.warning("replication paused, Litestream unreachable: %s", exc)
             return
         with self._lock:

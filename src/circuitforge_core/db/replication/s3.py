@@ -52,7 +52,7 @@ def s3_location(url: str, credentials: ObjectStoreCredentials | None = None) -> 
             f"erasing a replica behind an S3 access point ({redact(url)}) is not supported; "
             f"delete its prefix with your storage's own tools."
         )
-    bucket, region, endpoint = host, None, None
+    bucket, region = host, None
     if matched := _AWS_HOST.match(host):
         bucket, region = matched.group(1), matched.group(2)
     elif "." in host or ":" in host:
@@ -60,7 +60,7 @@ def s3_location(url: str, credentials: ObjectStoreCredentials | None = None) -> 
             f"cannot tell the bucket from the host {host!r} in {redact(url)}; write "
             f"s3://BUCKET/PREFIX?endpoint=https://HOST (the form Litestream also accepts)."
         )
-    endpoint = query.get("endpoint") or store.endpoint or endpoint
+    endpoint = query.get("endpoint") or store.endpoint
     if endpoint is not None and "://" not in endpoint:
         local = endpoint.startswith(("localhost", "127.", "[::1]"))
         endpoint = ("http://" if local else "https://") + endpoint
@@ -89,7 +89,7 @@ def delete_prefix(url: str, credentials: ObjectStoreCredentials | None = None) -
     prefix = location.prefix + "/"
     deleted: list[str] = []
     try:
-        keys = [item["Key"] for item in _pages(client, "list_objects_v2", location, prefix)]
+        keys = [item["Key"] for item in _objects(client, location, prefix)]
         deleted += _delete(client, location, [{"Key": key} for key in keys])
         deleted += _delete(client, location, _versions(client, location, prefix))
     except Exception as exc:  # botocore's errors share no base we can name without importing it
@@ -137,8 +137,9 @@ def _client(location: S3Location, store: ObjectStoreCredentials) -> Any:
     )
 
 
-def _pages(client: Any, operation: str, location: S3Location, prefix: str) -> Iterator[Any]:
-    paginator = client.get_paginator(operation)
+def _objects(client: Any, location: S3Location, prefix: str) -> Iterator[Any]:
+    """Every object under ``prefix``, page after page."""
+    paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=location.bucket, Prefix=prefix):
         yield from page.get("Contents", [])
 
