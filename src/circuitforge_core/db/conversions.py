@@ -266,9 +266,8 @@ def _remove_leftovers(folder: str, name: str) -> None:
     prefix = _TEMP_PREFIX.format(name=name)
     with os.scandir(folder) as entries:
         stale = [entry.path for entry in entries if entry.name.startswith(prefix)]
-    for path in stale:
-        logger.info("removing %s, left by an interrupted conversion", path)
-        remove_quietly(path)
+    for path in remove_quietly(*stale):
+        logger.info("removed %s, left by an interrupted conversion", path)
 
 
 def _release(holder: Any, *, restore_wal: bool) -> None:
