@@ -170,15 +170,6 @@ def observe_transaction(
         shard.counters[TRANSACTION_FAILURES] += 1
 
 
-def observe_zero(histogram: int) -> None:
-    """Record a wait that did not happen (no clock read: the uncontended fast path)."""
-    try:
-        shard: _Shard = _local.shard
-    except AttributeError:
-        shard = _new_shard()
-    shard.buckets[histogram][0] += 1
-
-
 def increment(counter: int, amount: int = 1) -> None:
     """Add ``amount`` to ``counter`` (``POOL_TIMEOUTS``, ...)."""
     try:
