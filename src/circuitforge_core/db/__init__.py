@@ -14,7 +14,7 @@ from .bundled_sqlite import apply_setting as _apply_sqlite_setting
 _apply_sqlite_setting()  # CF_DB_SQLITE=bundled: pysqlite3 becomes the process's sqlite3
 
 # isort: split
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from .aio import AsyncConnection, AsyncTransaction, FetchedCursor
 from .asgi import (
@@ -115,11 +115,11 @@ from .tenancy import (
 )
 from .transaction import transaction
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from .replication import Replicator
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """``Replicator``, imported at first use: replication/ loads only where it is switched on."""
     if name == "Replicator":
         from .replication import Replicator
